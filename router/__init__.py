@@ -1,0 +1,1 @@
+"""The leaderboard router: HTTP API in front of the score-range shards."""

@@ -1,0 +1,332 @@
+"""HTTP routes of the v1 API: validation, auth and status codes only.
+
+The logic lives in router.board_service; every domain error becomes an HTTP
+answer in `error_response`, the one place that knows the mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from router.errors import (
+    InvalidInput,
+    LeaderboardError,
+    MatchConflict,
+    MonthNotServed,
+    PeriodClosed,
+    PlayerNotFound,
+    ScoreRefused,
+    ShardUnavailable,
+    StoreUnavailable,
+)
+from router.periods import month_label
+from router.ranking import Entry
+from router.schemas import (
+    BATCH_MAX,
+    MONTH_PATTERN,
+    USER_ID_PATTERN,
+    BatchIn,
+    BatchItemOut,
+    BatchOut,
+    BoardOut,
+    CheckOut,
+    EntryOut,
+    ErrorOut,
+    PlayerOut,
+    ScoreIn,
+    ScoreOut,
+    ShardOut,
+    ShardsOut,
+)
+from router.services import Services
+from router.store import ScoreEvent
+
+ERRORS = {
+    401: {"model": ErrorOut, "description": "Missing or wrong token"},
+    422: {"model": ErrorOut, "description": "Invalid input; `field` names what is wrong"},
+    503: {"model": ErrorOut, "description": "A shard or PostgreSQL is unavailable"},
+}
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+MonthQuery = Annotated[
+    str | None, Query(pattern=MONTH_PATTERN, description="YYYY-MM (UTC); default: the current month")
+]
+UserPath = Annotated[str, Path(pattern=USER_ID_PATTERN, description="1-64 characters of [A-Za-z0-9_.:-]")]
+
+
+class Unauthorized(LeaderboardError):
+    pass
+
+
+def require_game_token(svc: ServicesDep, x_game_service_token: Annotated[str | None, Header()] = None) -> None:
+    if not svc.is_game_token(x_game_service_token):
+        raise Unauthorized("a valid X-Game-Service-Token header is required")
+
+
+def require_admin_token(svc: ServicesDep, x_admin_token: Annotated[str | None, Header()] = None) -> None:
+    if not svc.is_admin_token(x_admin_token):
+        raise Unauthorized("a valid X-Admin-Token header is required")
+
+
+def _error(status: int, code: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return JSONResponse(status_code=status, content=body, headers=headers or None)
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    match exc:
+        case InvalidInput():
+            return _error(422, "invalid_input", exc.reason, exc.field)
+        case ScoreRefused():
+            return _error(422, "score_out_of_range", exc.detail, "score")
+        case Unauthorized():
+            return _error(401, "unauthorized", str(exc))
+        case PlayerNotFound():
+            return _error(404, "player_not_found", str(exc), "user_id")
+        case MonthNotServed():
+            return _error(404, "month_not_served", str(exc), "month")
+        case PeriodClosed():
+            return _error(409, "month_closed", str(exc), "occurred_at")
+        case MatchConflict():
+            return _error(409, "match_id_conflict", exc.detail, "match_id")
+        case ShardUnavailable():
+            return _error(
+                503,
+                "shard_unavailable",
+                f"shard {exc.shard_id} is unavailable. Any score already recorded will be applied "
+                "when it returns; resending the same match_id is safe.",
+                **{"Retry-After": "1"},
+            )
+        case StoreUnavailable():
+            return _error(
+                503,
+                "store_unavailable",
+                f"PostgreSQL is unavailable ({exc.cause or 'no answer'}); nothing was recorded. Retry later.",
+                **{"Retry-After": "1"},
+            )
+    return _error(500, "internal_error", "unexpected error")
+
+
+def validation_response(exc: RequestValidationError | ValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    field = ".".join(location) or None
+    message = first.get("msg", "invalid")
+    if first.get("type") == "missing" and not location:
+        message = "a JSON body is required"
+    return JSONResponse(
+        status_code=422,
+        content=jsonable_encoder({"error": {"code": "invalid_input", "message": message, "field": field}}),
+    )
+
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["ops"],
+    response_model=CheckOut,
+    responses={503: {"model": CheckOut, "description": "Something this router needs is down"}},
+    summary="Readiness: every shard and PostgreSQL answer",
+)
+async def readyz(svc: ServicesDep) -> JSONResponse:
+    names = [f"shard:{sid}" for sid in svc.shard_map.ids] + ["postgres"]
+    probes = [svc.shards.ping(sid) for sid in svc.shard_map.ids] + [svc.store.ping()]
+    results = await asyncio.gather(*(asyncio.wait_for(p, timeout=3) for p in probes), return_exceptions=True)
+    checks = {
+        name: "ok" if not isinstance(res, BaseException) else f"down: {res or type(res).__name__}"
+        for name, res in zip(names, results, strict=True)
+    }
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        status_code=200 if ready else 503,
+        content={"status": "ready" if ready else "unavailable", "checks": checks},
+    )
+
+
+@router.post(
+    "/v1/scores",
+    tags=["scores"],
+    response_model=ScoreOut,
+    dependencies=[Depends(require_game_token)],
+    responses={**ERRORS, 409: {"model": ErrorOut, "description": "Month closed, or match_id reused"}},
+    summary="Record one match result for one player",
+)
+async def post_score(body: ScoreIn, svc: ServicesDep) -> ScoreOut:
+    outcome = await svc.service.record(body)
+    row = outcome.row
+    assert row.score is not None
+    return ScoreOut(
+        user_id=body.user_id,
+        score=row.score,
+        rank=outcome.rank,
+        previous_rank=outcome.previous_rank,
+        month=month_label(row.month),
+        duplicate=row.status == "duplicate",
+    )
+
+
+@router.post(
+    "/v1/scores/batch",
+    tags=["scores"],
+    response_model=BatchOut,
+    dependencies=[Depends(require_game_token)],
+    responses=ERRORS,
+    summary=f"Record up to {BATCH_MAX} results; one result per event, a bad event does not sink the others",
+)
+async def post_batch(body: BatchIn, svc: ServicesDep) -> BatchOut:
+    if len(body.events) > BATCH_MAX:
+        raise InvalidInput("events", f"at most {BATCH_MAX} events per batch, got {len(body.events)}")
+    results: list[BatchItemOut | None] = [None] * len(body.events)
+    accepted: list[tuple[int, ScoreEvent]] = []
+    for i, raw in enumerate(body.events):
+        try:
+            accepted.append((i, svc.service.to_event(ScoreIn.model_validate(raw))))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ())) or None
+            results[i] = BatchItemOut(index=i, status="refused", field=field, reason=first.get("msg"))
+        except (InvalidInput, PeriodClosed) as exc:
+            field = exc.field if isinstance(exc, InvalidInput) else "occurred_at"
+            results[i] = BatchItemOut(index=i, status="refused", field=field, reason=str(exc))
+    outcomes = await svc.service.record_batch([event for _, event in accepted])
+    for (i, event), outcome in zip(accepted, outcomes, strict=True):
+        row = outcome.row
+        common = {"index": i, "user_id": event.user_id, "month": month_label(row.month)}
+        if row.status == "refused":
+            results[i] = BatchItemOut(**common, status="refused", field="score", reason=row.detail)
+        elif row.status == "conflict":
+            results[i] = BatchItemOut(**common, status="conflict", field="match_id", reason=row.detail)
+        elif outcome.unavailable is not None:
+            results[i] = BatchItemOut(
+                **common,
+                status="unavailable",
+                score=row.score,
+                reason=f"{outcome.unavailable}; recorded, applied when the shard returns; resending is safe",
+            )
+        else:
+            results[i] = BatchItemOut(
+                **common,
+                status="duplicate" if row.status == "duplicate" else "applied",
+                score=row.score,
+                rank=outcome.rank,
+                previous_rank=outcome.previous_rank,
+            )
+    final = [r for r in results if r is not None]
+    return BatchOut(
+        applied=sum(r.status == "applied" for r in final),
+        duplicates=sum(r.status == "duplicate" for r in final),
+        refused=sum(r.status in ("refused", "conflict") for r in final),
+        results=final,
+    )
+
+
+def _entries(entries: list[Entry]) -> list[EntryOut]:
+    return [EntryOut(rank=e.rank, user_id=e.user_id, score=e.score) for e in entries]
+
+
+@router.get(
+    "/v1/scores/{user_id}",
+    tags=["reads"],
+    response_model=PlayerOut,
+    responses={**ERRORS, 404: {"model": ErrorOut, "description": "No score this month"}},
+    summary="A player's score, rank and percentile",
+)
+async def get_player(user_id: UserPath, svc: ServicesDep, month: MonthQuery = None) -> PlayerOut:
+    label, me = await svc.service.standing(user_id, month)
+    return PlayerOut(
+        user_id=user_id,
+        score=me.score,
+        rank=me.rank,
+        percentile=me.percentile,
+        total_players=me.total_players,
+        month=label,
+    )
+
+
+@router.get(
+    "/v1/scores/{user_id}/around",
+    tags=["reads"],
+    response_model=BoardOut,
+    responses={**ERRORS, 404: {"model": ErrorOut, "description": "No score this month"}},
+    summary="The player and up to `radius` players on each side",
+)
+async def get_around(
+    user_id: UserPath,
+    svc: ServicesDep,
+    radius: Annotated[int, Query(ge=0, le=50)] = 4,
+    month: MonthQuery = None,
+) -> BoardOut:
+    label, total, entries = await svc.service.around(user_id, month, radius)
+    return BoardOut(month=label, total_players=total, entries=_entries(entries))
+
+
+@router.get(
+    "/v1/leaderboard/top",
+    tags=["reads"],
+    response_model=BoardOut,
+    responses=ERRORS,
+    summary="The top of the board, paged",
+)
+async def get_top(
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    month: MonthQuery = None,
+) -> BoardOut:
+    label, total, entries = await svc.service.top(month, offset, limit)
+    return BoardOut(month=label, total_players=total, entries=_entries(entries))
+
+
+@router.get(
+    "/v1/admin/shards",
+    tags=["admin"],
+    response_model=ShardsOut,
+    dependencies=[Depends(require_admin_token)],
+    responses=ERRORS,
+    summary="The shard map with member counts and memory",
+)
+async def get_shards(svc: ServicesDep, month: MonthQuery = None) -> ShardsOut:
+    label = svc.service.read_month(month)
+    out = []
+    for shard in svc.shard_map.shards:
+        try:
+            players = await svc.shards.size(shard.id, label)
+            memory = await svc.shards.memory_used(shard.id)
+            error = None
+        except ShardUnavailable as exc:
+            players, memory, error = None, None, str(exc)
+        out.append(
+            ShardOut(
+                id=shard.id,
+                address=shard.address,
+                min_score=shard.range.start,
+                max_score=shard.range.end,
+                players=players,
+                memory_bytes=memory,
+                error=error,
+            )
+        )
+    try:
+        backlog = await svc.store.outbox_backlog()
+    except StoreUnavailable:
+        backlog = None
+    return ShardsOut(epoch=svc.shard_map.epoch, month=label, shards=out, outbox_backlog=backlog)

@@ -1,0 +1,42 @@
+-- Apply versioned player states to one shard, atomically.
+-- KEYS[1] sorted set (score -> tie..user), KEYS[2] hash user -> "version:tie" | "version"
+-- ARGV: groups of 5: user, version, present ("1"/"0"), score, tie
+-- A state is applied only if this shard has not seen an equal or newer version of
+-- that user, so late, repeated or reordered sends cannot move a player backwards.
+-- Returns, per group: applied (0/1), rank before (-1 if absent), rank after (-1 if
+-- absent), 0-based among this shard's members; then the shard's member count.
+local z, h = KEYS[1], KEYS[2]
+local out = {}
+for i = 1, #ARGV, 5 do
+  local user, version = ARGV[i], tonumber(ARGV[i + 1])
+  local cur = redis.call('HGET', h, user)
+  local cur_version, cur_tie = -1, nil
+  if cur then
+    local sep = string.find(cur, ':', 1, true)
+    if sep then
+      cur_version = tonumber(string.sub(cur, 1, sep - 1))
+      cur_tie = string.sub(cur, sep + 1)
+    else
+      cur_version = tonumber(cur)
+    end
+  end
+  local old_rank = -1
+  if cur_tie then old_rank = redis.call('ZREVRANK', z, cur_tie .. user) or -1 end
+  if cur_version >= version then
+    out[#out + 1] = 0; out[#out + 1] = old_rank; out[#out + 1] = old_rank
+  else
+    if cur_tie then redis.call('ZREM', z, cur_tie .. user) end
+    if ARGV[i + 2] == '1' then
+      local tie = ARGV[i + 4]
+      redis.call('ZADD', z, ARGV[i + 3], tie .. user)
+      redis.call('HSET', h, user, ARGV[i + 1] .. ':' .. tie)
+      out[#out + 1] = 1; out[#out + 1] = old_rank
+      out[#out + 1] = redis.call('ZREVRANK', z, tie .. user)
+    else
+      redis.call('HSET', h, user, ARGV[i + 1])
+      out[#out + 1] = 1; out[#out + 1] = old_rank; out[#out + 1] = -1
+    end
+  end
+end
+out[#out + 1] = redis.call('ZCARD', z)
+return out

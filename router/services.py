@@ -1,0 +1,78 @@
+"""The router's long-lived parts, built once per process in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from router.board_service import BoardService
+from router.ranking import Board
+from router.reconciler import Reconciler
+from router.settings import Settings
+from router.shard_clients import ShardClients
+from router.store import Store
+from router.user_cache import UserShardCache
+from router.writes import WritePipeline
+from shard_manager.shardmap import ShardMap, load_shard_map
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    shard_map: ShardMap
+    shards: ShardClients
+    store: Store
+    board: Board
+    writes: WritePipeline
+    reconciler: Reconciler
+    service: BoardService
+
+    @classmethod
+    def build(cls, settings: Settings, now=lambda: datetime.now(UTC)) -> Services:
+        shard_map = load_shard_map(settings.shards_file)
+        shards = ShardClients(shard_map, settings.redis_timeout_s)
+        store = Store(settings.database_url, settings.pg_pool_size, settings.pg_statement_timeout_ms)
+        cache = UserShardCache(settings.user_cache_size)
+        board = Board(shards, cache)
+        writes = WritePipeline(
+            store, shards, cache, batch_max=settings.write_batch_max, flushers=settings.write_flushers
+        )
+        reconciler = Reconciler(
+            store, shards, cache, interval_s=settings.reconcile_interval_s, settle_s=settings.reconcile_settle_s
+        )
+        service = BoardService(board, writes, now)
+        return cls(settings, shard_map, shards, store, board, writes, reconciler, service)
+
+    async def start(self) -> None:
+        if not self.settings.game_tokens:
+            log.warning("LB_GAME_TOKENS is empty: every write will be refused with 401")
+        await self.writes.start()
+        self.reconciler.start()
+
+    async def stop(self) -> None:
+        await self.writes.stop()
+        await self.reconciler.stop()
+        await self.shards.close()
+        await asyncio.to_thread(self.store.close)
+
+    def is_game_token(self, token: str | None) -> bool:
+        return _matches_any(token, self.settings.game_tokens)
+
+    def is_admin_token(self, token: str | None) -> bool:
+        return _matches_any(token, [self.settings.admin_token] if self.settings.admin_token else [])
+
+
+def _matches_any(token: str | None, accepted: list[str]) -> bool:
+    if not token:
+        return False
+    supplied = token.encode()
+    # Compare against every token, never stopping early, so timing tells nothing.
+    matched = False
+    for candidate in accepted:
+        matched |= hmac.compare_digest(supplied, candidate.encode())
+    return matched

@@ -1,0 +1,134 @@
+"""Connections to the shard Redis servers, and the only code that speaks to them.
+
+Every call goes through `_call`, which turns connection failures and timeouts into
+`ShardUnavailable(shard_id)`, so callers deal in shards, never in sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from router.errors import ShardUnavailable
+from router.members import state_key, zset_key
+from shard_manager.shardmap import ShardMap
+
+T = TypeVar("T")
+
+APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
+LOOKUP_LUA = (resources.files("router") / "lua" / "lookup.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerState:
+    """A player's committed state, as the shards should hold it."""
+
+    user_id: str
+    version: int
+    score: int
+    tie: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    applied: bool
+    rank_before: int  # 0-based within the shard, -1 when absent
+    rank_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    version: int  # -1: the shard never saw this user
+    rank: int  # 0-based within the shard, -1: not on this shard
+    score: int | None
+    size: int
+
+
+class ShardClients:
+    def __init__(self, shard_map: ShardMap, timeout_s: float, max_connections: int = 64) -> None:
+        self.shard_map = shard_map
+        self._clients: dict[str, aioredis.Redis] = {}
+        for shard in shard_map.shards:
+            self._clients[shard.id] = aioredis.Redis.from_url(
+                shard.address,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+                max_connections=max_connections,
+                health_check_interval=30,
+            )
+        any_client = next(iter(self._clients.values()))
+        self._apply = any_client.register_script(APPLY_LUA)
+        self._lookup = any_client.register_script(LOOKUP_LUA)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._clients.values()), return_exceptions=True)
+
+    async def _call(self, shard_id: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        try:
+            return await fn(self._clients[shard_id])
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise ShardUnavailable(shard_id, type(exc).__name__) from exc
+        except RedisError as exc:
+            # LOADING, MISCONF, READONLY...: the server answers but cannot serve us.
+            raise ShardUnavailable(shard_id, str(exc)) from exc
+
+    async def apply(
+        self, shard_id: str, month: str, states: Sequence[tuple[PlayerState, bool]]
+    ) -> tuple[list[ApplyResult], int]:
+        """Apply (state, present) pairs in order on one shard; returns results and member count."""
+        args: list[Any] = []
+        for state, present in states:
+            args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie]
+        keys = [zset_key(month), state_key(month)]
+
+        async def run(client: aioredis.Redis) -> list[int]:
+            return await self._apply(keys=keys, args=args, client=client)
+
+        raw = await self._call(shard_id, run)
+        results = [ApplyResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw) - 1, 3)]
+        return results, int(raw[-1])
+
+    async def lookup(self, shard_id: str, month: str, user_id: str) -> Lookup:
+        async def run(client: aioredis.Redis) -> list[Any]:
+            return await self._lookup(keys=[zset_key(month), state_key(month)], args=[user_id], client=client)
+
+        version, rank, score, size = await self._call(shard_id, run)
+        return Lookup(int(version), int(rank), int(float(score)) if score != "" else None, int(size))
+
+    async def size(self, shard_id: str, month: str) -> int:
+        return await self._call(shard_id, lambda c: c.zcard(zset_key(month)))
+
+    async def sizes(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, int]:
+        ids = list(shard_ids) if shard_ids is not None else list(self.shard_map.ids)
+        counts = await asyncio.gather(*(self.size(sid, month) for sid in ids))
+        return dict(zip(ids, counts, strict=True))
+
+    async def range_desc(self, shard_id: str, month: str, start: int, stop: int) -> list[tuple[str, int]]:
+        """Members at 0-based positions start..stop (inclusive), highest first, with scores."""
+
+        async def run(client: aioredis.Redis) -> list[tuple[str, float]]:
+            return await client.zrevrange(zset_key(month), start, stop, withscores=True)
+
+        return [(member, int(score)) for member, score in await self._call(shard_id, run)]
+
+    async def ping(self, shard_id: str) -> None:
+        await self._call(shard_id, lambda c: c.ping())
+
+    async def memory_used(self, shard_id: str) -> int:
+        info = await self._call(shard_id, lambda c: c.info("memory"))
+        return int(info.get("used_memory", 0))
+
+    async def states(self, shard_id: str, month: str, user_ids: Sequence[str]) -> list[str | None]:
+        """Raw state-hash entries ("version:tie", "version" or None) for several users."""
+        if not user_ids:
+            return []
+        return await self._call(shard_id, lambda c: c.hmget(state_key(month), list(user_ids)))

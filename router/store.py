@@ -1,0 +1,228 @@
+"""PostgreSQL: the durable truth. Blocking psycopg2 calls, run in worker threads.
+
+Every statement runs under a statement timeout; a lost connection or a timeout
+becomes `StoreUnavailable`, and since each group of events is one transaction,
+such a failure commits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from router.errors import StoreUnavailable
+from shard_manager.shardmap import ShardMap
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreEvent:
+    user_id: str
+    match_id: str
+    month: date
+    mode: str
+    value: int
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """What PostgreSQL decided for one event, and the player's state after it."""
+
+    status: str  # applied | duplicate | conflict | refused
+    detail: str | None
+    month: date
+    score: int | None
+    prev_score: int | None
+    version: int | None
+    seq: int | None
+    shard: str | None
+    prev_shard: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerRow:
+    month: date
+    user_id: str
+    score: int
+    version: int
+    seq: int
+    shard: str
+
+
+class _Retryable(Exception):
+    """Serialization failure or deadlock: the transaction rolled back and may simply run again."""
+
+
+class ConnectionPool:
+    """A fixed-size pool that keeps its connections open.
+
+    psycopg2's own pools close a returned connection once `minconn` are idle, so
+    under real concurrency every request would reconnect; this one never does.
+    """
+
+    def __init__(self, dsn: str, size: int, statement_timeout_ms: int) -> None:
+        self._dsn = dsn
+        self._options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms}"
+        self._idle: queue.LifoQueue[psycopg2.extensions.connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        conn = psycopg2.connect(self._dsn, connect_timeout=3, options=self._options)
+        conn.autocommit = False
+        return conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+        if not self._slots.acquire(timeout=10):
+            raise StoreUnavailable("no free PostgreSQL connection within 10 s")
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            yield conn
+        except psycopg2.OperationalError as exc:
+            if conn is not None:
+                conn.close()
+                conn = None
+            raise StoreUnavailable(str(exc).strip().splitlines()[0] if str(exc).strip() else "") from exc
+        except psycopg2.InterfaceError as exc:
+            if conn is not None:
+                conn.close()
+                conn = None
+            raise StoreUnavailable("connection lost") from exc
+        finally:
+            if conn is not None:
+                if conn.closed or conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                if not conn.closed:
+                    self._idle.put(conn)
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+_retry_conflicts = retry(
+    retry=retry_if_exception_type(_Retryable),
+    stop=stop_after_attempt(8),
+    wait=wait_random_exponential(multiplier=0.005, max=0.2),
+    reraise=True,
+)
+
+
+class Store:
+    def __init__(self, dsn: str, pool_size: int, statement_timeout_ms: int) -> None:
+        self.pool = ConnectionPool(dsn, pool_size, statement_timeout_ms)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- writes -------------------------------------------------------------------
+
+    @_retry_conflicts
+    def _apply_events_sync(self, events: Sequence[ScoreEvent], shard_map: ShardMap) -> list[EventRow]:
+        with self.pool.connection() as conn:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT idx, status, detail, month, score, prev_score, version, seq, shard, prev_shard"
+                        " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
+                        " %s::bigint[], %s, %s)",
+                        (
+                            [e.user_id for e in events],
+                            [e.match_id for e in events],
+                            [e.month for e in events],
+                            [e.mode for e in events],
+                            [e.value for e in events],
+                            [e.occurred_at for e in events],
+                            list(shard_map.lower_bounds),
+                            list(shard_map.ids),
+                            shard_map.epoch,
+                        ),
+                    )
+                    rows = cur.fetchall()
+                conn.commit()
+            except (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected) as exc:
+                conn.rollback()
+                raise _Retryable() from exc
+            except psycopg2.errors.QueryCanceled as exc:
+                conn.rollback()
+                raise StoreUnavailable("statement timed out") from exc
+        rows.sort(key=lambda r: r[0])
+        return [EventRow(*row[1:]) for row in rows]
+
+    async def apply_events(self, events: Sequence[ScoreEvent], shard_map: ShardMap) -> list[EventRow]:
+        """Commit a group of events in one transaction; rows come back in `events` order.
+
+        The caller passes events sorted by (month, user_id): the lock order that keeps
+        concurrent groups from deadlocking.
+        """
+        return await asyncio.to_thread(self._apply_events_sync, events, shard_map)
+
+    def _ack_sync(self, done: Sequence[tuple[date, str, int]]) -> int:
+        with self.pool.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT lb_ack_outbox(%s::date[], %s, %s::bigint[])",
+                    ([d[0] for d in done], [d[1] for d in done], [d[2] for d in done]),
+                )
+                (count,) = cur.fetchone()
+            conn.commit()
+        return count
+
+    async def ack_outbox(self, done: Sequence[tuple[date, str, int]]) -> int:
+        """Forget outbox entries whose state the shards now hold."""
+        if not done:
+            return 0
+        return await asyncio.to_thread(self._ack_sync, done)
+
+    # -- reads --------------------------------------------------------------------
+
+    def _outbox_sync(self, settle_s: float, limit: int) -> list[PlayerRow]:
+        with self.pool.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT p.month, p.user_id, p.score, p.version, p.seq, p.shard"
+                    " FROM redis_outbox o JOIN player_scores p USING (month, user_id)"
+                    " WHERE o.created_at < now() - make_interval(secs => %s)"
+                    " ORDER BY o.created_at LIMIT %s",
+                    (settle_s, limit),
+                )
+                rows = [PlayerRow(*row) for row in cur.fetchall()]
+            conn.commit()
+        return rows
+
+    async def unfinished(self, settle_s: float, limit: int = 1000) -> list[PlayerRow]:
+        """Players whose newest state may not be on the shards, oldest first."""
+        return await asyncio.to_thread(self._outbox_sync, settle_s, limit)
+
+    def _count_sync(self, sql: str) -> int:
+        with self.pool.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                (value,) = cur.fetchone()
+            conn.commit()
+        return value
+
+    async def outbox_backlog(self) -> int:
+        return await asyncio.to_thread(self._count_sync, "SELECT count(*) FROM redis_outbox")
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._count_sync, "SELECT 1")

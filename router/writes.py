@@ -1,0 +1,283 @@
+"""The write path: group commit in PostgreSQL, then versioned states onto the shards.
+
+1. Concurrent requests queue up and are committed together: one PostgreSQL
+   transaction per group (lb_apply_events), which orders each player's writes
+   under their row lock, detects duplicates, computes the new score, version,
+   tie-break seq and target shard, and records an outbox row.
+2. Only then are the shards touched, with states rather than deltas: first the
+   add on each player's new shard, then the removal from the old one. A crash in
+   between leaves a player on two shards (recoverable: the newer version wins and
+   the reconciler removes the other), never on none.
+3. Once the shards hold a state, its outbox row is acknowledged; anything left in
+   the outbox (router crash, shard outage) is finished by the reconciler.
+
+A 2xx is sent only after step 1 committed, so nothing acknowledged can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from router.errors import LeaderboardError, ShardUnavailable
+from router.members import tie_prefix
+from router.periods import month_label
+from router.ranking import players_above
+from router.shard_clients import ApplyResult, PlayerState, ShardClients
+from router.store import EventRow, ScoreEvent, Store
+from router.user_cache import UserShardCache
+
+log = logging.getLogger(__name__)
+
+_Results = dict[tuple[str, str], "tuple[list[ApplyResult], int] | ShardUnavailable"]
+
+
+@dataclass
+class WriteOutcome:
+    event: ScoreEvent
+    row: EventRow
+    rank: int | None = None
+    previous_rank: int | None = None
+    unavailable: ShardUnavailable | None = None
+
+
+@dataclass
+class _Player:
+    """One player's part of a group: where they were before it, where they are after."""
+
+    month: str
+    user_id: str
+    prev_shard: str | None
+    row: EventRow
+    outcomes: list[WriteOutcome] = field(default_factory=list)
+    add_index: int = 0
+    removal_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        assert self.row.shard is not None
+        return self.row.shard
+
+    @property
+    def state(self) -> PlayerState:
+        assert self.row.version is not None and self.row.seq is not None and self.row.score is not None
+        return PlayerState(self.user_id, self.row.version, self.row.score, tie_prefix(self.row.seq))
+
+
+class WritePipeline:
+    def __init__(
+        self,
+        store: Store,
+        shards: ShardClients,
+        cache: UserShardCache,
+        *,
+        batch_max: int,
+        flushers: int,
+        ack_interval_s: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.shards = shards
+        self.cache = cache
+        self.batch_max = batch_max
+        self.flushers = flushers
+        self.ack_interval_s = ack_interval_s
+        self._queue: asyncio.Queue[tuple[ScoreEvent, asyncio.Future[WriteOutcome]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._acks: list[tuple[date, str, int]] = []
+        self.groups_committed = 0
+        self.events_committed = 0
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flush_loop()) for _ in range(self.flushers)]
+        self._tasks.append(asyncio.create_task(self._ack_loop()))
+
+    async def stop(self) -> None:
+        """Finish every queued event, acknowledge the outbox, then stop."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(LeaderboardError):
+            await self._flush_acks()
+
+    async def submit(self, event: ScoreEvent) -> WriteOutcome:
+        future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, future))
+        return await future
+
+    async def submit_batch(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+        """A batch from one caller is already a group: commit it directly, in chunks."""
+        outcomes: list[WriteOutcome] = []
+        for start in range(0, len(events), self.batch_max):
+            outcomes += await self.commit_group(events[start : start + self.batch_max])
+        return outcomes
+
+    async def _flush_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                outcomes = await self.commit_group([event for event, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+                if not isinstance(exc, LeaderboardError):
+                    log.exception("group commit failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+        # Stable sort: one lock order for every group, each player's events still in arrival order.
+        order = sorted(range(len(events)), key=lambda i: (events[i].month, events[i].user_id))
+        ordered = [events[i] for i in order]
+        shard_map = self.shards.shard_map
+        rows = await self.store.apply_events(ordered, shard_map)
+        self.groups_committed += 1
+        self.events_committed += len(events)
+        outcomes = [WriteOutcome(event, row) for event, row in zip(ordered, rows, strict=True)]
+        await self._apply_to_shards(outcomes)
+        result: list[WriteOutcome | None] = [None] * len(events)
+        for position, index in enumerate(order):
+            result[index] = outcomes[position]
+        return result  # type: ignore[return-value]
+
+    async def _apply_to_shards(self, outcomes: Sequence[WriteOutcome]) -> None:
+        players: dict[tuple[str, str], _Player] = {}
+        for outcome in outcomes:
+            row = outcome.row
+            if row.version is None or row.shard is None:
+                continue  # refused before the player had any score: nothing to show
+            key = (month_label(row.month), outcome.event.user_id)
+            player = players.get(key)
+            if player is None:
+                player = players[key] = _Player(key[0], key[1], row.prev_shard, row)
+            elif row.version >= (player.row.version or 0):
+                player.row = row
+            player.outcomes.append(outcome)
+        if not players:
+            return
+
+        # Phase 1: the add on each player's (new) shard.
+        adds: dict[tuple[str, str], list[_Player]] = defaultdict(list)
+        for player in players.values():
+            group = adds[(player.month, player.target)]
+            player.add_index = len(group)
+            group.append(player)
+        added = await self._run_applies({key: [(p.state, True) for p in g] for key, g in adds.items()})
+
+        # Phase 2: removal from the old shard (and from the shard our cache last saw the
+        # player on, if different), with every shard's size for the ranks.
+        removals: dict[tuple[str, str], list[_Player]] = defaultdict(list)
+        for player in players.values():
+            if isinstance(added[(player.month, player.target)], ShardUnavailable):
+                continue  # never remove before the add landed: on two shards is fixable, on none is not
+            stale = {player.prev_shard, self.cache.get(player.month, player.user_id)}
+            for shard_id in sorted(stale - {None, player.target}):  # type: ignore[type-var]
+                if shard_id in self.shards.shard_map.ids:
+                    group = removals[(player.month, shard_id)]
+                    player.removal_index[shard_id] = len(group)
+                    group.append(player)
+        every_shard = {(p.month, sid) for p in players.values() for sid in self.shards.shard_map.ids}
+        removed = await self._run_applies(
+            {key: [(p.state, False) for p in removals.get(key, [])] for key in every_shard}
+        )
+        for player in players.values():
+            self._settle(player, added, removed)
+
+    def _settle(self, player: _Player, added: _Results, removed: _Results) -> None:
+        """Record what the shards did for one player: acknowledgement, cache, ranks."""
+        month, target = player.month, player.target
+        touched = [(month, target)] + [(month, sid) for sid in player.removal_index]
+        for key in touched:
+            failure = added.get(key) if key[1] == target else removed.get(key)
+            if isinstance(failure, ShardUnavailable):
+                for outcome in player.outcomes:
+                    outcome.unavailable = failure
+                return
+        self._acks.append((player.row.month, player.user_id, player.state.version))
+        self.cache.put(month, player.user_id, target)
+
+        ids = self.shards.shard_map.ids
+        sizes = {}
+        for sid in ids:
+            result = removed[(month, sid)]
+            if isinstance(result, ShardUnavailable):
+                return  # the write is done; a rank needs every shard's size
+            sizes[sid] = result[1]
+        add_result = added[(month, target)]
+        assert not isinstance(add_result, ShardUnavailable)
+        mine = add_result[0][player.add_index]
+        rank = mine.rank_after + 1 + players_above(ids, sizes, target)
+        previous_rank = None
+        prev = player.prev_shard
+        if player.row.prev_score is not None and prev in ids:
+            if prev == target:
+                before = mine.rank_before
+            else:
+                prev_result = removed[(month, prev)]
+                assert not isinstance(prev_result, ShardUnavailable)
+                before = prev_result[0][player.removal_index[prev]].rank_before
+            if before >= 0:
+                # Sizes are read after the move: a player who moved up is now counted
+                # above their old shard, where they were not before.
+                moved_up = ids.index(target) > ids.index(prev)
+                previous_rank = before + 1 + players_above(ids, sizes, prev) - int(moved_up)
+        for outcome in player.outcomes:
+            outcome.rank = rank
+            outcome.previous_rank = previous_rank
+
+    async def _run_applies(self, work: dict[tuple[str, str], list[tuple[PlayerState, bool]]]) -> _Results:
+        keys = list(work)
+
+        async def one(month: str, shard_id: str, states: list[tuple[PlayerState, bool]]):
+            if states:
+                return await self.shards.apply(shard_id, month, states)
+            return [], await self.shards.size(shard_id, month)
+
+        results = await asyncio.gather(
+            *(one(month, sid, work[(month, sid)]) for month, sid in keys), return_exceptions=True
+        )
+        out: _Results = {}
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, ShardUnavailable):
+                out[key] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out[key] = result
+        return out
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ack_interval_s)
+            try:
+                await self._flush_acks()
+            except LeaderboardError as exc:
+                log.warning("outbox acknowledgement deferred: %s", exc)
+
+    async def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, []
+        try:
+            await self.store.ack_outbox(acks)
+        except LeaderboardError:
+            # Keep them for the next try; if they are lost the reconciler re-checks those players.
+            self._acks = acks[-100_000:] + self._acks
+            raise

@@ -1,0 +1,1 @@
+"""Operator tooling: the shard map, the local cluster launcher, schema migrations."""

@@ -1,0 +1,3 @@
+from shard_manager.cli import main
+
+raise SystemExit(main())

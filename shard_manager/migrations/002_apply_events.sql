@@ -1,0 +1,162 @@
+-- One round trip applies a whole group of events: the router coalesces concurrent
+-- requests (group commit) and calls this once per group.
+--
+-- The caller sorts events by (month, user_id), keeping each player's events in
+-- arrival order, so concurrent groups lock player rows in the same order and
+-- cannot deadlock each other. The player row lock serialises every writer of one
+-- player across all router processes; duplicate detection happens under it.
+
+CREATE OR REPLACE FUNCTION lb_shard_for(p_score bigint, p_bounds bigint[], p_shard_ids text[])
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    k int;
+BEGIN
+    FOR k IN REVERSE array_length(p_bounds, 1)..1 LOOP
+        IF p_score >= p_bounds[k] THEN
+            RETURN p_shard_ids[k];
+        END IF;
+    END LOOP;
+    RETURN p_shard_ids[1];
+END $$;
+
+CREATE OR REPLACE FUNCTION lb_apply_events(
+    p_user_ids  text[],
+    p_match_ids text[],
+    p_months    date[],
+    p_modes     text[],
+    p_values    bigint[],
+    p_occurred  timestamptz[],
+    p_bounds    bigint[],
+    p_shard_ids text[],
+    p_epoch     bigint
+) RETURNS TABLE (
+    idx        int,
+    status     text,     -- applied | duplicate | conflict | refused
+    detail     text,
+    month      date,
+    score      bigint,
+    prev_score bigint,   -- NULL when the player had no score that month
+    version    bigint,
+    seq        bigint,
+    shard      text,
+    prev_shard text
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    max_score constant bigint := 9007199254740991;
+    n int := coalesce(array_length(p_user_ids, 1), 0);
+    i int;
+    cur record;
+    have_cur boolean;
+    ev record;
+    new_score bigint;
+    new_shard text;
+    inserted_user text;
+BEGIN
+    FOR i IN 1..n LOOP
+        idx := i;
+        detail := NULL;
+        SELECT e.month AS m, e.mode, e.value INTO ev
+          FROM score_events e WHERE e.user_id = p_user_ids[i] AND e.match_id = p_match_ids[i];
+        IF FOUND THEN
+            SELECT ps.score, ps.version, ps.seq, ps.shard INTO cur
+              FROM player_scores ps WHERE ps.month = ev.m AND ps.user_id = p_user_ids[i] FOR UPDATE;
+            status := CASE WHEN ev.mode = p_modes[i] AND ev.value = p_values[i]
+                           THEN 'duplicate' ELSE 'conflict' END;
+            IF status = 'conflict' THEN
+                detail := format('match_id %s was already recorded for this user with mode=%s score=%s',
+                                 p_match_ids[i], ev.mode, ev.value);
+            END IF;
+            month := ev.m; score := cur.score; prev_score := cur.score; version := cur.version;
+            seq := cur.seq; shard := cur.shard; prev_shard := cur.shard;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        SELECT ps.score, ps.version, ps.seq, ps.shard INTO cur
+          FROM player_scores ps WHERE ps.month = p_months[i] AND ps.user_id = p_user_ids[i] FOR UPDATE;
+        have_cur := FOUND;
+        IF have_cur THEN
+            -- The event may have been recorded by a writer we waited on for the row lock.
+            PERFORM 1 FROM score_events e WHERE e.user_id = p_user_ids[i] AND e.match_id = p_match_ids[i];
+            IF FOUND THEN
+                RAISE EXCEPTION 'concurrent duplicate of match_id %', p_match_ids[i]
+                    USING ERRCODE = '40001';
+            END IF;
+        END IF;
+
+        IF p_modes[i] = 'best' THEN
+            new_score := CASE WHEN have_cur THEN greatest(cur.score, p_values[i]) ELSE p_values[i] END;
+        ELSE
+            new_score := CASE WHEN have_cur THEN cur.score ELSE 0 END + p_values[i];
+        END IF;
+
+        month := p_months[i];
+        prev_score := CASE WHEN have_cur THEN cur.score END;
+        prev_shard := CASE WHEN have_cur THEN cur.shard END;
+        IF new_score < 0 OR new_score > max_score THEN
+            status := 'refused';
+            detail := format('the new score would be %s, outside [0, %s]', new_score, max_score);
+            score := prev_score; version := cur.version; seq := cur.seq; shard := prev_shard;
+            IF NOT have_cur THEN version := NULL; seq := NULL; END IF;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        IF NOT have_cur THEN
+            new_shard := lb_shard_for(new_score, p_bounds, p_shard_ids);
+            INSERT INTO player_scores AS ps (month, user_id, score, version, seq, shard, epoch)
+                 VALUES (p_months[i], p_user_ids[i], new_score, 1, nextval('score_seq'), new_shard, p_epoch)
+            ON CONFLICT DO NOTHING
+            RETURNING ps.version, ps.seq INTO version, seq;
+            IF NOT FOUND THEN
+                -- Another router created the row between our SELECT and INSERT;
+                -- the caller retries the whole group, which then takes the locked path.
+                RAISE EXCEPTION 'concurrent first write for user %', p_user_ids[i] USING ERRCODE = '40001';
+            END IF;
+            score := new_score; shard := new_shard;
+        ELSIF new_score <> cur.score THEN
+            new_shard := lb_shard_for(new_score, p_bounds, p_shard_ids);
+            UPDATE player_scores ps
+               SET score = new_score, version = ps.version + 1, seq = nextval('score_seq'),
+                   shard = new_shard, epoch = p_epoch, updated_at = now()
+             WHERE ps.month = p_months[i] AND ps.user_id = p_user_ids[i]
+            RETURNING ps.version, ps.seq INTO version, seq;
+            score := new_score; shard := new_shard;
+        ELSE
+            score := cur.score; version := cur.version; seq := cur.seq; shard := cur.shard;
+        END IF;
+
+        IF version IS DISTINCT FROM cur.version OR NOT have_cur THEN
+            INSERT INTO redis_outbox AS o (month, user_id, version)
+                 VALUES (p_months[i], p_user_ids[i], version)
+            ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version, created_at = now();
+        END IF;
+
+        INSERT INTO score_events (user_id, match_id, month, mode, value, occurred_at, score_after)
+             VALUES (p_user_ids[i], p_match_ids[i], p_months[i], p_modes[i], p_values[i], p_occurred[i], score)
+        ON CONFLICT DO NOTHING
+        RETURNING user_id INTO inserted_user;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'concurrent duplicate of match_id %', p_match_ids[i] USING ERRCODE = '40001';
+        END IF;
+        status := 'applied';
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Called after the shards took a group's states. SKIP LOCKED: a row another
+-- transaction is rewriting stays for the reconciler to check, and this statement
+-- never waits, so it cannot deadlock with group commits.
+CREATE OR REPLACE FUNCTION lb_ack_outbox(p_months date[], p_user_ids text[], p_versions bigint[])
+RETURNS int LANGUAGE sql AS $$
+    WITH done AS (
+        SELECT o.ctid FROM redis_outbox o
+          JOIN unnest(p_months, p_user_ids, p_versions) AS d(month, user_id, version)
+            ON o.month = d.month AND o.user_id = d.user_id AND o.version <= d.version
+        FOR UPDATE OF o SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM redis_outbox o USING done WHERE o.ctid = done.ctid RETURNING 1
+    )
+    SELECT count(*)::int FROM deleted;
+$$;

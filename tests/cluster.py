@@ -1,0 +1,157 @@
+"""Test helpers that run the real thing: router processes over real servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg2
+import redis
+
+from shard_manager.launcher import wait_ready
+from shard_manager.processes import PostgresServer, RedisServer, free_port
+from shard_manager.shardmap import ShardMap, dump_shard_map
+
+GAME_TOKEN = "test-game-token"
+ADMIN_TOKEN = "test-admin-token"
+BOUNDS = (0, 100, 1000)
+
+
+def shard_map_for(servers: list[RedisServer], bounds: tuple[int, ...] = BOUNDS, epoch: int = 1) -> ShardMap:
+    from shard_manager.shardmap import shard_map_from_dict
+
+    shards = []
+    for i, (server, start) in enumerate(zip(servers, bounds, strict=True)):
+        end = bounds[i + 1] if i + 1 < len(bounds) else None
+        shards.append({"id": f"s{i}", "address": server.url, "min_score": start, "max_score": end})
+    return shard_map_from_dict({"epoch": epoch, "shards": shards})
+
+
+@dataclass
+class RouterProcess:
+    """One `uvicorn` router process on its own port, like the launcher starts."""
+
+    shards_file: Path
+    database_url: str
+    log_path: Path
+    workers: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RouterProcess:
+        env = {
+            **os.environ,
+            "LB_SHARDS_FILE": str(self.shards_file),
+            "LB_DATABASE_URL": self.database_url,
+            "LB_GAME_TOKENS": f"{GAME_TOKEN},rotated-{GAME_TOKEN}",
+            "LB_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LB_RECONCILE_INTERVAL_S": "0.2",
+            "LB_RECONCILE_SETTLE_S": "0.5",
+            **self.extra_env,
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "router.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        log.close()
+        try:
+            wait_ready(self.url + "/healthz", timeout=60, alive=lambda: self.proc.poll() is None)
+        except Exception:
+            raise RuntimeError(f"router failed to start:\n{self.log_path.read_text()[-3000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+
+@dataclass
+class Cluster:
+    """Real shards + real PostgreSQL, shared by a test session."""
+
+    shards: list[RedisServer]
+    postgres: PostgresServer
+    shard_map: ShardMap
+    shards_file: Path
+    workdir: Path
+
+    @property
+    def dsn(self) -> str:
+        return self.postgres.dsn()
+
+    def write_shard_map(self, shard_map: ShardMap, path: Path | None = None) -> Path:
+        path = path or self.shards_file
+        path.write_text(dump_shard_map(shard_map))
+        return path
+
+    def router(self, **kwargs) -> RouterProcess:
+        log = self.workdir / f"router-{time.monotonic_ns()}.log"
+        return RouterProcess(kwargs.pop("shards_file", self.shards_file), self.dsn, log, **kwargs).start()
+
+    def redis(self, index: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.shards[index].port, decode_responses=True)
+
+    def reset(self) -> None:
+        """An empty board: PostgreSQL first, so no reconciler can re-apply old rows to Redis."""
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("TRUNCATE score_events, player_scores, redis_outbox")
+        finally:
+            conn.close()
+        for i, server in enumerate(self.shards):
+            if server.running:
+                self.redis(i).flushall()
+
+    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()

@@ -1,0 +1,92 @@
+"""`make up` / `make down`: a fresh cluster from an empty data dir, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from shard_manager.launcher import _port_free
+from shard_manager.processes import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _session_members(sid: int) -> set[int]:
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.add(int(entry.name))
+    return members
+
+
+def _manager(command: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shard_manager", command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
+    data_dir = tmp_path / "data"
+    ports = [free_port() for _ in range(3)]
+    shards_file = tmp_path / "shards.yaml"
+    shards_file.write_text(
+        "epoch: 1\nshards:\n"
+        f"  - {{id: s0, address: 'redis://127.0.0.1:{ports[0]}/0', min_score: 0, max_score: 100}}\n"
+        f"  - {{id: s1, address: 'redis://127.0.0.1:{ports[1]}/0', min_score: 100, max_score: 1000}}\n"
+        f"  - {{id: s2, address: 'redis://127.0.0.1:{ports[2]}/0', min_score: 1000, max_score: null}}\n"
+    )
+    pg_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "LB_DATA_DIR": str(data_dir),
+        "LB_SHARDS_FILE": str(shards_file),
+        "LB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/leaderboard",
+        "LB_HTTP_PORT": str(http_port),
+        "LB_WORKERS": "1",
+    }
+    env.pop("LB_GAME_TOKENS", None)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        started = _manager("up", env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert httpx.get(base + "/readyz").status_code == 200
+        token = (data_dir / "game_token").read_text().strip()
+        assert token in started.stdout
+        reply = httpx.post(
+            base + "/v1/scores",
+            headers={"X-Game-Service-Token": token},
+            json={"user_id": "alice", "match_id": "m1", "score": 150},
+        )
+        assert reply.status_code == 200, reply.text
+
+        launcher_pid = int((data_dir / "cluster.pid").read_text())
+        members = _session_members(launcher_pid)
+        assert len(members) >= 5  # launcher, 3 redis-server, postgres, router
+        stopped = _manager("down", env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not _session_members(launcher_pid)
+        assert all(_port_free(p) for p in [*ports, pg_port, http_port])
+
+        # Restart on the same data dir keeps the data and the token.
+        assert _manager("up", env).returncode == 0
+        again = httpx.get(base + "/v1/scores/alice")
+        assert again.status_code == 200 and again.json()["score"] == 150
+    finally:
+        _manager("down", env)
+    assert all(_port_free(p) for p in [*ports, pg_port, http_port])
