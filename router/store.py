@@ -137,14 +137,16 @@ class Store:
     # -- writes -------------------------------------------------------------------
 
     @_retry_conflicts
-    def _apply_events_sync(self, events: Sequence[ScoreEvent], shard_map: ShardMap) -> list[EventRow]:
+    def _apply_events_sync(
+        self, events: Sequence[ScoreEvent], arrival: Sequence[int], shard_map: ShardMap
+    ) -> list[EventRow]:
         with self.pool.connection() as conn:
             try:
                 with conn.cursor() as cur:
                     cur.execute(
                         "SELECT idx, status, detail, month, score, prev_score, version, seq, shard, prev_shard"
                         " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
-                        " %s::bigint[], %s, %s)",
+                        " %s::int[], %s::bigint[], %s, %s)",
                         (
                             [e.user_id for e in events],
                             [e.match_id for e in events],
@@ -152,6 +154,7 @@ class Store:
                             [e.mode for e in events],
                             [e.value for e in events],
                             [e.occurred_at for e in events],
+                            [position + 1 for position in arrival],
                             list(shard_map.lower_bounds),
                             list(shard_map.ids),
                             shard_map.epoch,
@@ -168,13 +171,16 @@ class Store:
         rows.sort(key=lambda r: r[0])
         return [EventRow(*row[1:]) for row in rows]
 
-    async def apply_events(self, events: Sequence[ScoreEvent], shard_map: ShardMap) -> list[EventRow]:
+    async def apply_events(
+        self, events: Sequence[ScoreEvent], arrival: Sequence[int], shard_map: ShardMap
+    ) -> list[EventRow]:
         """Commit a group of events in one transaction; rows come back in `events` order.
 
-        The caller passes events sorted by (month, user_id): the lock order that keeps
-        concurrent groups from deadlocking.
+        The caller passes events sorted by (month, user_id), the lock order that keeps
+        concurrent groups from deadlocking, and `arrival[i]`: the 0-based position at
+        which events[i] arrived, which decides tie order within the group.
         """
-        return await asyncio.to_thread(self._apply_events_sync, events, shard_map)
+        return await asyncio.to_thread(self._apply_events_sync, events, arrival, shard_map)
 
     def _ack_sync(self, done: Sequence[tuple[date, str, int]]) -> int:
         with self.pool.connection() as conn:

@@ -147,7 +147,7 @@ class WritePipeline:
         order = sorted(range(len(events)), key=lambda i: (events[i].month, events[i].user_id))
         ordered = [events[i] for i in order]
         shard_map = self.shards.shard_map
-        rows = await self.store.apply_events(ordered, shard_map)
+        rows = await self.store.apply_events(ordered, order, shard_map)
         self.groups_committed += 1
         self.events_committed += len(events)
         outcomes = [WriteOutcome(event, row) for event, row in zip(ordered, rows, strict=True)]

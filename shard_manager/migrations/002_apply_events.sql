@@ -2,7 +2,7 @@
 -- requests (group commit) and calls this once per group.
 --
 -- The caller sorts events by (month, user_id), keeping each player's events in
--- arrival order, so concurrent groups lock player rows in the same order and
+-- arrival order, and passes each event's 1-based arrival position, so concurrent groups lock player rows in the same order and
 -- cannot deadlock each other. The player row lock serialises every writer of one
 -- player across all router processes; duplicate detection happens under it.
 
@@ -26,6 +26,7 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
     p_modes     text[],
     p_values    bigint[],
     p_occurred  timestamptz[],
+    p_arrival   int[],
     p_bounds    bigint[],
     p_shard_ids text[],
     p_epoch     bigint
@@ -52,7 +53,13 @@ DECLARE
     new_score bigint;
     new_shard text;
     inserted_user text;
+    seqs bigint[];
 BEGIN
+    -- Events arrive sorted for locking, not in the order they came in. Reserve one
+    -- tie-break value per event up front and hand them out by arrival position, so
+    -- within a group equal scores still order by who sent first.
+    SELECT array_agg(v ORDER BY v) INTO seqs
+      FROM (SELECT nextval('score_seq') AS v FROM generate_series(1, n)) reserved;
     FOR i IN 1..n LOOP
         idx := i;
         detail := NULL;
@@ -106,7 +113,7 @@ BEGIN
         IF NOT have_cur THEN
             new_shard := lb_shard_for(new_score, p_bounds, p_shard_ids);
             INSERT INTO player_scores AS ps (month, user_id, score, version, seq, shard, epoch)
-                 VALUES (p_months[i], p_user_ids[i], new_score, 1, nextval('score_seq'), new_shard, p_epoch)
+                 VALUES (p_months[i], p_user_ids[i], new_score, 1, seqs[p_arrival[i]], new_shard, p_epoch)
             ON CONFLICT DO NOTHING
             RETURNING ps.version, ps.seq INTO version, seq;
             IF NOT FOUND THEN
@@ -118,7 +125,7 @@ BEGIN
         ELSIF new_score <> cur.score THEN
             new_shard := lb_shard_for(new_score, p_bounds, p_shard_ids);
             UPDATE player_scores ps
-               SET score = new_score, version = ps.version + 1, seq = nextval('score_seq'),
+               SET score = new_score, version = ps.version + 1, seq = seqs[p_arrival[i]],
                    shard = new_shard, epoch = p_epoch, updated_at = now()
              WHERE ps.month = p_months[i] AND ps.user_id = p_user_ids[i]
             RETURNING ps.version, ps.seq INTO version, seq;

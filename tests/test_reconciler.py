@@ -1,0 +1,71 @@
+"""Committed writes whose Redis part never happened are finished by the reconciler."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tests.cluster import GAME_TOKEN, Cluster
+from tests.invariants import MONTH, assert_exact, wait_outbox_empty
+
+AUTH = {"X-Game-Service-Token": GAME_TOKEN}
+
+
+def commit_like_a_router_that_then_died(cluster: Cluster, events: list[tuple[str, str, int]]) -> None:
+    """Run the exact transaction a router runs, and never touch Redis afterwards."""
+    shard_map = cluster.shard_map
+    now = datetime.now(UTC)
+    cluster.sql(
+        "SELECT * FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
+        " %s::int[], %s::bigint[], %s, %s)",
+        (
+            [u for u, _, _ in events],
+            [m for _, m, _ in events],
+            [f"{MONTH}-01"] * len(events),
+            ["incr"] * len(events),
+            [v for _, _, v in events],
+            [now] * len(events),
+            list(range(1, len(events) + 1)),
+            list(shard_map.lower_bounds),
+            list(shard_map.ids),
+            shard_map.epoch,
+        ),
+    )
+
+
+def test_orphaned_commits_reach_the_shards_within_the_bound(api, board):
+    api.post("/v1/scores", json={"user_id": "mover", "match_id": "m0", "score": 50}, headers=AUTH)
+    api.post("/v1/scores", json={"user_id": "stayer", "match_id": "m0", "score": 500}, headers=AUTH)
+    wait_outbox_empty(board, timeout=5)
+    # mover crosses 0 -> 1 -> 2 in PostgreSQL only; newcomer exists only in PostgreSQL.
+    commit_like_a_router_that_then_died(board, [("mover", "m1", 100), ("mover", "m2", 900), ("newcomer", "m1", 5)])
+    assert api.get("/v1/scores/newcomer").status_code == 404  # not on the shards yet
+    # Test routers reconcile every 0.2 s once a change is 0.5 s old: well inside 10 s.
+    wait_outbox_empty(board, timeout=10)
+    assert_exact(board, api, {"mover": 1050, "stayer": 500, "newcomer": 5})
+
+
+def test_a_stale_copy_on_another_shard_is_removed(api, board):
+    api.post("/v1/scores", json={"user_id": "ghost", "match_id": "m0", "score": 50}, headers=AUTH)
+    wait_outbox_empty(board, timeout=5)
+    # As if an add reached s1 but the removal from s0 never ran: committed in
+    # PostgreSQL, on two shards in Redis.
+    commit_like_a_router_that_then_died(board, [("ghost", "m1", 100)])
+    (version, seq) = board.sql("SELECT version, seq FROM player_scores WHERE user_id='ghost'")[0]
+    from router.members import member, state_key, tie_prefix, zset_key
+
+    board.redis(1).zadd(zset_key(MONTH), {member(seq, "ghost"): 150})
+    board.redis(1).hset(state_key(MONTH), "ghost", f"{version}:{tie_prefix(seq)}")
+    wait_outbox_empty(board, timeout=10)
+    assert_exact(board, api, {"ghost": 150})
+
+
+def test_routers_acknowledge_their_own_writes_without_the_reconciler(board):
+    lone = board.router(extra_env={"LB_RECONCILE_INTERVAL_S": "3600"})
+    try:
+        with lone.client() as api:
+            for i in range(30):
+                api.post("/v1/scores", json={"user_id": f"n{i}", "match_id": "m", "score": i * 40}, headers=AUTH)
+            wait_outbox_empty(board, timeout=5)
+            assert_exact(board, api)
+    finally:
+        lone.stop()
