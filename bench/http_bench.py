@@ -1,0 +1,149 @@
+"""`make bench`: throughput ratios against a private local cluster, measured in one run.
+
+Starts its own cluster (3 shards, PostgreSQL, one router with LB_WORKERS workers) in
+a temp dir on free ports, then alternates rounds of each scenario so that machine
+noise hits all of them alike, and prints medians:
+
+  (1) POST /v1/scores req/s  /  GET /healthz req/s   (same client, same connections)
+  (2) batch ingest: events/s through POST /v1/scores/batch (1,000 events a request)
+
+Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench import loadgen
+from router.settings import Settings
+from shard_manager.launcher import LocalCluster
+from shard_manager.processes import free_port
+
+PLAYERS = 100_000
+
+
+def _cluster(workdir: Path, workers: int) -> LocalCluster:
+    ports = [free_port() for _ in range(3)]
+    shards_file = workdir / "shards.yaml"
+    shards_file.write_text(
+        "epoch: 1\nshards:\n"
+        f"  - {{id: s0, address: 'redis://127.0.0.1:{ports[0]}/0', min_score: 0, max_score: 100}}\n"
+        f"  - {{id: s1, address: 'redis://127.0.0.1:{ports[1]}/0', min_score: 100, max_score: 1000}}\n"
+        f"  - {{id: s2, address: 'redis://127.0.0.1:{ports[2]}/0', min_score: 1000, max_score: null}}\n"
+    )
+    settings = Settings(
+        data_dir=workdir / "data",
+        shards_file=shards_file,
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/leaderboard",
+        http_port=free_port(),
+        workers=workers,
+        game_tokens=["bench-token"],
+        admin_token="bench-admin",
+    )
+    return LocalCluster(settings)
+
+
+def _post_score(host: str, run_id: str):
+    rng = random.Random(1)
+
+    def make(n: int) -> bytes:
+        body = json.dumps(
+            {"user_id": f"p{rng.randrange(PLAYERS)}", "match_id": f"{run_id}-{n}", "score": rng.randint(1, 40)}
+        ).encode()
+        return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": "bench-token"})
+
+    return make
+
+
+def _post_batch(host: str, run_id: str):
+    rng = random.Random(2)
+
+    def make(n: int) -> bytes:
+        events = [
+            {"user_id": f"p{rng.randrange(PLAYERS)}", "match_id": f"{run_id}-{n}-{i}", "score": rng.randint(1, 40)}
+            for i in range(1000)
+        ]
+        body = json.dumps({"events": events}).encode()
+        return loadgen.build_request("POST", "/v1/scores/batch", host, body, {"X-Game-Service-Token": "bench-token"})
+
+    return make
+
+
+async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]]:
+    host = f"127.0.0.1:{port}"
+    healthz = loadgen.build_request("GET", "/healthz", host)
+    results: dict[str, list[float]] = {"healthz": [], "post": [], "ratio": [], "batch_events": [], "post_p50_ms": []}
+    # Warm-up: fill the board so writes hit existing players on every shard.
+    await loadgen.run("127.0.0.1", port, _post_batch(host, "warm"), connections=2, seconds=3)
+    for round_no in range(args.rounds):
+        health = await loadgen.run(
+            "127.0.0.1", port, lambda _: healthz, connections=args.connections, seconds=args.seconds
+        )
+        post = await loadgen.run(
+            "127.0.0.1", port, _post_score(host, f"r{round_no}"), connections=args.connections, seconds=args.seconds
+        )
+        batch = await loadgen.run(
+            "127.0.0.1", port, _post_batch(host, f"b{round_no}"), connections=4, seconds=args.seconds
+        )
+        if health.errors or post.errors or batch.errors:
+            raise SystemExit(
+                f"errors during the run: healthz {health.errors}, post {post.errors}, batch {batch.errors}"
+            )
+        results["healthz"].append(health.rate)
+        results["post"].append(post.rate)
+        results["ratio"].append(post.rate / health.rate)
+        results["batch_events"].append(batch.rate * 1000)
+        results["post_p50_ms"].append(post.median_latency * 1000)
+        print(
+            f"  round {round_no + 1}: healthz {health.rate:8.0f} req/s | POST /v1/scores {post.rate:7.0f} req/s "
+            f"(ratio {post.rate / health.rate:.3f}, p50 {post.median_latency * 1000:.1f} ms) | "
+            f"batch {batch.rate * 1000:8.0f} events/s",
+            flush=True,
+        )
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    workdir = Path(tempfile.mkdtemp(prefix="lb-bench-"))
+    cluster = _cluster(workdir, args.workers)
+    try:
+        cluster.start()
+        print(
+            f"bench: router with {args.workers} workers, {args.connections} connections, "
+            f"{args.rounds} rounds x {args.seconds:.0f} s per scenario",
+            flush=True,
+        )
+        results = asyncio.run(_measure(args, cluster.settings.http_port))
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print("\nmedians over rounds:")
+    print(f"  GET /healthz          {med['healthz']:10.0f} req/s")
+    print(f"  POST /v1/scores       {med['post']:10.0f} req/s   p50 {med['post_p50_ms']:.1f} ms")
+    print(f"  POST / healthz ratio  {med['ratio']:10.3f}")
+    print(f"  batch ingest          {med['batch_events']:10.0f} events/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
