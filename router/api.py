@@ -39,6 +39,8 @@ from router.schemas import (
     CheckOut,
     EntryOut,
     ErrorOut,
+    MonthOut,
+    MonthsOut,
     PlayerOut,
     ScoreIn,
     ScoreOut,
@@ -213,6 +215,8 @@ async def post_batch(body: BatchIn, svc: ServicesDep) -> BatchOut:
         common = {"index": i, "user_id": event.user_id, "month": month_label(row.month)}
         if row.status == "refused":
             results[i] = BatchItemOut(**common, status="refused", field="score", reason=row.detail)
+        elif row.status == "closed":
+            results[i] = BatchItemOut(**common, status="refused", field="occurred_at", reason=row.detail)
         elif row.status == "conflict":
             results[i] = BatchItemOut(**common, status="conflict", field="match_id", reason=row.detail)
         elif outcome.unavailable is not None:
@@ -297,6 +301,18 @@ async def get_top(
 
 
 @router.get(
+    "/v1/leaderboard/months",
+    tags=["reads"],
+    response_model=MonthsOut,
+    responses=ERRORS,
+    summary="Months that can be read: the two live ones and every archived one",
+)
+async def get_months(svc: ServicesDep) -> MonthsOut:
+    months = await svc.service.months()
+    return MonthsOut(months=[MonthOut(month=m, status=status, players=n) for m, status, n in months])
+
+
+@router.get(
     "/v1/admin/shards",
     tags=["admin"],
     response_model=ShardsOut,
@@ -305,7 +321,9 @@ async def get_top(
     summary="The shard map with member counts and memory",
 )
 async def get_shards(svc: ServicesDep, month: MonthQuery = None) -> ShardsOut:
-    label = svc.service.read_month(month)
+    label, _, archived = await svc.service.resolve_month(month)
+    if archived:
+        raise MonthNotServed(label)
     out = []
     for shard in svc.shard_map.shards:
         try:

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 
-from router.errors import InvalidInput, MatchConflict, MonthNotServed, PeriodClosed, ScoreRefused
+from router.errors import InvalidInput, MatchConflict, MonthNotServed, PeriodClosed, PlayerNotFound, ScoreRefused
 from router.periods import FUTURE_SKEW, live_months, month_label, month_start, parse_month
 from router.ranking import Board, Entry, Standing
 from router.schemas import ScoreIn
-from router.store import ScoreEvent
+from router.store import ScoreEvent, Store
 from router.writes import WriteOutcome, WritePipeline
 
 
 class BoardService:
-    def __init__(self, board: Board, writes: WritePipeline, now: Callable[[], datetime]) -> None:
+    def __init__(self, board: Board, writes: WritePipeline, store: Store, now: Callable[[], datetime]) -> None:
         self.board = board
         self.writes = writes
+        self.store = store
         self.now = now
+        self._archived: dict[date, int] = {}  # archived month -> players; archives never change
 
     # -- writes -------------------------------------------------------------------
 
@@ -43,31 +45,63 @@ class BoardService:
 
     # -- reads --------------------------------------------------------------------
 
-    def read_month(self, month: str | None) -> str:
+    async def resolve_month(self, month: str | None) -> tuple[str, date, bool]:
+        """(label, first day, archived?) for a read; live months are served from the shards."""
         now = self.now()
         current, previous = live_months(now)
         if month is None:
-            return month_label(current)
+            return month_label(current), current, False
         wanted = parse_month(month)
         if wanted > current:
             raise InvalidInput("month", f"{month} has not started yet")
-        if wanted not in (current, previous):
-            raise MonthNotServed(month)
-        return month_label(wanted)
+        if wanted in (current, previous) and wanted not in self._archived:
+            return month_label(wanted), wanted, False
+        if wanted not in self._archived:
+            players = await self.store.archived_players(wanted)
+            if players is None:
+                raise MonthNotServed(month)
+            self._archived[wanted] = players
+        return month_label(wanted), wanted, True
 
     async def standing(self, user_id: str, month: str | None) -> tuple[str, Standing]:
-        label = self.read_month(month)
-        return label, await self.board.standing(label, user_id)
+        label, first_day, archived = await self.resolve_month(month)
+        if not archived:
+            return label, await self.board.standing(label, user_id)
+        found = await self.store.archived_standing(first_day, user_id)
+        if found is None:
+            raise PlayerNotFound(user_id, label)
+        rank, score = found
+        return label, Standing(user_id, score, rank, self._archived[first_day], "archive", {})
 
     async def top(self, month: str | None, offset: int, limit: int) -> tuple[str, int, list[Entry]]:
-        label = self.read_month(month)
-        total, entries = await self.board.top(label, offset, limit)
-        return label, total, entries
+        label, first_day, archived = await self.resolve_month(month)
+        if not archived:
+            total, entries = await self.board.top(label, offset, limit)
+            return label, total, entries
+        rows = await self.store.archived_range(first_day, offset, limit)
+        return label, self._archived[first_day], [Entry(*row) for row in rows]
 
     async def around(self, user_id: str, month: str | None, radius: int) -> tuple[str, int, list[Entry]]:
-        label = self.read_month(month)
-        total, entries = await self.board.around(label, user_id, radius)
-        return label, total, entries
+        label, first_day, archived = await self.resolve_month(month)
+        if not archived:
+            total, entries = await self.board.around(label, user_id, radius)
+            return label, total, entries
+        _, me = await self.standing(user_id, label)
+        offset = max(0, me.rank - 1 - radius)
+        rows = await self.store.archived_range(first_day, offset, me.rank + radius - offset)
+        return label, me.total_players, [Entry(*row) for row in rows]
+
+    async def months(self) -> list[tuple[str, str, int]]:
+        """(month, "live" | "archived", players), newest first."""
+        now = self.now()
+        out = []
+        for month in live_months(now):
+            sizes = await self.board.shards.sizes(month_label(month))
+            out.append((month_label(month), "live", sum(sizes.values())))
+        for month, players, _ in await self.store.archived_months():
+            if month_label(month) not in {m for m, _, _ in out}:
+                out.append((month_label(month), "archived", players))
+        return out
 
 
 def raise_for_outcome(outcome: WriteOutcome) -> None:
@@ -77,5 +111,7 @@ def raise_for_outcome(outcome: WriteOutcome) -> None:
         raise MatchConflict(outcome.event.match_id, row.detail or "match_id reused with different content")
     if row.status == "refused":
         raise ScoreRefused(row.detail or "score refused")
+    if row.status == "closed":
+        raise PeriodClosed(month_label(row.month))
     if outcome.unavailable is not None:
         raise outcome.unavailable

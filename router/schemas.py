@@ -124,3 +124,13 @@ class ShardsOut(BaseModel):
     month: str
     shards: list[ShardOut]
     outbox_backlog: int | None
+
+
+class MonthOut(BaseModel):
+    month: str
+    status: Literal["live", "archived"]
+    players: int
+
+
+class MonthsOut(BaseModel):
+    months: list[MonthOut]

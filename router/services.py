@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from router.board_service import BoardService
 from router.ranking import Board
 from router.reconciler import Reconciler
+from router.season_keeper import SeasonKeeper
 from router.settings import Settings
 from router.shard_clients import ShardClients
 from router.store import Store
@@ -31,6 +32,7 @@ class Services:
     writes: WritePipeline
     reconciler: Reconciler
     service: BoardService
+    seasons: SeasonKeeper
 
     @classmethod
     def build(cls, settings: Settings, now=lambda: datetime.now(UTC)) -> Services:
@@ -45,18 +47,27 @@ class Services:
         reconciler = Reconciler(
             store, shards, cache, interval_s=settings.reconcile_interval_s, settle_s=settings.reconcile_settle_s
         )
-        service = BoardService(board, writes, now)
-        return cls(settings, shard_map, shards, store, board, writes, reconciler, service)
+        service = BoardService(board, writes, store, now)
+        seasons = SeasonKeeper(
+            settings.database_url,
+            shard_map,
+            now,
+            interval_s=settings.rotation_interval_s,
+            retention_s=settings.archive_redis_retention_s,
+        )
+        return cls(settings, shard_map, shards, store, board, writes, reconciler, service, seasons)
 
     async def start(self) -> None:
         if not self.settings.game_tokens:
             log.warning("LB_GAME_TOKENS is empty: every write will be refused with 401")
         await self.writes.start()
         self.reconciler.start()
+        self.seasons.start()
 
     async def stop(self) -> None:
         await self.writes.stop()
         await self.reconciler.stop()
+        await self.seasons.stop()
         await self.shards.close()
         await asyncio.to_thread(self.store.close)
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     )
     user_cache_size: int = Field(200_000, ge=0)
 
+    rotation_interval_s: float = Field(300.0, gt=0, description="How often a router looks for months to archive")
+    archive_redis_retention_s: float = Field(
+        7 * 86400.0, ge=0, description="How long an archived month's Redis keys are kept before they are dropped"
+    )
+
     @field_validator("game_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

@@ -232,3 +232,38 @@ class Store:
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._count_sync, "SELECT 1")
+
+    # -- archived months ----------------------------------------------------------
+
+    def _fetch_sync(self, sql: str, params: tuple) -> list[tuple]:
+        with self.pool.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows = cur.fetchall()
+            conn.commit()
+        return rows
+
+    async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return await asyncio.to_thread(self._fetch_sync, sql, params)
+
+    async def archived_players(self, month: date) -> int | None:
+        """Players in an archived month, or None if the month is not archived."""
+        rows = await self._fetch("SELECT players FROM month_archives WHERE month = %s", (month,))
+        return rows[0][0] if rows else None
+
+    async def archived_standing(self, month: date, user_id: str) -> tuple[int, int] | None:
+        rows = await self._fetch(
+            "SELECT rank, score FROM archived_ranks WHERE month = %s AND user_id = %s", (month, user_id)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def archived_range(self, month: date, offset: int, limit: int) -> list[tuple[int, str, int]]:
+        """Entries at 1-based ranks offset+1 .. offset+limit."""
+        return await self._fetch(
+            "SELECT rank, user_id, score FROM archived_ranks WHERE month = %s AND rank > %s AND rank <= %s"
+            " ORDER BY rank",
+            (month, offset, offset + limit),
+        )
+
+    async def archived_months(self) -> list[tuple[date, int, datetime]]:
+        return await self._fetch("SELECT month, players, closed_at FROM month_archives ORDER BY month DESC")

@@ -102,6 +102,72 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if None not in counts.values() else 1
 
 
+def _months(arg: str | None) -> list:
+    """The months a command works on: the one named, or both live months."""
+    from router.periods import live_months, parse_month
+
+    if arg:
+        return [parse_month(arg)]
+    return sorted(live_months(datetime.now(UTC)))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import psycopg2
+    import redis
+
+    from shard_manager.verify import verify_month
+
+    settings = _settings()
+    shard_map = load_shard_map(args.file or settings.shards_file)
+    ok = True
+    for month in _months(args.month):
+        try:
+            report = verify_month(settings.database_url, shard_map, month, recheck_after_s=args.recheck_after)
+        except (redis.RedisError, psycopg2.Error) as exc:
+            print(f"cannot verify {month:%Y-%m}: {exc}", file=sys.stderr)
+            return 2
+        print(report.render())
+        ok &= report.ok
+    return 0 if ok else 1
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from shard_manager.rebuild import progress_printer, rebuild_month
+
+    settings = _settings()
+    shard_map = load_shard_map(args.file or settings.shards_file)
+    for month in _months(args.month):
+        report = rebuild_month(settings.database_url, shard_map, month, progress_printer())
+        shards = ", ".join(f"{sid} {n}" for sid, n in report.per_shard.items())
+        print(
+            f"rebuilt {report.month}: {report.players} players ({shards}) in {report.seconds:.2f} s; "
+            f"{report.caught_up} re-applied after the snapshot"
+        )
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from router.periods import parse_month
+    from shard_manager.seasons import ArchiveRefused, archive_month, drop_redis_keys
+
+    settings = _settings()
+    now = datetime.now(UTC)
+    try:
+        result = archive_month(settings.database_url, parse_month(args.month), now)
+    except ArchiveRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    state = "archived" if result.created else "already archived"
+    print(f"{args.month}: {state}, {result.players} players")
+    if args.drop_redis:
+        shard_map = load_shard_map(settings.shards_file)
+        dropped = drop_redis_keys(settings.database_url, shard_map, now, timedelta(0))
+        print("dropped Redis keys of: " + (", ".join(m.strftime("%Y-%m") for m in dropped) or "nothing"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shard-manager", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", type=Path, default=None, help="shard map (default: LB_SHARDS_FILE)")
     p.add_argument("--month", default=None, help="YYYY-MM (default: current)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("verify", help="check every player on the shards against PostgreSQL")
+    p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
+    p.add_argument("--file", type=Path, default=None, help="shard map (default: LB_SHARDS_FILE)")
+    p.add_argument("--recheck-after", type=float, default=3.0, help="seconds before re-checking mismatches")
+    p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("rebuild", help="re-materialise the shards from PostgreSQL")
+    p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
+    p.add_argument("--file", type=Path, default=None, help="shard map (default: LB_SHARDS_FILE)")
+    p.set_defaults(fn=cmd_rebuild)
+    p = sub.add_parser("archive", help="close a past month into PostgreSQL (idempotent)")
+    p.add_argument("--month", required=True, help="YYYY-MM, older than the previous month")
+    p.add_argument("--drop-redis", action="store_true", help="also drop archived months' Redis keys now")
+    p.set_defaults(fn=cmd_archive)
     return parser
 
 

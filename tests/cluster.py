@@ -140,7 +140,7 @@ class Cluster:
         conn = psycopg2.connect(self.dsn)
         try:
             with conn, conn.cursor() as cur:
-                cur.execute("TRUNCATE score_events, player_scores, redis_outbox")
+                cur.execute("TRUNCATE score_events, player_scores, redis_outbox, archived_ranks, month_archives")
         finally:
             conn.close()
         for i, server in enumerate(self.shards):

@@ -19,6 +19,9 @@ BEGIN
     RETURN p_shard_ids[1];
 END $$;
 
+CREATE OR REPLACE FUNCTION lb_month_lock(p_month date) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('lb-month:' || p_month::text, 0) $$;
+
 CREATE OR REPLACE FUNCTION lb_apply_events(
     p_user_ids  text[],
     p_match_ids text[],
@@ -32,7 +35,7 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
     p_epoch     bigint
 ) RETURNS TABLE (
     idx        int,
-    status     text,     -- applied | duplicate | conflict | refused
+    status     text,     -- applied | duplicate | conflict | refused | closed
     detail     text,
     month      date,
     score      bigint,
@@ -54,15 +57,31 @@ DECLARE
     new_shard text;
     inserted_user text;
     seqs bigint[];
+    closed date[];
 BEGIN
     -- Events arrive sorted for locking, not in the order they came in. Reserve one
     -- tie-break value per event up front and hand them out by arrival position, so
     -- within a group equal scores still order by who sent first.
     SELECT array_agg(v ORDER BY v) INTO seqs
       FROM (SELECT nextval('score_seq') AS v FROM generate_series(1, n)) reserved;
+    -- Archiving a month takes this lock exclusively: a group either commits before
+    -- the snapshot (and is in it) or sees the month closed. Never lost in between.
+    PERFORM pg_advisory_xact_lock_shared(lb_month_lock(m))
+       FROM (SELECT DISTINCT unnest(p_months) AS m ORDER BY 1) months;
+    SELECT coalesce(array_agg(a.month), '{}') INTO closed
+      FROM month_archives a WHERE a.month = ANY (p_months);
+
     FOR i IN 1..n LOOP
         idx := i;
         detail := NULL;
+        IF p_months[i] = ANY (closed) THEN
+            status := 'closed';
+            detail := format('month %s is archived', to_char(p_months[i], 'YYYY-MM'));
+            month := p_months[i]; score := NULL; prev_score := NULL; version := NULL;
+            seq := NULL; shard := NULL; prev_shard := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         SELECT e.month AS m, e.mode, e.value INTO ev
           FROM score_events e WHERE e.user_id = p_user_ids[i] AND e.match_id = p_match_ids[i];
         IF FOUND THEN

@@ -1,0 +1,155 @@
+"""Check the shards of a month against PostgreSQL, player by player.
+
+Every player must be on exactly one shard, the one whose range holds their score,
+with the score, version and tie order PostgreSQL holds, and no shard may hold a
+player PostgreSQL does not know. While routers write, a player can be caught
+mid-write; mismatches are therefore checked again after a pause and only the ones
+that persist are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+
+import psycopg2
+import redis
+
+from router.members import TIE_WIDTH, state_key, tie_prefix, zset_key
+from shard_manager.shardmap import ShardMap
+
+SCAN = 50_000
+
+
+@dataclass
+class VerifyReport:
+    month: str
+    players: int
+    problems: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, example: str) -> None:
+        self.problems[kind] += 1
+        if len(self.examples[kind]) < 5:
+            self.examples[kind].append(example)
+
+    def render(self) -> str:
+        if self.ok:
+            return f"verify {self.month}: ok, {self.players} players, each on exactly one shard and exact"
+        lines = [f"verify {self.month}: {sum(self.problems.values())} problem(s) among {self.players} players"]
+        for kind, count in self.problems.most_common():
+            lines.append(f"  {kind}: {count}  e.g. " + "; ".join(self.examples[kind]))
+        return "\n".join(lines)
+
+
+def _pg_rows(dsn: str, month: date, users: list[str] | None = None) -> dict[str, tuple[int, int, int]]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor(name="verify") as cur:
+            cur.itersize = SCAN
+            if users is None:
+                cur.execute("SELECT user_id, score, version, seq FROM player_scores WHERE month = %s", (month,))
+            else:
+                cur.execute(
+                    "SELECT user_id, score, version, seq FROM player_scores WHERE month = %s AND user_id = ANY(%s)",
+                    (month, users),
+                )
+            return {user: (score, version, seq) for user, score, version, seq in cur}
+    finally:
+        conn.close()
+
+
+def _shard_contents(
+    client: redis.Redis, label: str, users: list[str] | None
+) -> tuple[dict[str, list[tuple[str, int]]], dict[str, str]]:
+    """(user -> [(tie, score)] from the sorted set, user -> state entry) on one shard."""
+    members: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    if users is None:
+        start = 0
+        while batch := client.zrange(zset_key(label), start, start + SCAN - 1, withscores=True):
+            for name, score in batch:
+                name = name.decode()
+                members[name[TIE_WIDTH:]].append((name[:TIE_WIDTH], int(score)))
+            start += SCAN
+        states = {k.decode(): v.decode() for k, v in client.hscan_iter(state_key(label), count=SCAN)}
+    else:
+        raw = client.hmget(state_key(label), users) if users else []
+        states = {u: v.decode() for u, v in zip(users, raw, strict=True) if v is not None}
+        for user, entry in states.items():
+            _, _, tie = entry.partition(":")
+            if tie:
+                score = client.zscore(zset_key(label), tie + user)
+                if score is not None:
+                    members[user].append((tie, int(score)))
+    return members, states
+
+
+def _check(report: VerifyReport, shard_map: ShardMap, pg: dict, contents: dict, users: list[str] | None) -> set[str]:
+    """Record problems into `report`; return the users involved."""
+    bad: set[str] = set()
+    placed: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    for shard_id, (members, _) in contents.items():
+        for user, entries in members.items():
+            for tie, score in entries:
+                placed[user].append((shard_id, tie, score))
+    candidates = set(pg) | set(placed) if users is None else set(users)
+    for user in sorted(candidates):
+        places = placed.get(user, [])
+        if user not in pg:
+            if places:
+                report.add("unknown_player", f"{user} on {places[0][0]} (not in PostgreSQL)")
+                bad.add(user)
+            continue
+        score, version, seq = pg[user]
+        if not places:
+            report.add("missing", f"{user} (score {score}) is on no shard")
+            bad.add(user)
+            continue
+        if len(places) > 1:
+            report.add("on_several_shards", f"{user} on {', '.join(p[0] for p in places)}")
+            bad.add(user)
+            continue
+        shard_id, tie, held = places[0]
+        expected = shard_map.shard_for_score(score).id
+        if shard_id != expected:
+            report.add("wrong_shard", f"{user} (score {score}) on {shard_id}, belongs on {expected}")
+            bad.add(user)
+        if held != score:
+            report.add("wrong_score", f"{user}: shard {held}, PostgreSQL {score}")
+            bad.add(user)
+        if tie != tie_prefix(seq):
+            report.add("wrong_tie_order", f"{user}: shard tie {tie}, PostgreSQL seq {seq}")
+            bad.add(user)
+        entry = contents[shard_id][1].get(user)
+        if entry != f"{version}:{tie_prefix(seq)}":
+            report.add("wrong_version", f"{user}: shard state {entry!r}, PostgreSQL version {version}")
+            bad.add(user)
+    return bad
+
+
+def verify_month(dsn: str, shard_map: ShardMap, month: date, recheck_after_s: float = 3.0) -> VerifyReport:
+    label = month.strftime("%Y-%m")
+    clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
+    try:
+        pg = _pg_rows(dsn, month)
+        contents = {sid: _shard_contents(c, label, None) for sid, c in clients.items()}
+        report = VerifyReport(label, len(pg))
+        bad = _check(report, shard_map, pg, contents, None)
+        if bad and recheck_after_s > 0:
+            # Give in-flight writes and the reconciler time to finish, then look again.
+            time.sleep(recheck_after_s)
+            users = sorted(bad)
+            report = VerifyReport(label, len(pg))
+            pg_again = _pg_rows(dsn, month, users)
+            contents = {sid: _shard_contents(c, label, users) for sid, c in clients.items()}
+            _check(report, shard_map, pg_again, contents, users)
+        return report
+    finally:
+        for client in clients.values():
+            client.close()

@@ -1,0 +1,154 @@
+"""Monthly seasons: closing a month into PostgreSQL, reading it back, dropping its Redis keys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+
+from router.members import zset_key
+from shard_manager.seasons import archive_month
+from tests.cluster import Cluster
+from tests.invariants import wait_outbox_empty
+from tests.load import AUTH
+
+
+def months_ago(n: int) -> date:
+    month = datetime.now(UTC).date().replace(day=1)
+    for _ in range(n):
+        month = (month - timedelta(days=1)).replace(day=1)
+    return month
+
+
+def history(cluster: Cluster, month: date, scores: dict[str, int]) -> None:
+    """Events of a month that has since ended, committed by the same function routers call."""
+    users = sorted(scores)
+    moment = datetime(month.year, month.month, 15, tzinfo=UTC)
+    cluster.sql(
+        "SELECT * FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
+        " %s::int[], %s::bigint[], %s, %s)",
+        (
+            users,
+            ["old"] * len(users),
+            [month] * len(users),
+            ["incr"] * len(users),
+            [scores[u] for u in users],
+            [moment] * len(users),
+            list(range(1, len(users) + 1)),
+            list(cluster.shard_map.lower_bounds),
+            list(cluster.shard_map.ids),
+            cluster.shard_map.epoch,
+        ),
+    )
+
+
+def manager(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LB_DATABASE_URL": cluster.dsn, "LB_SHARDS_FILE": str(cluster.shards_file)}
+    return subprocess.run([sys.executable, "-m", "shard_manager", *args], env=env, capture_output=True, text=True)
+
+
+SCORES = {"ann": 1500, "ben": 150, "cat": 150, "dan": 15, "eve": 5000, "fay": 0}
+
+
+def test_archive_snapshots_the_final_board_and_serves_it(api, board):
+    old = months_ago(2)
+    label = old.strftime("%Y-%m")
+    history(board, old, SCORES)
+    wait_outbox_empty(board, timeout=10)  # the reconciler put the old month on the shards
+    assert sum(board.redis(i).zcard(zset_key(label)) for i in range(3)) == len(SCORES)
+    # Not live and not archived: not served.
+    assert api.get(f"/v1/leaderboard/top?month={label}").status_code == 404
+
+    first = manager(board, "archive", "--month", label)
+    assert first.returncode == 0, first.stderr
+    assert f"{label}: archived, 6 players" in first.stdout
+    again = manager(board, "archive", "--month", label)
+    assert f"{label}: already archived, 6 players" in again.stdout
+
+    top = api.get(f"/v1/leaderboard/top?month={label}&limit=10").json()
+    assert top["total_players"] == 6
+    # ben reached 150 before cat (same group, ben arrived first).
+    assert [(e["rank"], e["user_id"], e["score"]) for e in top["entries"]] == [
+        (1, "eve", 5000),
+        (2, "ann", 1500),
+        (3, "ben", 150),
+        (4, "cat", 150),
+        (5, "dan", 15),
+        (6, "fay", 0),
+    ]
+    page = api.get(f"/v1/leaderboard/top?month={label}&limit=2&offset=2").json()["entries"]
+    assert [e["user_id"] for e in page] == ["ben", "cat"]
+    me = api.get(f"/v1/scores/cat?month={label}").json()
+    assert (me["rank"], me["score"], me["total_players"], me["percentile"]) == (4, 150, 6, 50.0)
+    around = api.get(f"/v1/scores/cat/around?month={label}&radius=1").json()["entries"]
+    assert [e["user_id"] for e in around] == ["ben", "cat", "dan"]
+    assert api.get(f"/v1/scores/nobody?month={label}").status_code == 404
+
+    months = api.get("/v1/leaderboard/months").json()["months"]
+    assert {"month": label, "status": "archived", "players": 6} in months
+    assert [m["status"] for m in months[:2]] == ["live", "live"]
+
+    dropped = manager(board, "archive", "--month", label, "--drop-redis")
+    assert label in dropped.stdout
+    assert sum(board.redis(i).exists(zset_key(label)) for i in range(3)) == 0
+    assert api.get(f"/v1/leaderboard/top?month={label}").json()["total_players"] == 6
+
+
+def test_events_for_an_archived_month_are_refused_even_by_a_late_router(board):
+    old = months_ago(2)
+    history(board, old, {"ann": 10})
+    archive_month(board.dsn, old, datetime.now(UTC))
+    late = board.sql(
+        "SELECT status, detail FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
+        " %s::int[], %s::bigint[], %s, %s)",
+        (
+            ["ann"],
+            ["late"],
+            [old],
+            ["incr"],
+            [5],
+            [datetime(old.year, old.month, 20, tzinfo=UTC)],
+            [1],
+            list(board.shard_map.lower_bounds),
+            list(board.shard_map.ids),
+            1,
+        ),
+    )
+    assert late[0][0] == "closed"
+    assert board.sql("SELECT score FROM player_scores WHERE user_id='ann'") == [(10,)]
+
+
+def test_api_refuses_events_for_old_months_with_409(api):
+    occurred = datetime.combine(months_ago(2), datetime.min.time(), UTC).isoformat()
+    body = {"user_id": "ann", "match_id": "x", "occurred_at": occurred}
+    reply = api.post("/v1/scores", json=body, headers=AUTH)
+    assert reply.status_code == 409
+    assert months_ago(2).strftime("%Y-%m") in reply.json()["error"]["message"]
+
+
+def test_live_months_cannot_be_archived(board):
+    result = manager(board, "archive", "--month", months_ago(1).strftime("%Y-%m"))
+    assert result.returncode == 2
+    assert "still live" in result.stderr
+
+
+def test_routers_rotate_in_the_background(board):
+    old = months_ago(3)
+    label = old.strftime("%Y-%m")
+    history(board, old, SCORES)
+    router = board.router(extra_env={"LB_ROTATION_INTERVAL_S": "0.3", "LB_ARCHIVE_REDIS_RETENTION_S": "0"})
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            rows = board.sql("SELECT players, redis_dropped_at FROM month_archives WHERE month = %s", (old,))
+            if rows and rows[0][1] is not None:
+                break
+            time.sleep(0.1)
+        assert rows and rows[0][0] == len(SCORES) and rows[0][1] is not None
+        assert sum(board.redis(i).exists(zset_key(label)) for i in range(3)) == 0
+        with router.client() as api:
+            assert api.get(f"/v1/scores/eve?month={label}").json()["rank"] == 1
+    finally:
+        router.stop()
