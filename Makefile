@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench clean
+.PHONY: install run up down status test lint bench bench-rebuild clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ lint: install
 
 bench: install   ## throughput ratios against a private cluster started for the run
 	$(PY) -m bench.http_bench $(BENCH_ARGS)
+
+bench-rebuild: install  ## rebuild of 1M players from PostgreSQL vs a plain bulk load, same run
+	$(PY) -m bench.rebuild_bench $(BENCH_ARGS)
 
 clean: down
 	rm -rf .data

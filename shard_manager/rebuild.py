@@ -113,6 +113,7 @@ def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month:
     """Apply, versioned, every state committed since `since`: the writes the snapshot may miss."""
     label = _label(month)
     keys = [zset_key(label), state_key(label)]
+    scripts = {sid: client.register_script(APPLY_LUA) for sid, client in clients.items()}
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s AND updated_at >= %s",
@@ -126,5 +127,5 @@ def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month:
             for user_id, score, version, seq, _ in chunk:
                 present = shard_map.shard_for_score(score).id == shard.id
                 args += [user_id, version, 1 if present else 0, score, tie_prefix(seq)]
-            clients[shard.id].eval(APPLY_LUA, 2, *keys, *args)
+            scripts[shard.id](keys=keys, args=args)
     return len(rows)
