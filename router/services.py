@@ -8,7 +8,10 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg2
+
 from router.board_service import BoardService
+from router.layout_watcher import LayoutWatcher
 from router.ranking import Board
 from router.reconciler import Reconciler
 from router.season_keeper import SeasonKeeper
@@ -17,6 +20,7 @@ from router.shard_clients import ShardClients
 from router.store import Store
 from router.user_cache import UserShardCache
 from router.writes import WritePipeline
+from shard_manager.layout import ensure_layout
 from shard_manager.shardmap import ShardMap, load_shard_map
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
-    shard_map: ShardMap
     shards: ShardClients
     store: Store
     board: Board
@@ -33,10 +36,21 @@ class Services:
     reconciler: Reconciler
     service: BoardService
     seasons: SeasonKeeper
+    layout: LayoutWatcher
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return self.shards.shard_map
 
     @classmethod
-    def build(cls, settings: Settings, now=lambda: datetime.now(UTC)) -> Services:
-        shard_map = load_shard_map(settings.shards_file)
+    async def create(cls, settings: Settings, now=lambda: datetime.now(UTC)) -> Services:
+        file_map = load_shard_map(settings.shards_file)
+        try:
+            # The layout in PostgreSQL is what is in force; the file only seeds it.
+            shard_map = (await asyncio.to_thread(ensure_layout, settings.database_url, file_map)).shard_map
+        except psycopg2.Error as exc:
+            log.warning("PostgreSQL unavailable at start (%s); using %s until it answers", exc, settings.shards_file)
+            shard_map = file_map
         shards = ShardClients(shard_map, settings.redis_timeout_s)
         store = Store(settings.database_url, settings.pg_pool_size, settings.pg_statement_timeout_ms)
         cache = UserShardCache(settings.user_cache_size)
@@ -55,7 +69,9 @@ class Services:
             interval_s=settings.rotation_interval_s,
             retention_s=settings.archive_redis_retention_s,
         )
-        return cls(settings, shard_map, shards, store, board, writes, reconciler, service, seasons)
+        watcher = LayoutWatcher(store, shards, interval_s=settings.layout_poll_s)
+        writes.on_unknown_shard = watcher.refresh
+        return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher)
 
     async def start(self) -> None:
         if not self.settings.game_tokens:
@@ -63,11 +79,13 @@ class Services:
         await self.writes.start()
         self.reconciler.start()
         self.seasons.start()
+        self.layout.start()
 
     async def stop(self) -> None:
         await self.writes.stop()
         await self.reconciler.stop()
         await self.seasons.stop()
+        await self.layout.stop()
         await self.shards.close()
         await asyncio.to_thread(self.store.close)
 

@@ -55,22 +55,46 @@ class Lookup:
 class ShardClients:
     def __init__(self, shard_map: ShardMap, timeout_s: float, max_connections: int = 64) -> None:
         self.shard_map = shard_map
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
         self._clients: dict[str, aioredis.Redis] = {}
-        for shard in shard_map.shards:
-            self._clients[shard.id] = aioredis.Redis.from_url(
-                shard.address,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                decode_responses=True,
-                max_connections=max_connections,
-                health_check_interval=30,
-            )
+        self._addresses: dict[str, str] = {}
+        self._retired: list[aioredis.Redis] = []
+        self._connect_missing()
         any_client = next(iter(self._clients.values()))
         self._apply = any_client.register_script(APPLY_LUA)
         self._lookup = any_client.register_script(LOOKUP_LUA)
 
+    def _connect_missing(self) -> None:
+        for shard in self.shard_map.shards:
+            if self._addresses.get(shard.id) == shard.address:
+                continue
+            if shard.id in self._clients:
+                self._retired.append(self._clients[shard.id])
+            self._clients[shard.id] = aioredis.Redis.from_url(
+                shard.address,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
+                decode_responses=True,
+                max_connections=self._max_connections,
+                health_check_interval=30,
+            )
+            self._addresses[shard.id] = shard.address
+
+    async def update(self, shard_map: ShardMap) -> None:
+        """Switch to a new layout: connect new shards first, then publish the map."""
+        previous = self.shard_map
+        self.shard_map = shard_map
+        self._connect_missing()
+        gone = set(previous.ids) - set(shard_map.ids)
+        for shard_id in gone:
+            # Kept until close(): a request that started under the old layout may still use it.
+            self._retired.append(self._clients.pop(shard_id))
+            self._addresses.pop(shard_id, None)
+
     async def close(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients.values()), return_exceptions=True)
+        clients = list(self._clients.values()) + self._retired
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     async def _call(self, shard_id: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         try:

@@ -21,7 +21,7 @@ import psycopg2.extensions
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from router.errors import StoreUnavailable
-from shard_manager.shardmap import ShardMap
+from shard_manager.layout import Layout, load_layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +137,13 @@ class Store:
     # -- writes -------------------------------------------------------------------
 
     @_retry_conflicts
-    def _apply_events_sync(
-        self, events: Sequence[ScoreEvent], arrival: Sequence[int], shard_map: ShardMap
-    ) -> list[EventRow]:
+    def _apply_events_sync(self, events: Sequence[ScoreEvent], arrival: Sequence[int]) -> list[EventRow]:
         with self.pool.connection() as conn:
             try:
                 with conn.cursor() as cur:
                     cur.execute(
                         "SELECT idx, status, detail, month, score, prev_score, version, seq, shard, prev_shard"
-                        " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
-                        " %s::int[], %s::bigint[], %s, %s)",
+                        " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[], %s::int[])",
                         (
                             [e.user_id for e in events],
                             [e.match_id for e in events],
@@ -155,9 +152,6 @@ class Store:
                             [e.value for e in events],
                             [e.occurred_at for e in events],
                             [position + 1 for position in arrival],
-                            list(shard_map.lower_bounds),
-                            list(shard_map.ids),
-                            shard_map.epoch,
                         ),
                     )
                     rows = cur.fetchall()
@@ -171,16 +165,14 @@ class Store:
         rows.sort(key=lambda r: r[0])
         return [EventRow(*row[1:]) for row in rows]
 
-    async def apply_events(
-        self, events: Sequence[ScoreEvent], arrival: Sequence[int], shard_map: ShardMap
-    ) -> list[EventRow]:
+    async def apply_events(self, events: Sequence[ScoreEvent], arrival: Sequence[int]) -> list[EventRow]:
         """Commit a group of events in one transaction; rows come back in `events` order.
 
         The caller passes events sorted by (month, user_id), the lock order that keeps
         concurrent groups from deadlocking, and `arrival[i]`: the 0-based position at
         which events[i] arrived, which decides tie order within the group.
         """
-        return await asyncio.to_thread(self._apply_events_sync, events, arrival, shard_map)
+        return await asyncio.to_thread(self._apply_events_sync, events, arrival)
 
     def _ack_sync(self, done: Sequence[tuple[date, str, int]]) -> int:
         with self.pool.connection() as conn:
@@ -229,6 +221,17 @@ class Store:
 
     async def outbox_backlog(self) -> int:
         return await asyncio.to_thread(self._count_sync, "SELECT count(*) FROM redis_outbox")
+
+    def _layout_sync(self) -> Layout | None:
+        with self.pool.connection() as conn:
+            return load_layout(conn)
+
+    async def layout(self) -> Layout | None:
+        return await asyncio.to_thread(self._layout_sync)
+
+    async def layout_epoch(self) -> int | None:
+        rows = await self._fetch("SELECT epoch FROM shard_layout WHERE id = 1")
+        return rows[0][0] if rows else None
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._count_sync, "SELECT 1")

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -33,6 +33,11 @@ from router.store import EventRow, ScoreEvent, Store
 from router.user_cache import UserShardCache
 
 log = logging.getLogger(__name__)
+
+
+async def _nothing() -> None:
+    return None
+
 
 _Results = dict[tuple[str, str], "tuple[list[ApplyResult], int] | ShardUnavailable"]
 
@@ -89,6 +94,7 @@ class WritePipeline:
         self._queue: asyncio.Queue[tuple[ScoreEvent, asyncio.Future[WriteOutcome]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: list[tuple[date, str, int]] = []
+        self.on_unknown_shard: Callable[[], Awaitable[None]] = _nothing
         self.groups_committed = 0
         self.events_committed = 0
 
@@ -146,8 +152,11 @@ class WritePipeline:
         # Stable sort: one lock order for every group, each player's events still in arrival order.
         order = sorted(range(len(events)), key=lambda i: (events[i].month, events[i].user_id))
         ordered = [events[i] for i in order]
-        shard_map = self.shards.shard_map
-        rows = await self.store.apply_events(ordered, order, shard_map)
+        rows = await self.store.apply_events(ordered, order)
+        if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
+            # PostgreSQL placed a player on a shard this process has not heard of yet:
+            # a rebalance added it. Catch up before touching the shards.
+            await self.on_unknown_shard()
         self.groups_committed += 1
         self.events_committed += len(events)
         outcomes = [WriteOutcome(event, row) for event, row in zip(ordered, rows, strict=True)]

@@ -111,6 +111,16 @@ def _months(arg: str | None) -> list:
     return sorted(live_months(datetime.now(UTC)))
 
 
+def _layout(settings):
+    """The layout in force (PostgreSQL), or the shard map file where there is none yet."""
+    from shard_manager.layout import read_layout
+
+    layout = read_layout(settings.database_url)
+    if layout is None:
+        return load_shard_map(settings.shards_file), False
+    return layout.shard_map, layout.move is not None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import psycopg2
     import redis
@@ -118,11 +128,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from shard_manager.verify import verify_month
 
     settings = _settings()
-    shard_map = load_shard_map(args.file or settings.shards_file)
+    shard_map, moving = _layout(settings)
     ok = True
     for month in _months(args.month):
         try:
-            report = verify_month(settings.database_url, shard_map, month, recheck_after_s=args.recheck_after)
+            report = verify_month(
+                settings.database_url, shard_map, month, recheck_after_s=args.recheck_after, moving=moving
+            )
         except (redis.RedisError, psycopg2.Error) as exc:
             print(f"cannot verify {month:%Y-%m}: {exc}", file=sys.stderr)
             return 2
@@ -135,7 +147,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from shard_manager.rebuild import progress_printer, rebuild_month
 
     settings = _settings()
-    shard_map = load_shard_map(args.file or settings.shards_file)
+    shard_map, _ = _layout(settings)
     for month in _months(args.month):
         report = rebuild_month(settings.database_url, shard_map, month, progress_printer())
         shards = ", ".join(f"{sid} {n}" for sid, n in report.per_shard.items())
@@ -185,12 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("verify", help="check every player on the shards against PostgreSQL")
     p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
-    p.add_argument("--file", type=Path, default=None, help="shard map (default: LB_SHARDS_FILE)")
     p.add_argument("--recheck-after", type=float, default=3.0, help="seconds before re-checking mismatches")
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("rebuild", help="re-materialise the shards from PostgreSQL")
     p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
-    p.add_argument("--file", type=Path, default=None, help="shard map (default: LB_SHARDS_FILE)")
     p.set_defaults(fn=cmd_rebuild)
     p = sub.add_parser("archive", help="close a past month into PostgreSQL (idempotent)")
     p.add_argument("--month", required=True, help="YYYY-MM, older than the previous month")

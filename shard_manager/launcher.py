@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from router.settings import Settings
 from shard_manager.binaries import require_postgres, require_redis_server
+from shard_manager.layout import ensure_layout
 from shard_manager.migrations import migrate
 from shard_manager.processes import PostgresServer, RedisServer
 from shard_manager.shardmap import ShardMap, load_shard_map
@@ -126,6 +127,13 @@ class LocalCluster:
             applied = migrate(self.settings.database_url)
             if applied:
                 print(f"  migrations    applied {', '.join(applied)}", flush=True)
+            layout = ensure_layout(self.settings.database_url, self.shard_map)
+            if not layout.shard_map.same_layout(self.shard_map):
+                print(
+                    f"  note          the layout in force (epoch {layout.epoch}) differs from "
+                    f"{self.settings.shards_file}; `shard-manager plan` shows what `apply` would change",
+                    flush=True,
+                )
             self._start_router()
             wait_ready(self.base_url + "/readyz", timeout=60, alive=lambda: self.router.poll() is None)
         except BaseException:

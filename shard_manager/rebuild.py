@@ -74,12 +74,14 @@ def rebuild_month(
         done = 0
         with conn, conn.cursor(name="rebuild") as cur:
             cur.itersize = CHUNK
-            cur.execute("SELECT user_id, score, version, seq FROM player_scores WHERE month = %s", (month,))
+            cur.execute("SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s", (month,))
+            known = set(shard_map.ids)
             while rows := cur.fetchmany(CHUNK):
                 scores: dict[str, dict[str, int]] = defaultdict(dict)
                 states: dict[str, dict[str, str]] = defaultdict(dict)
-                for user_id, score, version, seq in rows:
-                    shard_id = shard_map.shard_for_score(score).id
+                for user_id, score, version, seq, placed_on in rows:
+                    # PostgreSQL's placement wins (it follows a running rebalance's cursor).
+                    shard_id = placed_on if placed_on in known else shard_map.shard_for_score(score).id
                     scores[shard_id][member(seq, user_id)] = score
                     states[shard_id][user_id] = f"{version}:{tie_prefix(seq)}"
                 for shard_id, mapping in scores.items():
@@ -124,8 +126,9 @@ def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month:
         chunk = rows[start : start + 1000]
         for shard in shard_map.shards:
             args: list = []
-            for user_id, score, version, seq, _ in chunk:
-                present = shard_map.shard_for_score(score).id == shard.id
+            for user_id, score, version, seq, placed_on in chunk:
+                target = placed_on if placed_on in clients else shard_map.shard_for_score(score).id
+                present = target == shard.id
                 args += [user_id, version, 1 if present else 0, score, tie_prefix(seq)]
             scripts[shard.id](keys=keys, args=args)
     return len(rows)

@@ -68,9 +68,11 @@ class Shard:
 class ShardMap:
     epoch: int
     shards: tuple[Shard, ...]
+    allow_empty: bool = False
+    """Layouts mid-rebalance hold shards with empty ranges ([b, b)); files never do."""
 
     def __post_init__(self) -> None:
-        _check_shards(self.shards)
+        _check_shards(self.shards, self.allow_empty)
         if self.epoch < 1:
             raise ShardMapError("epoch", f"must be a positive integer, got {self.epoch}")
 
@@ -99,6 +101,22 @@ class ShardMap:
     def by_id(self, shard_id: str) -> Shard:
         return self.shards[self.index_of(shard_id)]
 
+    @classmethod
+    def from_bounds(cls, epoch: int, shards: Sequence[tuple[str, str, int]]) -> ShardMap:
+        """A layout from (id, address, min_score) in order; equal min_scores make empty shards."""
+        built = []
+        for i, (shard_id, address, start) in enumerate(shards):
+            end = shards[i + 1][2] if i + 1 < len(shards) else None
+            built.append(Shard(shard_id, address, ScoreRange(start, end)))
+        return cls(epoch, tuple(built), allow_empty=True)
+
+    def bounds(self) -> list[tuple[str, str, int]]:
+        return [(s.id, s.address, s.range.start) for s in self.shards]
+
+    def same_layout(self, other: ShardMap) -> bool:
+        """Same shards, addresses and ranges, whatever the epochs."""
+        return self.bounds() == other.bounds()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -114,7 +132,7 @@ class ShardMap:
         }
 
 
-def _check_shards(shards: Sequence[Shard]) -> None:
+def _check_shards(shards: Sequence[Shard], allow_empty: bool = False) -> None:
     if not shards:
         raise ShardMapError("shards", "at least one shard is required")
     seen: dict[str, int] = {}
@@ -124,7 +142,7 @@ def _check_shards(shards: Sequence[Shard]) -> None:
             raise ShardMapError(f"{key}.id", f"duplicate id {shard.id!r} (also shards[{seen[shard.id]}])")
         seen[shard.id] = i
         r = shard.range
-        if r.end is not None and r.end <= r.start:
+        if r.end is not None and (r.end < r.start or (r.end == r.start and not allow_empty)):
             raise ShardMapError(f"{key}.max_score", f"must be greater than min_score {r.start}, got {r.end}")
         if i == 0 and r.start != 0:
             raise ShardMapError(f"{key}.min_score", f"the first shard must start at 0, got {r.start}")

@@ -48,19 +48,20 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _pg_rows(dsn: str, month: date, users: list[str] | None = None) -> dict[str, tuple[int, int, int]]:
+def _pg_rows(dsn: str, month: date, users: list[str] | None = None) -> dict[str, tuple[int, int, int, str]]:
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor(name="verify") as cur:
             cur.itersize = SCAN
             if users is None:
-                cur.execute("SELECT user_id, score, version, seq FROM player_scores WHERE month = %s", (month,))
+                cur.execute("SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s", (month,))
             else:
                 cur.execute(
-                    "SELECT user_id, score, version, seq FROM player_scores WHERE month = %s AND user_id = ANY(%s)",
+                    "SELECT user_id, score, version, seq, shard FROM player_scores"
+                    " WHERE month = %s AND user_id = ANY(%s)",
                     (month, users),
                 )
-            return {user: (score, version, seq) for user, score, version, seq in cur}
+            return {user: (score, version, seq, shard) for user, score, version, seq, shard in cur}
     finally:
         conn.close()
 
@@ -90,7 +91,9 @@ def _shard_contents(
     return members, states
 
 
-def _check(report: VerifyReport, shard_map: ShardMap, pg: dict, contents: dict, users: list[str] | None) -> set[str]:
+def _check(
+    report: VerifyReport, shard_map: ShardMap, moving: bool, pg: dict, contents: dict, users: list[str] | None
+) -> set[str]:
     """Record problems into `report`; return the users involved."""
     bad: set[str] = set()
     placed: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
@@ -106,7 +109,7 @@ def _check(report: VerifyReport, shard_map: ShardMap, pg: dict, contents: dict, 
                 report.add("unknown_player", f"{user} on {places[0][0]} (not in PostgreSQL)")
                 bad.add(user)
             continue
-        score, version, seq = pg[user]
+        score, version, seq, placed_on = pg[user]
         if not places:
             report.add("missing", f"{user} (score {score}) is on no shard")
             bad.add(user)
@@ -116,8 +119,10 @@ def _check(report: VerifyReport, shard_map: ShardMap, pg: dict, contents: dict, 
             bad.add(user)
             continue
         shard_id, tie, held = places[0]
-        expected = shard_map.shard_for_score(score).id
-        if shard_id != expected:
+        # PostgreSQL records where each player belongs (mid-rebalance, by the move's
+        # cursor); with no move running that must also be the shard whose range holds the score.
+        expected = placed_on if moving else shard_map.shard_for_score(score).id
+        if shard_id != expected or (not moving and placed_on != expected):
             report.add("wrong_shard", f"{user} (score {score}) on {shard_id}, belongs on {expected}")
             bad.add(user)
         if held != score:
@@ -133,14 +138,17 @@ def _check(report: VerifyReport, shard_map: ShardMap, pg: dict, contents: dict, 
     return bad
 
 
-def verify_month(dsn: str, shard_map: ShardMap, month: date, recheck_after_s: float = 3.0) -> VerifyReport:
+def verify_month(
+    dsn: str, shard_map: ShardMap, month: date, recheck_after_s: float = 3.0, moving: bool = False
+) -> VerifyReport:
+    """Check one month; `shard_map` is the layout in force, `moving` whether a rebalance is mid-move."""
     label = month.strftime("%Y-%m")
     clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
     try:
         pg = _pg_rows(dsn, month)
         contents = {sid: _shard_contents(c, label, None) for sid, c in clients.items()}
         report = VerifyReport(label, len(pg))
-        bad = _check(report, shard_map, pg, contents, None)
+        bad = _check(report, shard_map, moving, pg, contents, None)
         if bad and recheck_after_s > 0:
             # Give in-flight writes and the reconciler time to finish, then look again.
             time.sleep(recheck_after_s)
@@ -148,7 +156,7 @@ def verify_month(dsn: str, shard_map: ShardMap, month: date, recheck_after_s: fl
             report = VerifyReport(label, len(pg))
             pg_again = _pg_rows(dsn, month, users)
             contents = {sid: _shard_contents(c, label, users) for sid, c in clients.items()}
-            _check(report, shard_map, pg_again, contents, users)
+            _check(report, shard_map, moving, pg_again, contents, users)
         return report
     finally:
         for client in clients.values():

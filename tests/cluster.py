@@ -155,3 +155,27 @@ class Cluster:
                 return cur.fetchall() if cur.description else []
         finally:
             conn.close()
+
+
+def commit_directly(cluster: Cluster, month, events: list[tuple[str, str, int]], occurred_at=None) -> list[tuple]:
+    """Run the exact transaction a router runs for a group, and never touch Redis.
+
+    What a router leaves behind when it dies right after its commit; also how tests
+    put history into months that no longer accept events through the API.
+    """
+    from datetime import UTC, datetime
+
+    moment = occurred_at or datetime.now(UTC)
+    return cluster.sql(
+        "SELECT status, detail"
+        " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[], %s::int[])",
+        (
+            [u for u, _, _ in events],
+            [m for _, m, _ in events],
+            [month] * len(events),
+            ["incr"] * len(events),
+            [v for _, _, v in events],
+            [moment] * len(events),
+            list(range(1, len(events) + 1)),
+        ),
+    )

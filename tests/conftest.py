@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shard_manager.binaries import require_postgres, require_redis_server
+from shard_manager.layout import ensure_layout
 from shard_manager.migrations import migrate
 from shard_manager.processes import PostgresServer, RedisServer, free_port
 from tests.cluster import Cluster, RouterProcess, shard_map_for
@@ -26,6 +27,7 @@ def cluster() -> Iterator[Cluster]:
         postgres.start()
         migrate(postgres.dsn())
         shard_map = shard_map_for(shards)
+        ensure_layout(postgres.dsn(), shard_map)
         shards_file = workdir / "shards.yaml"
         made = Cluster(shards, postgres, shard_map, shards_file, workdir)
         made.write_shard_map(shard_map)

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from tests.cluster import GAME_TOKEN, Cluster
+from tests.cluster import GAME_TOKEN, Cluster, commit_directly
 from tests.invariants import MONTH, assert_exact, wait_outbox_empty
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
 
 
 def commit_like_a_router_that_then_died(cluster: Cluster, events: list[tuple[str, str, int]]) -> None:
-    """Run the exact transaction a router runs, and never touch Redis afterwards."""
-    shard_map = cluster.shard_map
-    now = datetime.now(UTC)
-    cluster.sql(
-        "SELECT * FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
-        " %s::int[], %s::bigint[], %s, %s)",
-        (
-            [u for u, _, _ in events],
-            [m for _, m, _ in events],
-            [f"{MONTH}-01"] * len(events),
-            ["incr"] * len(events),
-            [v for _, _, v in events],
-            [now] * len(events),
-            list(range(1, len(events) + 1)),
-            list(shard_map.lower_bounds),
-            list(shard_map.ids),
-            shard_map.epoch,
-        ),
-    )
+    commit_directly(cluster, f"{MONTH}-01", events)
 
 
 def test_orphaned_commits_reach_the_shards_within_the_bound(api, board):

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from router.members import zset_key
 from shard_manager.seasons import archive_month
-from tests.cluster import Cluster
+from tests.cluster import Cluster, commit_directly
 from tests.invariants import wait_outbox_empty
 from tests.load import AUTH
 
@@ -26,22 +26,7 @@ def history(cluster: Cluster, month: date, scores: dict[str, int]) -> None:
     """Events of a month that has since ended, committed by the same function routers call."""
     users = sorted(scores)
     moment = datetime(month.year, month.month, 15, tzinfo=UTC)
-    cluster.sql(
-        "SELECT * FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
-        " %s::int[], %s::bigint[], %s, %s)",
-        (
-            users,
-            ["old"] * len(users),
-            [month] * len(users),
-            ["incr"] * len(users),
-            [scores[u] for u in users],
-            [moment] * len(users),
-            list(range(1, len(users) + 1)),
-            list(cluster.shard_map.lower_bounds),
-            list(cluster.shard_map.ids),
-            cluster.shard_map.epoch,
-        ),
-    )
+    commit_directly(cluster, month, [(u, "old", scores[u]) for u in users], occurred_at=moment)
 
 
 def manager(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
@@ -100,22 +85,7 @@ def test_events_for_an_archived_month_are_refused_even_by_a_late_router(board):
     old = months_ago(2)
     history(board, old, {"ann": 10})
     archive_month(board.dsn, old, datetime.now(UTC))
-    late = board.sql(
-        "SELECT status, detail FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
-        " %s::int[], %s::bigint[], %s, %s)",
-        (
-            ["ann"],
-            ["late"],
-            [old],
-            ["incr"],
-            [5],
-            [datetime(old.year, old.month, 20, tzinfo=UTC)],
-            [1],
-            list(board.shard_map.lower_bounds),
-            list(board.shard_map.ids),
-            1,
-        ),
-    )
+    late = commit_directly(board, old, [("ann", "late", 5)], occurred_at=datetime(old.year, old.month, 20, tzinfo=UTC))
     assert late[0][0] == "closed"
     assert board.sql("SELECT score FROM player_scores WHERE user_id='ann'") == [(10,)]
 

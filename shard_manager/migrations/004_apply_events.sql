@@ -6,19 +6,6 @@
 -- cannot deadlock each other. The player row lock serialises every writer of one
 -- player across all router processes; duplicate detection happens under it.
 
-CREATE OR REPLACE FUNCTION lb_shard_for(p_score bigint, p_bounds bigint[], p_shard_ids text[])
-RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    k int;
-BEGIN
-    FOR k IN REVERSE array_length(p_bounds, 1)..1 LOOP
-        IF p_score >= p_bounds[k] THEN
-            RETURN p_shard_ids[k];
-        END IF;
-    END LOOP;
-    RETURN p_shard_ids[1];
-END $$;
-
 CREATE OR REPLACE FUNCTION lb_month_lock(p_month date) RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('lb-month:' || p_month::text, 0) $$;
 
@@ -29,10 +16,7 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
     p_modes     text[],
     p_values    bigint[],
     p_occurred  timestamptz[],
-    p_arrival   int[],
-    p_bounds    bigint[],
-    p_shard_ids text[],
-    p_epoch     bigint
+    p_arrival   int[]
 ) RETURNS TABLE (
     idx        int,
     status     text,     -- applied | duplicate | conflict | refused | closed
@@ -58,6 +42,9 @@ DECLARE
     inserted_user text;
     seqs bigint[];
     closed date[];
+    layout record;
+    bounds bigint[];
+    shard_ids text[];
 BEGIN
     -- Events arrive sorted for locking, not in the order they came in. Reserve one
     -- tie-break value per event up front and hand them out by arrival position, so
@@ -68,6 +55,14 @@ BEGIN
     -- the snapshot (and is in it) or sees the month closed. Never lost in between.
     PERFORM pg_advisory_xact_lock_shared(lb_month_lock(m))
        FROM (SELECT DISTINCT unnest(p_months) AS m ORDER BY 1) months;
+    -- Read after the month locks: a rebalance step changes the layout only under
+    -- the exclusive lock, so this group places every player by the layout it sees.
+    SELECT * INTO layout FROM shard_layout WHERE id = 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no shard layout: start a router or run shard-manager migrate';
+    END IF;
+    SELECT array_agg((s->>'min_score')::bigint ORDER BY o), array_agg(s->>'id' ORDER BY o)
+      INTO bounds, shard_ids FROM jsonb_array_elements(layout.shards) WITH ORDINALITY AS e(s, o);
     SELECT coalesce(array_agg(a.month), '{}') INTO closed
       FROM month_archives a WHERE a.month = ANY (p_months);
 
@@ -130,9 +125,9 @@ BEGIN
         END IF;
 
         IF NOT have_cur THEN
-            new_shard := lb_shard_for(new_score, p_bounds, p_shard_ids);
+            new_shard := lb_layout_shard(p_months[i], new_score, seqs[p_arrival[i]], bounds, shard_ids, layout.move);
             INSERT INTO player_scores AS ps (month, user_id, score, version, seq, shard, epoch)
-                 VALUES (p_months[i], p_user_ids[i], new_score, 1, seqs[p_arrival[i]], new_shard, p_epoch)
+                 VALUES (p_months[i], p_user_ids[i], new_score, 1, seqs[p_arrival[i]], new_shard, layout.epoch)
             ON CONFLICT DO NOTHING
             RETURNING ps.version, ps.seq INTO version, seq;
             IF NOT FOUND THEN
@@ -142,10 +137,10 @@ BEGIN
             END IF;
             score := new_score; shard := new_shard;
         ELSIF new_score <> cur.score THEN
-            new_shard := lb_shard_for(new_score, p_bounds, p_shard_ids);
+            new_shard := lb_layout_shard(p_months[i], new_score, seqs[p_arrival[i]], bounds, shard_ids, layout.move);
             UPDATE player_scores ps
                SET score = new_score, version = ps.version + 1, seq = seqs[p_arrival[i]],
-                   shard = new_shard, epoch = p_epoch, updated_at = now()
+                   shard = new_shard, epoch = layout.epoch, updated_at = now()
              WHERE ps.month = p_months[i] AND ps.user_id = p_user_ids[i]
             RETURNING ps.version, ps.seq INTO version, seq;
             score := new_score; shard := new_shard;

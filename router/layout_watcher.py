@@ -1,0 +1,58 @@
+"""Keeps this router on the layout in force: a rebalance changes it, routers follow without restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from router.errors import LeaderboardError
+from router.shard_clients import ShardClients
+from router.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LayoutWatcher:
+    def __init__(self, store: Store, shards: ShardClients, *, interval_s: float) -> None:
+        self.store = store
+        self.shards = shards
+        self.interval_s = interval_s
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> bool:
+        """Load the layout if its epoch moved on; True when this router switched."""
+        async with self._lock:
+            epoch = await self.store.layout_epoch()
+            if epoch is None or epoch == self.shards.shard_map.epoch:
+                return False
+            layout = await self.store.layout()
+            if layout is None:
+                return False
+            await self.shards.update(layout.shard_map)
+            log.info(
+                "shard layout epoch %d: %s",
+                layout.epoch,
+                ", ".join(f"{s.id} {s.range}" for s in layout.shard_map.shards),
+            )
+            return True
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.refresh()
+            except LeaderboardError as exc:
+                log.warning("cannot read the shard layout: %s", exc)
+            except Exception:
+                log.exception("layout refresh failed")

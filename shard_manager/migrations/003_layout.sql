@@ -1,0 +1,170 @@
+-- The live shard layout: which shards exist, in score order, and where their
+-- ranges start. Written by the shard manager, read by routers (to know the shards)
+-- and by lb_apply_events (to place every write). While a rebalance moves one
+-- boundary, `move` says which score range goes from which shard to which, and
+-- per month how far it has got (a cursor in rank order), so writes during the
+-- move land on the side of the cursor they belong to.
+CREATE TABLE shard_layout (
+    id         int         PRIMARY KEY CHECK (id = 1),
+    epoch      bigint      NOT NULL,
+    shards     jsonb       NOT NULL,  -- [{"id", "address", "min_score"}]; equal min_scores = empty shards
+    move       jsonb,                 -- null, or see lb_layout_shard
+    target     jsonb,                 -- the map an unfinished `apply` is heading to
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Moves walk each month's board in rank order; archives and quantiles read it too.
+CREATE INDEX player_scores_rank ON player_scores (month, score DESC, seq);
+
+-- Where a player with this score and tie-break belongs under a layout.
+-- p_move: {"lo", "hi", "source", "dest", "up", "cursors": {"YYYY-MM-DD": [score, seq]}}
+-- up = true: [lo, hi) goes from the lower shard to the upper one, highest first,
+-- so the moved players are those at or above the cursor; up = false: from the
+-- upper shard down, lowest first, moved = at or below the cursor. Either way the
+-- players on each side stay in rank order, so global ranks stay exact mid-move.
+CREATE OR REPLACE FUNCTION lb_layout_shard(
+    p_month date, p_score bigint, p_seq bigint, p_bounds bigint[], p_ids text[], p_move jsonb
+) RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    k int;
+    cursor_at jsonb;
+    cs bigint;
+    cq bigint;
+    moved boolean;
+BEGIN
+    IF p_move IS NOT NULL AND p_score >= (p_move->>'lo')::bigint AND p_score < (p_move->>'hi')::bigint THEN
+        cursor_at := p_move->'cursors'->(p_month::text);
+        IF cursor_at IS NULL THEN
+            RETURN p_move->>'source';
+        END IF;
+        cs := (cursor_at->>0)::bigint;
+        cq := (cursor_at->>1)::bigint;
+        IF (p_move->>'up')::boolean THEN
+            moved := p_score > cs OR (p_score = cs AND p_seq <= cq);
+        ELSE
+            moved := p_score < cs OR (p_score = cs AND p_seq >= cq);
+        END IF;
+        RETURN CASE WHEN moved THEN p_move->>'dest' ELSE p_move->>'source' END;
+    END IF;
+    FOR k IN REVERSE array_length(p_bounds, 1)..1 LOOP
+        IF p_score >= p_bounds[k] THEN
+            RETURN p_ids[k];
+        END IF;
+    END LOOP;
+    RETURN p_ids[1];
+END $$;
+
+-- One step of a boundary move for one month, under the month's exclusive lock (no
+-- group of that month commits meanwhile): the next p_limit players past the cursor
+-- change shard (version + 1, outbox row), and the cursor advances to the last one.
+-- Returns the moved players; none means this month's part of the move is done.
+CREATE OR REPLACE FUNCTION lb_move_step(p_month date, p_limit int)
+RETURNS TABLE (user_id text, score bigint, version bigint, seq bigint, shard text, prev_shard text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    layout record;
+    mv jsonb;
+    cs bigint;
+    cq bigint;
+    last_score bigint;
+    last_seq bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(lb_month_lock(p_month));
+    SELECT * INTO layout FROM shard_layout WHERE id = 1 FOR UPDATE;
+    mv := layout.move;
+    IF mv IS NULL THEN
+        RETURN;
+    END IF;
+    IF mv->'cursors'->(p_month::text) IS NOT NULL THEN
+        cs := (mv->'cursors'->(p_month::text)->>0)::bigint;
+        cq := (mv->'cursors'->(p_month::text)->>1)::bigint;
+    ELSIF (mv->>'up')::boolean THEN
+        cs := (mv->>'hi')::bigint; cq := 0;
+    ELSE
+        cs := (mv->>'lo')::bigint; cq := 9223372036854775807;
+    END IF;
+
+    CREATE TEMP TABLE IF NOT EXISTS lb_moving (user_id text, score bigint, seq bigint, ord int) ON COMMIT DROP;
+    TRUNCATE lb_moving;
+    IF (mv->>'up')::boolean THEN
+        INSERT INTO lb_moving
+        SELECT p.user_id, p.score, p.seq, row_number() OVER (ORDER BY p.score DESC, p.seq ASC)
+          FROM player_scores p
+         WHERE p.month = p_month AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
+           AND (p.score < cs OR (p.score = cs AND p.seq > cq))
+         ORDER BY p.score DESC, p.seq ASC LIMIT p_limit;
+    ELSE
+        INSERT INTO lb_moving
+        SELECT p.user_id, p.score, p.seq, row_number() OVER (ORDER BY p.score ASC, p.seq DESC)
+          FROM player_scores p
+         WHERE p.month = p_month AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
+           AND (p.score > cs OR (p.score = cs AND p.seq < cq))
+         ORDER BY p.score ASC, p.seq DESC LIMIT p_limit;
+    END IF;
+    SELECT m.score, m.seq INTO last_score, last_seq FROM lb_moving m ORDER BY m.ord DESC LIMIT 1;
+    IF last_score IS NULL THEN
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    UPDATE player_scores p
+       SET version = p.version + 1, shard = mv->>'dest', epoch = layout.epoch, updated_at = now()
+      FROM lb_moving m
+     WHERE p.month = p_month AND p.user_id = m.user_id
+    RETURNING p.user_id, p.score, p.version, p.seq, p.shard, (mv->>'source')::text;
+
+    INSERT INTO redis_outbox AS o (month, user_id, version)
+    SELECT p_month, p.user_id, p.version FROM player_scores p JOIN lb_moving m USING (user_id)
+     WHERE p.month = p_month
+    ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version, created_at = now();
+
+    UPDATE shard_layout
+       SET move = jsonb_set(move, ARRAY['cursors', p_month::text], jsonb_build_array(last_score, last_seq)),
+           updated_at = now()
+     WHERE id = 1;
+END $$;
+
+-- Ends a boundary move, under every given month's exclusive lock: if no player of
+-- those months is left on the source side of the cursor, the layout takes the new
+-- shard list (with the moved boundary) and a new epoch. Returns whether it ended.
+CREATE OR REPLACE FUNCTION lb_move_finish(p_months date[], p_shards jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    m date;
+    mv jsonb;
+    cs bigint;
+    cq bigint;
+    left_behind boolean;
+BEGIN
+    FOR m IN SELECT DISTINCT x FROM unnest(p_months) AS x ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(lb_month_lock(m));
+    END LOOP;
+    SELECT move INTO mv FROM shard_layout WHERE id = 1 FOR UPDATE;
+    IF mv IS NOT NULL THEN
+        FOREACH m IN ARRAY p_months LOOP
+            IF mv->'cursors'->(m::text) IS NOT NULL THEN
+                cs := (mv->'cursors'->(m::text)->>0)::bigint;
+                cq := (mv->'cursors'->(m::text)->>1)::bigint;
+            ELSIF (mv->>'up')::boolean THEN
+                cs := (mv->>'hi')::bigint; cq := 0;
+            ELSE
+                cs := (mv->>'lo')::bigint; cq := 9223372036854775807;
+            END IF;
+            IF (mv->>'up')::boolean THEN
+                SELECT EXISTS (SELECT 1 FROM player_scores p
+                    WHERE p.month = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
+                      AND (p.score < cs OR (p.score = cs AND p.seq > cq))) INTO left_behind;
+            ELSE
+                SELECT EXISTS (SELECT 1 FROM player_scores p
+                    WHERE p.month = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
+                      AND (p.score > cs OR (p.score = cs AND p.seq < cq))) INTO left_behind;
+            END IF;
+            IF left_behind THEN
+                RETURN false;
+            END IF;
+        END LOOP;
+    END IF;
+    UPDATE shard_layout SET shards = p_shards, move = NULL, epoch = epoch + 1, updated_at = now() WHERE id = 1;
+    RETURN true;
+END $$;
