@@ -32,6 +32,7 @@ class Standing:
     total_players: int
     shard_id: str
     sizes: Mapping[str, int]
+    shard_order: tuple[str, ...] = ()  # the layout the sizes were read under, lowest range first
 
     @property
     def percentile(self) -> float:
@@ -87,7 +88,7 @@ class Board:
                 self.shards.lookup(hint, month, user_id), self.shards.sizes(month, others)
             )
             if found.rank >= 0:
-                return self._standing(user_id, hint, found, {**sizes, hint: found.size})
+                return self._standing(ids, user_id, hint, found, {**sizes, hint: found.size})
             self.cache.forget(month, user_id)
         lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid in ids))
         sizes = {sid: lk.size for sid, lk in zip(ids, lookups, strict=True)}
@@ -98,25 +99,30 @@ class Board:
             raise PlayerNotFound(user_id, month)
         _, shard_id, found = max(present)
         self.cache.put(month, user_id, shard_id)
-        return self._standing(user_id, shard_id, found, sizes)
+        return self._standing(ids, user_id, shard_id, found, sizes)
 
-    def _standing(self, user_id: str, shard_id: str, found: Lookup, sizes: Mapping[str, int]) -> Standing:
+    def _standing(
+        self, ids: Sequence[str], user_id: str, shard_id: str, found: Lookup, sizes: Mapping[str, int]
+    ) -> Standing:
         assert found.score is not None
-        rank = found.rank + 1 + players_above(self.shard_ids, sizes, shard_id)
-        return Standing(user_id, found.score, rank, sum(sizes.values()), shard_id, sizes)
+        rank = found.rank + 1 + players_above(ids, sizes, shard_id)
+        return Standing(user_id, found.score, rank, sum(sizes.values()), shard_id, sizes, tuple(ids))
 
     async def top(self, month: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        sizes = await self.shards.sizes(month)
-        return sum(sizes.values()), await self._entries(month, sizes, offset, limit)
+        ids = self.shard_ids
+        sizes = await self.shards.sizes(month, ids)
+        return sum(sizes.values()), await self._entries(month, ids, sizes, offset, limit)
 
     async def around(self, month: str, user_id: str, radius: int) -> tuple[int, list[Entry]]:
         me = await self.standing(month, user_id)
         offset = max(0, me.rank - 1 - radius)
         limit = me.rank - 1 + radius + 1 - offset
-        return me.total_players, await self._entries(month, me.sizes, offset, limit)
+        return me.total_players, await self._entries(month, me.shard_order, me.sizes, offset, limit)
 
-    async def _entries(self, month: str, sizes: Mapping[str, int], offset: int, limit: int) -> list[Entry]:
-        slices = window(self.shard_ids, sizes, offset, limit)
+    async def _entries(
+        self, month: str, ids: Sequence[str], sizes: Mapping[str, int], offset: int, limit: int
+    ) -> list[Entry]:
+        slices = window(ids, sizes, offset, limit)
         ranges = await asyncio.gather(*(self.shards.range_desc(s.shard_id, month, s.start, s.stop) for s in slices))
         entries = []
         for s, members in zip(slices, ranges, strict=True):

@@ -123,7 +123,7 @@ class Reconciler:
                 if sid != row.shard and _parse(entries[sid][i])[1] and _parse(entries[sid][i])[0] < row.version
             ]
             if target_version >= row.version and not strays:
-                settled.append((row.month, row.user_id, row.version))
+                settled.append((row.month, row.user_id, 0, row.version))
             else:
                 broken.append(row)
         if not broken:
@@ -156,5 +156,5 @@ class Reconciler:
             return 0, settled
         for row in landed:
             self.cache.put(month, row.user_id, row.shard)
-            settled.append((row.month, row.user_id, row.version))
+            settled.append((row.month, row.user_id, 0, row.version))
         return len(landed), settled

@@ -59,7 +59,7 @@ class ShardClients:
         self._max_connections = max_connections
         self._clients: dict[str, aioredis.Redis] = {}
         self._addresses: dict[str, str] = {}
-        self._retired: list[aioredis.Redis] = []
+        self._retired: dict[str, aioredis.Redis] = {}
         self._connect_missing()
         any_client = next(iter(self._clients.values()))
         self._apply = any_client.register_script(APPLY_LUA)
@@ -70,7 +70,7 @@ class ShardClients:
             if self._addresses.get(shard.id) == shard.address:
                 continue
             if shard.id in self._clients:
-                self._retired.append(self._clients[shard.id])
+                self._retired[f"{shard.id}@{self._addresses[shard.id]}"] = self._clients[shard.id]
             self._clients[shard.id] = aioredis.Redis.from_url(
                 shard.address,
                 socket_timeout=self._timeout_s,
@@ -89,16 +89,19 @@ class ShardClients:
         gone = set(previous.ids) - set(shard_map.ids)
         for shard_id in gone:
             # Kept until close(): a request that started under the old layout may still use it.
-            self._retired.append(self._clients.pop(shard_id))
+            self._retired[shard_id] = self._clients.pop(shard_id)
             self._addresses.pop(shard_id, None)
 
     async def close(self) -> None:
-        clients = list(self._clients.values()) + self._retired
+        clients = list(self._clients.values()) + list(self._retired.values())
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     async def _call(self, shard_id: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        client = self._clients.get(shard_id) or self._retired.get(shard_id)
+        if client is None:
+            raise ShardUnavailable(shard_id, "not in the shard layout")
         try:
-            return await fn(self._clients[shard_id])
+            return await fn(client)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise ShardUnavailable(shard_id, type(exc).__name__) from exc
         except RedisError as exc:

@@ -44,6 +44,7 @@ class EventRow:
     score: int | None
     prev_score: int | None
     version: int | None
+    prev_version: int | None
     seq: int | None
     shard: str | None
     prev_shard: str | None
@@ -142,7 +143,8 @@ class Store:
             try:
                 with conn.cursor() as cur:
                     cur.execute(
-                        "SELECT idx, status, detail, month, score, prev_score, version, seq, shard, prev_shard"
+                        "SELECT idx, status, detail, month, score, prev_score, version, prev_version, seq, shard,"
+                        " prev_shard"
                         " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[], %s::int[])",
                         (
                             [e.user_id for e in events],
@@ -174,19 +176,19 @@ class Store:
         """
         return await asyncio.to_thread(self._apply_events_sync, events, arrival)
 
-    def _ack_sync(self, done: Sequence[tuple[date, str, int]]) -> int:
+    def _ack_sync(self, done: Sequence[tuple[date, str, int, int]]) -> int:
         with self.pool.connection() as conn:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT lb_ack_outbox(%s::date[], %s, %s::bigint[])",
-                    ([d[0] for d in done], [d[1] for d in done], [d[2] for d in done]),
+                    "SELECT lb_ack_outbox(%s::date[], %s, %s::bigint[], %s::bigint[])",
+                    ([d[0] for d in done], [d[1] for d in done], [d[2] for d in done], [d[3] for d in done]),
                 )
                 (count,) = cur.fetchone()
             conn.commit()
         return count
 
-    async def ack_outbox(self, done: Sequence[tuple[date, str, int]]) -> int:
-        """Forget outbox entries whose state the shards now hold."""
+    async def ack_outbox(self, done: Sequence[tuple[date, str, int, int]]) -> int:
+        """Forget outbox entries the shards now hold: (month, user_id, min_version, version) each."""
         if not done:
             return 0
         return await asyncio.to_thread(self._ack_sync, done)

@@ -59,6 +59,7 @@ class _Player:
     user_id: str
     prev_shard: str | None
     row: EventRow
+    first_version: int  # the first version this group wrote for the player
     outcomes: list[WriteOutcome] = field(default_factory=list)
     add_index: int = 0
     removal_index: dict[str, int] = field(default_factory=dict)
@@ -93,7 +94,8 @@ class WritePipeline:
         self.ack_interval_s = ack_interval_s
         self._queue: asyncio.Queue[tuple[ScoreEvent, asyncio.Future[WriteOutcome]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._acks: list[tuple[date, str, int]] = []
+        # (month, user) -> (first, last) version this process finished, contiguous.
+        self._acks: dict[tuple[date, str], tuple[int, int]] = {}
         self.on_unknown_shard: Callable[[], Awaitable[None]] = _nothing
         self.groups_committed = 0
         self.events_committed = 0
@@ -175,12 +177,14 @@ class WritePipeline:
             key = (month_label(row.month), outcome.event.user_id)
             player = players.get(key)
             if player is None:
-                player = players[key] = _Player(key[0], key[1], row.prev_shard, row)
+                player = players[key] = _Player(key[0], key[1], row.prev_shard, row, (row.prev_version or 0) + 1)
             elif row.version >= (player.row.version or 0):
                 player.row = row
             player.outcomes.append(outcome)
         if not players:
             return
+        # One layout for the whole group, even if the watcher switches mid-way.
+        ids = self.shards.shard_map.ids
 
         # Phase 1: the add on each player's (new) shard.
         adds: dict[tuple[str, str], list[_Player]] = defaultdict(list)
@@ -198,18 +202,18 @@ class WritePipeline:
                 continue  # never remove before the add landed: on two shards is fixable, on none is not
             stale = {player.prev_shard, self.cache.get(player.month, player.user_id)}
             for shard_id in sorted(stale - {None, player.target}):  # type: ignore[type-var]
-                if shard_id in self.shards.shard_map.ids:
+                if shard_id in ids:
                     group = removals[(player.month, shard_id)]
                     player.removal_index[shard_id] = len(group)
                     group.append(player)
-        every_shard = {(p.month, sid) for p in players.values() for sid in self.shards.shard_map.ids}
+        every_shard = {(p.month, sid) for p in players.values() for sid in ids}
         removed = await self._run_applies(
             {key: [(p.state, False) for p in removals.get(key, [])] for key in every_shard}
         )
         for player in players.values():
-            self._settle(player, added, removed)
+            self._settle(player, added, removed, ids)
 
-    def _settle(self, player: _Player, added: _Results, removed: _Results) -> None:
+    def _settle(self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...]) -> None:
         """Record what the shards did for one player: acknowledgement, cache, ranks."""
         month, target = player.month, player.target
         touched = [(month, target)] + [(month, sid) for sid in player.removal_index]
@@ -219,10 +223,9 @@ class WritePipeline:
                 for outcome in player.outcomes:
                     outcome.unavailable = failure
                 return
-        self._acks.append((player.row.month, player.user_id, player.state.version))
+        self._ack(player)
         self.cache.put(month, player.user_id, target)
 
-        ids = self.shards.shard_map.ids
         sizes = {}
         for sid in ids:
             result = removed[(month, sid)]
@@ -280,13 +283,31 @@ class WritePipeline:
             except LeaderboardError as exc:
                 log.warning("outbox acknowledgement deferred: %s", exc)
 
+    def _ack(self, player: _Player) -> None:
+        """Remember that this process finished the player's versions from this group."""
+        first, last = player.first_version, player.state.version
+        if last < first:
+            return  # the group changed nothing for this player
+        key = (player.row.month, player.user_id)
+        earlier = self._acks.get(key)
+        if earlier is None:
+            self._acks[key] = (first, last)
+        elif first <= earlier[1] + 1 and last >= earlier[0] - 1:
+            # Touching what we finished before: one acknowledgement covers both.
+            self._acks[key] = (min(first, earlier[0]), max(last, earlier[1]))
+        elif last > earlier[1]:
+            # A gap: some version between was not ours. Keep the newer range; the row
+            # then outlives our acknowledgement and the reconciler checks it.
+            self._acks[key] = (first, last)
+
     async def _flush_acks(self) -> None:
         if not self._acks:
             return
-        acks, self._acks = self._acks, []
+        acks, self._acks = self._acks, {}
         try:
-            await self.store.ack_outbox(acks)
+            await self.store.ack_outbox([(m, u, lo, hi) for (m, u), (lo, hi) in acks.items()])
         except LeaderboardError:
             # Keep them for the next try; if they are lost the reconciler re-checks those players.
-            self._acks = acks[-100_000:] + self._acks
+            for key, value in acks.items():
+                self._acks.setdefault(key, value)
             raise

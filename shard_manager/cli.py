@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,30 +43,128 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _load_target(path: Path):
     try:
-        shard_map = load_shard_map(args.file)
+        return load_shard_map(path)
     except ShardMapError as exc:
-        print(f"invalid shard map {args.file}: {exc}", file=sys.stderr)
-        return 2
-    unreachable = []
-    if not args.offline:
-        import redis
+        print(f"invalid shard map {path}: {exc}", file=sys.stderr)
+        return None
 
-        for shard in shard_map.shards:
-            client = redis.Redis.from_url(shard.address, socket_timeout=2, socket_connect_timeout=2)
-            try:
-                client.ping()
-            except redis.RedisError as exc:
-                unreachable.append(f"{shard.id} ({shard.address}): {exc}")
-            finally:
-                client.close()
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from shard_manager.rebalance import RebalanceRefused, plan_steps, unreachable
+
+    shard_map = _load_target(args.file)
+    if shard_map is None:
+        return 2
     for shard in shard_map.shards:
         print(f"  {shard.id:<6} {shard.address:<28} {shard.range}")
-    if unreachable:
-        print("unreachable shards:\n  " + "\n  ".join(unreachable), file=sys.stderr)
+    if args.offline:
+        print(f"ok (offline): {len(shard_map.shards)} shards")
+        return 0
+    problems = unreachable([(s.id, s.address) for s in shard_map.shards])
+    if problems:
+        print("unreachable shards:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 3
-    print(f"ok: epoch {shard_map.epoch}, {len(shard_map.shards)} shards")
+    settings = _settings()
+    current, _ = _layout(settings)
+    try:
+        steps = plan_steps(current, shard_map)
+    except RebalanceRefused as exc:
+        print(f"cannot be applied to the layout in force: {exc}", file=sys.stderr)
+        return 4
+    change = f"{len(steps)} step(s) from the layout in force; see `plan`" if steps else "same as the layout in force"
+    print(f"ok: {len(shard_map.shards)} shards, all reachable; {change}")
+    return 0
+
+
+def _describe_counts(counts: dict) -> str:
+    return ", ".join(f"{m:%Y-%m}: {n}" for m, n in sorted(counts.items())) or "no players"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import psycopg2
+
+    from shard_manager.rebalance import (
+        MOVE_RATE_ESTIMATE,
+        MoveBoundary,
+        Rebalancer,
+        RebalanceRefused,
+        players_in_range,
+        unarchived_months,
+    )
+
+    target = _load_target(args.file)
+    if target is None:
+        return 2
+    settings = _settings()
+    rebalancer = Rebalancer(settings.database_url)
+    try:
+        steps = rebalancer.check(target)
+        layout = rebalancer.layout()
+        conn = psycopg2.connect(settings.database_url)
+        months = unarchived_months(conn)
+        print(
+            f"layout in force: epoch {layout.epoch}" + (" (a move is running; apply resumes it)" if layout.move else "")
+        )
+        if not steps:
+            print("nothing to do: the layout already matches " + str(args.file))
+            return 0
+        total_players = 0
+        for number, step in enumerate(steps, start=1):
+            line = f"  {number}. {step.describe()}"
+            if isinstance(step, MoveBoundary):
+                counts = players_in_range(conn, months, step.lo, step.hi)
+                total_players += sum(counts.values())
+                line += f": {sum(counts.values())} players ({_describe_counts(counts)})"
+            print(line)
+        conn.close()
+        print(
+            f"{total_players} players move; about {total_players / MOVE_RATE_ESTIMATE:.0f} s at "
+            f"{MOVE_RATE_ESTIMATE} players/s (measured with writes flowing; see README). Nothing was changed."
+        )
+        return 0
+    except RebalanceRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        rebalancer.close()
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from shard_manager.rebalance import MoveBoundary, Progress, Rebalancer, RebalanceRefused
+
+    target = _load_target(args.file)
+    if target is None:
+        return 2
+    settings = _settings()
+    rebalancer = Rebalancer(settings.database_url, step_players=args.step_players)
+    started = time.monotonic()
+
+    def on_step(number: int, total: int, step) -> None:
+        print(f"step {number}/{total}: {step.describe()}", flush=True)
+
+    def on_moved(step: MoveBoundary, done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        rate = done / max(time.monotonic() - started, 1e-6)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} players, {rate:,.0f}/s{end}")
+        sys.stderr.flush()
+
+    try:
+        layout = rebalancer.apply(target, Progress(on_step, on_moved))
+    except RebalanceRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the layout is consistent as it is. Run the same apply again to resume.", file=sys.stderr)
+        return 130
+    finally:
+        rebalancer.close()
+    print(f"done in {time.monotonic() - started:.1f} s: layout epoch {layout.epoch}")
+    for shard in layout.shard_map.shards:
+        print(f"  {shard.id:<6} {shard.address:<28} {shard.range}")
     return 0
 
 
@@ -73,9 +172,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
     from router.members import zset_key
+    from shard_manager.layout import read_layout
 
     settings = _settings()
-    shard_map = load_shard_map(args.file or settings.shards_file)
+    layout = read_layout(settings.database_url)
+    shard_map = layout.shard_map if layout else load_shard_map(settings.shards_file)
     month = args.month or datetime.now(UTC).strftime("%Y-%m")
     counts: dict[str, int | None] = {}
     memory: dict[str, int | None] = {}
@@ -89,17 +190,70 @@ def cmd_status(args: argparse.Namespace) -> int:
         finally:
             client.close()
     total = sum(c for c in counts.values() if c)
-    print(f"epoch {shard_map.epoch}, month {month}, {total} players")
+    fair = 1 / len(shard_map.shards)
+    print(f"layout epoch {shard_map.epoch}, month {month}, {total} players")
+    if layout and layout.move:
+        mv = layout.move
+        print(f"rebalance running: scores [{mv['lo']}, {mv['hi']}) {mv['source']} -> {mv['dest']}")
     print(f"{'shard':<6} {'address':<28} {'range':<24} {'players':>10} {'share':>7} {'memory':>10}")
     for shard in shard_map.shards:
         count, mem = counts[shard.id], memory[shard.id]
-        share = f"{100 * count / total:.1f}%" if total and count is not None else "-"
+        share = count / total if total and count is not None else None
+        skew = " skewed" if share is not None and total >= 100 and not fair / 2 <= share <= fair * 1.5 else ""
         print(
             f"{shard.id:<6} {shard.address:<28} {str(shard.range):<24} "
-            f"{'DOWN' if count is None else count:>10} {share:>7} "
-            f"{'-' if mem is None else f'{mem / 2**20:.1f} MiB':>10}"
+            f"{'DOWN' if count is None else count:>10} {'-' if share is None else f'{100 * share:.1f}%':>7} "
+            f"{'-' if mem is None else f'{mem / 2**20:.1f} MiB':>10}{skew}"
         )
     return 0 if None not in counts.values() else 1
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    import psycopg2
+
+    from shard_manager.shardmap import dump_shard_map, shard_map_from_dict
+
+    settings = _settings()
+    current, _ = _layout(settings)
+    month = datetime.now(UTC).strftime("%Y-%m-01")
+    fractions = [k / args.shards for k in range(1, args.shards)]
+    conn = psycopg2.connect(settings.database_url)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY score), count(*)"
+            " FROM player_scores WHERE month = %s",
+            (fractions, month),
+        )
+        cuts, players = cur.fetchone()
+    conn.close()
+    if not players:
+        print("no players this month: nothing to base a suggestion on", file=sys.stderr)
+        return 1
+    bounds = [0]
+    for cut in cuts or []:
+        bounds.append(max(int(cut), bounds[-1] + 1))  # equal quantiles: keep ranges non-empty
+    existing = list(current.shards)
+    last_port = max(s.port for s in existing)
+    shards = []
+    for k, start in enumerate(bounds):
+        if k < len(existing):
+            shard_id, address = existing[k].id, existing[k].address
+        else:
+            last_port += 1
+            shard_id, address = f"s{k}", f"redis://127.0.0.1:{last_port}/0"
+        end = bounds[k + 1] if k + 1 < len(bounds) else None
+        shards.append({"id": shard_id, "address": address, "min_score": start, "max_score": end})
+    suggestion = shard_map_from_dict({"epoch": current.epoch, "shards": shards})
+    text = dump_shard_map(suggestion)
+    header = f"# suggested for {players} players in {month[:7]}: about {players // args.shards} per shard\n"
+    if len(bounds) > len(existing):
+        header += "# new shards got placeholder addresses: point them at real servers before `apply`\n"
+    if args.write:
+        args.write.write_text(header + text)
+        print(f"wrote {args.write}")
+    else:
+        print(header + text, end="")
+    return 0
 
 
 def _months(arg: str | None) -> list:
@@ -187,14 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start the local cluster in the background").set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop the cluster `up` started").set_defaults(fn=cmd_down)
     sub.add_parser("migrate", help="apply pending PostgreSQL schema migrations").set_defaults(fn=cmd_migrate)
-    p = sub.add_parser("validate", help="check a shard map file (and that its servers answer)")
+    p = sub.add_parser("validate", help="check a shard map file, its servers, and that it can be applied")
     p.add_argument("file", type=Path)
-    p.add_argument("--offline", action="store_true", help="skip the reachability check")
+    p.add_argument("--offline", action="store_true", help="only check the file itself")
     p.set_defaults(fn=cmd_validate)
-    p = sub.add_parser("status", help="per-shard range, players, share and memory")
-    p.add_argument("--file", type=Path, default=None, help="shard map (default: LB_SHARDS_FILE)")
+    p = sub.add_parser("plan", help="dry run: what `apply FILE` would move, and how long it would take")
+    p.add_argument("file", type=Path)
+    p.set_defaults(fn=cmd_plan)
+    p = sub.add_parser("apply", help="re-split the score ranges online to match FILE (resumable)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--step-players", type=int, default=500, help="players moved per step")
+    p.set_defaults(fn=cmd_apply)
+    p = sub.add_parser("status", help="per-shard range, players, share and memory; flags skew")
     p.add_argument("--month", default=None, help="YYYY-MM (default: current)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("suggest", help="boundaries from this month's score quantiles")
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--write", type=Path, default=None, help="write the suggested map to this file")
+    p.set_defaults(fn=cmd_suggest)
     p = sub.add_parser("verify", help="check every player on the shards against PostgreSQL")
     p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
     p.add_argument("--recheck-after", type=float, default=3.0, help="seconds before re-checking mismatches")

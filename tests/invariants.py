@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 
 import httpx
+import redis
 
 from router.members import state_key, user_of, zset_key
 from tests.cluster import Cluster
@@ -25,17 +26,23 @@ def wait_outbox_empty(cluster: Cluster, timeout: float) -> float:
         time.sleep(0.05)
 
 
-def assert_exact(cluster: Cluster, api: httpx.Client, expected_scores: dict[str, int] | None = None) -> None:
-    """Every player on exactly one shard, in range, with PostgreSQL's score; reads exact."""
+def assert_exact(
+    cluster: Cluster, api: httpx.Client, expected_scores: dict[str, int] | None = None, shard_map=None
+) -> None:
+    """Every player on exactly one shard, in range, with PostgreSQL's score; reads exact.
+
+    `shard_map` is the layout to check against (default: the cluster's initial map).
+    """
     rows = cluster.sql("SELECT user_id, score, seq FROM player_scores WHERE month = %s", (f"{MONTH}-01",))
     pg = {user: (score, seq) for user, score, seq in rows}
     if expected_scores is not None:
         assert {u: s for u, (s, _) in pg.items()} == expected_scores
 
-    shard_map = cluster.shard_map
+    shard_map = shard_map or cluster.shard_map
+    clients = {s.id: redis.Redis.from_url(s.address, decode_responses=True) for s in shard_map.shards}
     holders: dict[str, list[tuple[str, int]]] = {}
-    for i, shard in enumerate(shard_map.shards):
-        for member, score in cluster.redis(i).zrange(zset_key(MONTH), 0, -1, withscores=True):
+    for shard in shard_map.shards:
+        for member, score in clients[shard.id].zrange(zset_key(MONTH), 0, -1, withscores=True):
             holders.setdefault(user_of(member), []).append((shard.id, int(score)))
     assert set(holders) == set(pg), "players on the shards differ from PostgreSQL"
     for user, places in holders.items():
@@ -43,7 +50,7 @@ def assert_exact(cluster: Cluster, api: httpx.Client, expected_scores: dict[str,
         shard_id, score = places[0]
         assert score == pg[user][0], f"{user}: shard has {score}, PostgreSQL {pg[user][0]}"
         assert shard_map.by_id(shard_id).range.contains(score), f"{user} ({score}) is on {shard_id}"
-        entry = cluster.redis(shard_map.index_of(shard_id)).hget(state_key(MONTH), user)
+        entry = clients[shard_id].hget(state_key(MONTH), user)
         assert entry is not None and ":" in entry
 
     order = sorted(pg, key=lambda u: (-pg[u][0], pg[u][1]))

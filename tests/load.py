@@ -31,6 +31,7 @@ class Ledger:
         self.unknown: list[dict] = []
         self.dead: set[httpx.AsyncClient] = set()
         self.stop = False
+        self.failures: list[str] = []
 
 
 async def send_until_answered(
@@ -67,6 +68,7 @@ async def send_until_answered(
         if time.monotonic() > deadline:
             raise AssertionError(f"no definite answer for {body} (last: {reply and reply.text})")
         ledger.retries += 1
+        ledger.failures.append("transport error" if reply is None else f"{reply.status_code} {reply.text[:200]}")
         await asyncio.sleep(0.05)
 
 
@@ -78,10 +80,13 @@ def next_delta(rng: random.Random, guess: int) -> int:
     return rng.randint(-25, 25) + (boundary - guess) // 4
 
 
-async def run_load(urls: list[str], seconds: float, ledger: Ledger, on_tick=None, resend: bool = True) -> None:
+async def run_load(
+    urls: list[str], seconds: float, ledger: Ledger, on_tick=None, resend: bool = True, clients: int = CLIENTS
+) -> None:
+    workers = clients
     clients = [httpx.AsyncClient(base_url=u, timeout=10) for u in urls]
     stop_at = time.monotonic() + seconds
-    guesses = dict.fromkeys(PLAYERS, 0)
+    guesses = {user: ledger.acked.get(user, 0) for user in PLAYERS}
 
     async def worker(n: int) -> None:
         rng = random.Random(n)
@@ -93,7 +98,7 @@ async def run_load(urls: list[str], seconds: float, ledger: Ledger, on_tick=None
             await send_until_answered(clients, body, ledger, stop_at + 60, resend=resend)
 
     try:
-        tasks = [asyncio.create_task(worker(n)) for n in range(CLIENTS)]
+        tasks = [asyncio.create_task(worker(n)) for n in range(workers)]
         if on_tick is not None:
             tasks.append(asyncio.create_task(on_tick(stop_at)))
         await asyncio.gather(*tasks)

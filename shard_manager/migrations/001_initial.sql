@@ -37,14 +37,17 @@ CREATE INDEX player_scores_updated_at ON player_scores (updated_at);
 -- cache would hand out ranges per connection and break first-come tie order.
 CREATE SEQUENCE score_seq AS bigint;
 
--- Outbox of Redis work: a row per player whose newest committed state may not be
--- on the shards yet. Written in the same transaction as the state, deleted once
--- the router (or the reconciler, after a crash or a shard outage) has applied it.
+-- Outbox of Redis work: a row per player whose committed state may not be fully on
+-- the shards yet. Written in the same transaction as the state; deleted once the
+-- shards hold it. `first_version` is the oldest version the row stands for: a
+-- writer that finished only later versions must not delete it, because an earlier
+-- writer's removal from some old shard may still be undone (see lb_ack_outbox).
 CREATE TABLE redis_outbox (
-    month      date        NOT NULL,
-    user_id    text        NOT NULL,
-    version    bigint      NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
+    month         date        NOT NULL,
+    user_id       text        NOT NULL,
+    version       bigint      NOT NULL,
+    first_version bigint      NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (month, user_id)
 );
 CREATE INDEX redis_outbox_created_at ON redis_outbox (created_at);

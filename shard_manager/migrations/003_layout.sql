@@ -114,10 +114,10 @@ BEGIN
      WHERE p.month = p_month AND p.user_id = m.user_id
     RETURNING p.user_id, p.score, p.version, p.seq, p.shard, (mv->>'source')::text;
 
-    INSERT INTO redis_outbox AS o (month, user_id, version)
-    SELECT p_month, p.user_id, p.version FROM player_scores p JOIN lb_moving m USING (user_id)
+    INSERT INTO redis_outbox AS o (month, user_id, version, first_version)
+    SELECT p_month, p.user_id, p.version, p.version FROM player_scores p JOIN lb_moving m USING (user_id)
      WHERE p.month = p_month
-    ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version, created_at = now();
+    ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version;
 
     UPDATE shard_layout
        SET move = jsonb_set(move, ARRAY['cursors', p_month::text], jsonb_build_array(last_score, last_seq)),

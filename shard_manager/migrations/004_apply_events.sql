@@ -25,6 +25,7 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
     score      bigint,
     prev_score bigint,   -- NULL when the player had no score that month
     version    bigint,
+    prev_version bigint, -- the version before this event (NULL: none)
     seq        bigint,
     shard      text,
     prev_shard text
@@ -72,7 +73,7 @@ BEGIN
         IF p_months[i] = ANY (closed) THEN
             status := 'closed';
             detail := format('month %s is archived', to_char(p_months[i], 'YYYY-MM'));
-            month := p_months[i]; score := NULL; prev_score := NULL; version := NULL;
+            month := p_months[i]; score := NULL; prev_score := NULL; version := NULL; prev_version := NULL;
             seq := NULL; shard := NULL; prev_shard := NULL;
             RETURN NEXT;
             CONTINUE;
@@ -89,6 +90,7 @@ BEGIN
                                  p_match_ids[i], ev.mode, ev.value);
             END IF;
             month := ev.m; score := cur.score; prev_score := cur.score; version := cur.version;
+            prev_version := cur.version;
             seq := cur.seq; shard := cur.shard; prev_shard := cur.shard;
             RETURN NEXT;
             CONTINUE;
@@ -97,6 +99,7 @@ BEGIN
         SELECT ps.score, ps.version, ps.seq, ps.shard INTO cur
           FROM player_scores ps WHERE ps.month = p_months[i] AND ps.user_id = p_user_ids[i] FOR UPDATE;
         have_cur := FOUND;
+        prev_version := CASE WHEN have_cur THEN cur.version END;
         IF have_cur THEN
             -- The event may have been recorded by a writer we waited on for the row lock.
             PERFORM 1 FROM score_events e WHERE e.user_id = p_user_ids[i] AND e.match_id = p_match_ids[i];
@@ -149,9 +152,11 @@ BEGIN
         END IF;
 
         IF version IS DISTINCT FROM cur.version OR NOT have_cur THEN
-            INSERT INTO redis_outbox AS o (month, user_id, version)
-                 VALUES (p_months[i], p_user_ids[i], version)
-            ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version, created_at = now();
+            -- On conflict the row keeps its first_version and created_at: an older
+            -- version may still be unfinished, and the reconciler's clock keeps running.
+            INSERT INTO redis_outbox AS o (month, user_id, version, first_version)
+                 VALUES (p_months[i], p_user_ids[i], version, version)
+            ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version;
         END IF;
 
         INSERT INTO score_events (user_id, match_id, month, mode, value, occurred_at, score_after)
@@ -166,15 +171,21 @@ BEGIN
     END LOOP;
 END $$;
 
--- Called after the shards took a group's states. SKIP LOCKED: a row another
--- transaction is rewriting stays for the reconciler to check, and this statement
--- never waits, so it cannot deadlock with group commits.
-CREATE OR REPLACE FUNCTION lb_ack_outbox(p_months date[], p_user_ids text[], p_versions bigint[])
-RETURNS int LANGUAGE sql AS $$
+-- Called once the shards hold the states of versions min_version..version of a
+-- player (the add on the new shard and the removals from every shard the caller
+-- knows the player was on). A row whose first_version is older than min_version
+-- stands for a write the caller did not finish (a crashed router's, say): it stays
+-- for the reconciler, which clears every shard. SKIP LOCKED: a row another
+-- transaction is rewriting stays too, and this never waits, so it cannot deadlock
+-- with group commits.
+CREATE OR REPLACE FUNCTION lb_ack_outbox(
+    p_months date[], p_user_ids text[], p_min_versions bigint[], p_versions bigint[]
+) RETURNS int LANGUAGE sql AS $$
     WITH done AS (
         SELECT o.ctid FROM redis_outbox o
-          JOIN unnest(p_months, p_user_ids, p_versions) AS d(month, user_id, version)
-            ON o.month = d.month AND o.user_id = d.user_id AND o.version <= d.version
+          JOIN unnest(p_months, p_user_ids, p_min_versions, p_versions) AS d(month, user_id, min_version, version)
+            ON o.month = d.month AND o.user_id = d.user_id
+           AND o.version <= d.version AND o.first_version >= d.min_version
         FOR UPDATE OF o SKIP LOCKED
     ), deleted AS (
         DELETE FROM redis_outbox o USING done WHERE o.ctid = done.ctid RETURNING 1

@@ -1,0 +1,390 @@
+"""Online rebalancing: from the layout in force to the shard map an operator wrote.
+
+A rebalance is a list of named steps, computed from the two maps alone:
+
+  AddShards     new (empty) shards join the layout, so routers connect to them
+  MoveBoundary  one boundary moves: the score range between old and new position
+                goes from one neighbour to the other, a few hundred players per
+                step, in rank order, while games keep writing
+  RemoveShards  shards left with empty ranges leave the layout
+
+`plan` prints the steps (the dry run); `apply` performs the same steps. Every step
+bumps the layout epoch. All progress lives in PostgreSQL (the layout row: shards,
+the running move with a per-month cursor, and the target), so an apply that is
+killed is resumed by running it again; the point of no return of each move is its
+first step, after which it can only be finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+
+import psycopg2
+import redis
+
+from router.members import state_key, tie_prefix, zset_key
+from shard_manager.layout import Layout, load_layout, shards_json
+from shard_manager.shardmap import MAX_SCORE, ShardMap
+
+APPLY_LOCK = 0x6C62_7262  # one apply at a time, cluster-wide
+UNBOUNDED = MAX_SCORE + 1  # the lower bound of a shard that is empty at the very top
+STEP_PLAYERS = 500
+MOVE_RATE_ESTIMATE = 5_000
+"""Players per second for `plan`'s time estimate; see the README for the measured rate."""
+APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
+
+
+class RebalanceRefused(ValueError):
+    """The target cannot be applied; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class AddShards:
+    shards: tuple[tuple[str, str], ...]  # (id, address)
+
+    def describe(self) -> str:
+        return "add empty shard(s): " + ", ".join(f"{i} ({a})" for i, a in self.shards)
+
+
+@dataclass(frozen=True)
+class MoveBoundary:
+    shard_id: str  # the shard whose lower bound moves
+    source: str
+    dest: str
+    lo: int
+    hi: int
+    up: bool  # True: [lo, hi) goes from the lower neighbour up to shard_id
+
+    def describe(self) -> str:
+        hi = "inf" if self.hi >= UNBOUNDED else str(self.hi)
+        return f"move scores [{self.lo}, {hi}) from {self.source} to {self.dest}"
+
+
+@dataclass(frozen=True)
+class RemoveShards:
+    ids: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "remove drained shard(s): " + ", ".join(self.ids)
+
+
+Step = AddShards | MoveBoundary | RemoveShards
+
+
+def _union(current: ShardMap, target: ShardMap) -> list[tuple[str, str]]:
+    """Both maps' shards in one score order; shards present in both must keep their order."""
+    cur_ids, tgt_ids = list(current.ids), list(target.ids)
+    common = [i for i in cur_ids if i in tgt_ids]
+    if common != [i for i in tgt_ids if i in cur_ids]:
+        raise RebalanceRefused(
+            "shards present in both maps must keep their order; move boundaries instead of reordering shards"
+        )
+    for shard_id in common:
+        if current.by_id(shard_id).address != target.by_id(shard_id).address:
+            raise RebalanceRefused(
+                f"shard {shard_id} changed address ({current.by_id(shard_id).address} -> "
+                f"{target.by_id(shard_id).address}); give a new server a new id instead"
+            )
+    addresses = {s.id: s.address for s in current.shards} | {s.id: s.address for s in target.shards}
+    order: list[str] = []
+    ci = ti = 0
+    while ci < len(cur_ids) or ti < len(tgt_ids):
+        # Shards only in one map go before the next shard both maps share.
+        if ci < len(cur_ids) and cur_ids[ci] not in tgt_ids:
+            order.append(cur_ids[ci])
+            ci += 1
+        elif ti < len(tgt_ids) and tgt_ids[ti] not in cur_ids:
+            order.append(tgt_ids[ti])
+            ti += 1
+        else:
+            order.append(cur_ids[ci])
+            ci += 1
+            ti += 1
+    return [(i, addresses[i]) for i in order]
+
+
+def _bounds_over(order: list[tuple[str, str]], shard_map: ShardMap) -> list[int]:
+    """Lower bounds of every shard in `order`; a shard absent from the map gets an empty range."""
+    known = {s.id: s.range.start for s in shard_map.shards}
+    bounds = [0] * len(order)
+    following = UNBOUNDED
+    for k in range(len(order) - 1, -1, -1):
+        shard_id = order[k][0]
+        if shard_id in known:
+            following = known[shard_id]
+        bounds[k] = following
+    bounds[0] = 0
+    return bounds
+
+
+def plan_steps(current: ShardMap, target: ShardMap) -> list[Step]:
+    """The steps that take the layout `current` to the map `target`. Pure: no I/O."""
+    order = _union(current, target)
+    now = _bounds_over(order, current)
+    goal = _bounds_over(order, target)
+    steps: list[Step] = []
+    new = tuple((i, a) for i, a in order if i not in current.ids)
+    if new:
+        steps.append(AddShards(new))
+    n = len(order)
+    while now != goal:
+        progressed = False
+        for k in range(1, n):
+            if now[k] == goal[k]:
+                continue
+            below = now[k - 1]
+            above = now[k + 1] if k + 1 < n else UNBOUNDED
+            if not below <= goal[k] <= above:
+                continue  # a neighbouring boundary has to move first
+            # Shard k-1 is the neighbour below: it owns [now[k-1], now[k]) and, after
+            # the move, [now[k-1], goal[k]); the checks above keep both ranges valid.
+            if goal[k] < now[k]:
+                steps.append(MoveBoundary(order[k][0], order[k - 1][0], order[k][0], goal[k], now[k], up=True))
+            else:
+                steps.append(MoveBoundary(order[k][0], order[k][0], order[k - 1][0], now[k], goal[k], up=False))
+            now[k] = goal[k]
+            progressed = True
+        if not progressed:
+            raise RebalanceRefused("no order of boundary moves reaches the target map")
+    gone = tuple(i for i, _ in order if i not in target.ids)
+    if gone:
+        steps.append(RemoveShards(gone))
+    return steps
+
+
+def layout_after(layout_map: ShardMap, step: Step, order: list[tuple[str, str]] | None = None) -> ShardMap:
+    """The layout once `step` is done."""
+    bounds = layout_map.bounds()
+    if isinstance(step, AddShards):
+        assert order is not None
+        current_bounds = _bounds_over(order, layout_map)
+        bounds = [(i, a, b) for (i, a), b in zip(order, current_bounds, strict=True)]
+    elif isinstance(step, MoveBoundary):
+        value = step.lo if step.up else step.hi
+        bounds = [(i, a, value if i == step.shard_id else b) for i, a, b in bounds]
+    else:
+        bounds = [(i, a, b) for i, a, b in bounds if i not in step.ids]
+    return ShardMap.from_bounds(layout_map.epoch + 1, bounds)
+
+
+# -- reading the cluster ----------------------------------------------------------
+
+
+def unarchived_months(conn) -> list[date]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            WITH RECURSIVE months(m) AS (
+                SELECT min(month) FROM player_scores
+                UNION ALL
+                SELECT (SELECT min(month) FROM player_scores WHERE month > m) FROM months WHERE m IS NOT NULL
+            )
+            SELECT m FROM months WHERE m IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM month_archives a WHERE a.month = m) ORDER BY m
+            """
+        )
+        months = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    return months
+
+
+def players_in_range(conn, months: list[date], lo: int, hi: int) -> dict[date, int]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT month, count(*) FROM player_scores WHERE month = ANY(%s) AND score >= %s AND score < %s"
+            " GROUP BY month",
+            (months, lo, min(hi, UNBOUNDED)),
+        )
+        counts = dict(cur.fetchall())
+    conn.commit()
+    return counts
+
+
+def unreachable(shards: list[tuple[str, str]]) -> list[str]:
+    problems = []
+    for shard_id, address in shards:
+        client = redis.Redis.from_url(address, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            problems.append(f"{shard_id} ({address}): {exc}")
+        finally:
+            client.close()
+    return problems
+
+
+# -- applying ---------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What apply reports as it goes; printed by the CLI, silent in tests."""
+
+    on_step: Callable[[int, int, Step], None] = lambda i, n, step: None
+    on_moved: Callable[[MoveBoundary, int, int], None] = lambda step, done, total: None
+
+
+class Rebalancer:
+    def __init__(self, dsn: str, *, step_players: int = STEP_PLAYERS, settle_s: float = 2.0) -> None:
+        self.dsn = dsn
+        self.step_players = step_players
+        self.settle_s = settle_s
+        self.conn = psycopg2.connect(dsn)
+        self._redis: dict[str, redis.Redis] = {}
+        self._scripts: dict[str, object] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+        for client in self._redis.values():
+            client.close()
+
+    def layout(self) -> Layout:
+        layout = load_layout(self.conn)
+        if layout is None:
+            raise RebalanceRefused("no shard layout in PostgreSQL yet: start the cluster once first")
+        return layout
+
+    def _write_layout(self, shard_map: ShardMap, *, move=..., target=...) -> None:
+        sets, params = ["shards = %s", "epoch = epoch + 1", "updated_at = now()"], [shards_json(shard_map)]
+        if move is not ...:
+            sets.append("move = %s")
+            params.append(json.dumps(move) if move is not None else None)
+        if target is not ...:
+            sets.append("target = %s")
+            params.append(json.dumps(target) if target is not None else None)
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(f"UPDATE shard_layout SET {', '.join(sets)} WHERE id = 1", params)
+
+    def remaining(self, target: ShardMap) -> list[Step]:
+        """The steps still to do: a move already running first (it can only be finished)."""
+        layout = self.layout()
+        if layout.target is not None and layout.target != target.to_dict()["shards"]:
+            raise RebalanceRefused(
+                "another rebalance is unfinished (towards a different map); finish it by applying that map again"
+            )
+        if layout.move is None:
+            return plan_steps(layout.shard_map, target)
+        running = MoveBoundary(**{k: layout.move[k] for k in ("shard_id", "source", "dest", "lo", "hi", "up")})
+        return [running] + plan_steps(layout_after(layout.shard_map, running), target)
+
+    def check(self, target: ShardMap) -> list[Step]:
+        """Refuse what cannot be applied safely; return the steps that remain."""
+        steps = self.remaining(target)
+        layout = self.layout()
+        addresses = {s.id: s.address for s in layout.shard_map.shards} | {s.id: s.address for s in target.shards}
+        involved: dict[str, str] = {}
+        for step in steps:
+            if isinstance(step, AddShards):
+                involved.update(step.shards)
+            elif isinstance(step, MoveBoundary):
+                involved.update({sid: addresses[sid] for sid in (step.source, step.dest)})
+        problems = unreachable(sorted(involved.items()))
+        if problems:
+            raise RebalanceRefused(
+                "shard(s) a step needs are unreachable: "
+                + "; ".join(problems)
+                + " (a shard being drained must be up, or its players would be left behind)"
+            )
+        return steps
+
+    def apply(self, target: ShardMap, progress: Progress | None = None) -> Layout:
+        progress = progress or Progress()
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (APPLY_LOCK,))
+            (held,) = cur.fetchone()
+        self.conn.commit()
+        if not held:
+            raise RebalanceRefused("another `shard-manager apply` is running")
+        try:
+            total = len(self.check(target))
+            number = 0
+            # Plan again after every step: the layout in PostgreSQL is the only state,
+            # so a resumed apply and an uninterrupted one take the same path.
+            while steps := self.remaining(target):
+                number += 1
+                progress.on_step(number, max(total, number), steps[0])
+                self._run(steps[0], target, progress)
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute("UPDATE shard_layout SET target = NULL WHERE id = 1")
+            return self.layout()
+        finally:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (APPLY_LOCK,))
+            self.conn.commit()
+
+    def _run(self, step: Step, target: ShardMap, progress: Progress) -> None:
+        layout = self.layout()
+        if isinstance(step, AddShards):
+            order = _union(layout.shard_map, target)
+            after = layout_after(layout.shard_map, step, order)
+            self._write_layout(after, target=target.to_dict()["shards"])
+            time.sleep(self.settle_s)  # routers poll the epoch; let them connect before data arrives
+        elif isinstance(step, MoveBoundary):
+            self._move(step, layout, target, progress)
+        else:
+            self._write_layout(layout_after(layout.shard_map, step), target=target.to_dict()["shards"])
+
+    def _move(self, step: MoveBoundary, layout: Layout, target: ShardMap, progress: Progress) -> None:
+        if layout.move is None:
+            move = {
+                "shard_id": step.shard_id,
+                "source": step.source,
+                "dest": step.dest,
+                "lo": step.lo,
+                "hi": min(step.hi, UNBOUNDED),
+                "up": step.up,
+                "cursors": {},
+            }
+            self._write_layout(layout.shard_map, move=move, target=target.to_dict()["shards"])
+        months = unarchived_months(self.conn)
+        total = sum(players_in_range(self.conn, months, step.lo, step.hi).values())
+        done = 0
+        progress.on_moved(step, 0, total)
+        addresses = dict((i, a) for i, a, _ in layout.shard_map.bounds())
+        while True:
+            for month in months:
+                while moved := self._move_chunk(month, addresses):
+                    done += moved
+                    progress.on_moved(step, done, max(total, done))
+            after = layout_after(self.layout().shard_map, step)
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute("SELECT lb_move_finish(%s::date[], %s)", (months, shards_json(after)))
+                (finished,) = cur.fetchone()
+            if finished:
+                progress.on_moved(step, max(total, done), max(total, done))
+                return
+            months = unarchived_months(self.conn)  # a writer slipped players past the cursor: go again
+
+    def _move_chunk(self, month: date, addresses: dict[str, str]) -> int:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute("SELECT * FROM lb_move_step(%s, %s)", (month, self.step_players))
+            rows = cur.fetchall()
+        if not rows:
+            return 0
+        label = month.strftime("%Y-%m")
+        keys = [zset_key(label), state_key(label)]
+        dest, source = rows[0][4], rows[0][5]
+        # Add before remove, exactly as the routers do; if we die in between, the
+        # outbox rows written with the move let the reconciler finish it.
+        self._apply(addresses[dest], dest, keys, rows, present=True)
+        self._apply(addresses[source], source, keys, rows, present=False)
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT lb_ack_outbox(%s::date[], %s, %s::bigint[], %s::bigint[])",
+                ([month] * len(rows), [r[0] for r in rows], [r[2] for r in rows], [r[2] for r in rows]),
+            )
+        return len(rows)
+
+    def _apply(self, address: str, shard_id: str, keys: list[str], rows: list[tuple], present: bool) -> None:
+        if shard_id not in self._redis:
+            self._redis[shard_id] = redis.Redis.from_url(address, socket_timeout=30)
+            self._scripts[shard_id] = self._redis[shard_id].register_script(APPLY_LUA)
+        args: list = []
+        for user_id, score, version, seq, _, _ in rows:
+            args += [user_id, version, 1 if present else 0, score, tie_prefix(seq)]
+        self._scripts[shard_id](keys=keys, args=args)
