@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance loadtest clean
 
 install: $(STAMP)
 
@@ -38,6 +38,19 @@ bench: install   ## throughput ratios against a private cluster started for the 
 
 bench-rebuild: install  ## rebuild of 1M players from PostgreSQL vs a plain bulk load, same run
 	$(PY) -m bench.rebuild_bench $(BENCH_ARGS)
+
+bench-rebalance: install  ## players moved per second by apply, write latency during vs without
+	$(PY) -m bench.rebalance_bench $(BENCH_ARGS)
+
+LOADTEST_USERS ?= 40
+LOADTEST_TIME  ?= 60s
+LOADTEST_HOST  ?= http://127.0.0.1:8000
+loadtest: install  ## Locust, headless, against the cluster `make up` started; reports in loadtest/reports/
+	@$(PY) -c "import locust" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[loadtest]'
+	@mkdir -p loadtest/reports
+	$(PY) -m locust -f loadtest/locustfile.py --headless -u $(LOADTEST_USERS) -r 10 -t $(LOADTEST_TIME) \
+		--host $(LOADTEST_HOST) --csv loadtest/reports/run --html loadtest/reports/report.html --only-summary
+	$(PY) loadtest/summary.py loadtest/reports/run
 
 clean: down
 	rm -rf .data

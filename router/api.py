@@ -42,6 +42,7 @@ from router.schemas import (
     MonthOut,
     MonthsOut,
     PlayerOut,
+    RebalanceOut,
     ScoreIn,
     ScoreOut,
     ShardOut,
@@ -343,8 +344,13 @@ async def get_shards(svc: ServicesDep, month: MonthQuery = None) -> ShardsOut:
                 error=error,
             )
         )
+    backlog, rebalance = None, None
     try:
         backlog = await svc.store.outbox_backlog()
+        layout = await svc.store.layout()
+        if layout is not None and layout.move is not None:
+            mv = layout.move
+            rebalance = RebalanceOut(source=mv["source"], dest=mv["dest"], min_score=mv["lo"], max_score=mv["hi"])
     except StoreUnavailable:
-        backlog = None
-    return ShardsOut(epoch=svc.shard_map.epoch, month=label, shards=out, outbox_backlog=backlog)
+        pass
+    return ShardsOut(epoch=svc.shard_map.epoch, month=label, shards=out, outbox_backlog=backlog, rebalance=rebalance)

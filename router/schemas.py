@@ -119,11 +119,19 @@ class ShardOut(BaseModel):
     error: str | None = None
 
 
+class RebalanceOut(BaseModel):
+    source: str
+    dest: str
+    min_score: int
+    max_score: int
+
+
 class ShardsOut(BaseModel):
     epoch: int
     month: str
     shards: list[ShardOut]
-    outbox_backlog: int | None
+    outbox_backlog: int | None = Field(description="Committed writes not yet confirmed on the shards")
+    rebalance: RebalanceOut | None = Field(None, description="The boundary move running now, if any")
 
 
 class MonthOut(BaseModel):

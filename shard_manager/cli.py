@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("apply", help="re-split the score ranges online to match FILE (resumable)")
     p.add_argument("file", type=Path)
-    p.add_argument("--step-players", type=int, default=500, help="players moved per step")
+    p.add_argument(
+        "--step-players", type=int, default=200, help="players moved per step (writes to the month wait during a step)"
+    )
     p.set_defaults(fn=cmd_apply)
     p = sub.add_parser("status", help="per-shard range, players, share and memory; flags skew")
     p.add_argument("--month", default=None, help="YYYY-MM (default: current)")

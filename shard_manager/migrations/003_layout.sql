@@ -65,10 +65,18 @@ LANGUAGE plpgsql AS $$
 DECLARE
     layout record;
     mv jsonb;
+    up boolean;
+    lo bigint;
+    hi bigint;
     cs bigint;
     cq bigint;
     last_score bigint;
     last_seq bigint;
+    uids text[];
+    scores bigint[];
+    versions bigint[];
+    seqs bigint[];
+    k int;
 BEGIN
     PERFORM pg_advisory_xact_lock(lb_month_lock(p_month));
     SELECT * INTO layout FROM shard_layout WHERE id = 1 FOR UPDATE;
@@ -76,53 +84,78 @@ BEGIN
     IF mv IS NULL THEN
         RETURN;
     END IF;
+    up := (mv->>'up')::boolean;
+    lo := (mv->>'lo')::bigint;
+    hi := (mv->>'hi')::bigint;
     IF mv->'cursors'->(p_month::text) IS NOT NULL THEN
         cs := (mv->'cursors'->(p_month::text)->>0)::bigint;
         cq := (mv->'cursors'->(p_month::text)->>1)::bigint;
-    ELSIF (mv->>'up')::boolean THEN
-        cs := (mv->>'hi')::bigint; cq := 0;
+    ELSIF up THEN
+        cs := hi; cq := 0;
     ELSE
-        cs := (mv->>'lo')::bigint; cq := 9223372036854775807;
+        cs := lo; cq := 9223372036854775807;
     END IF;
 
-    CREATE TEMP TABLE IF NOT EXISTS lb_moving (user_id text, score bigint, seq bigint, ord int) ON COMMIT DROP;
-    TRUNCATE lb_moving;
-    IF (mv->>'up')::boolean THEN
-        INSERT INTO lb_moving
-        SELECT p.user_id, p.score, p.seq, row_number() OVER (ORDER BY p.score DESC, p.seq ASC)
-          FROM player_scores p
-         WHERE p.month = p_month AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
-           AND (p.score < cs OR (p.score = cs AND p.seq > cq))
-         ORDER BY p.score DESC, p.seq ASC LIMIT p_limit;
+    -- One statement: pick the next players past the cursor in move order (the
+    -- ORDER BY matches the (month, score DESC, seq) index, forwards or backwards),
+    -- move them, and queue their Redis work. The month lock keeps writers out
+    -- meanwhile, so a step is kept to a few hundred players.
+    IF up THEN
+        WITH moving AS (
+            SELECT p.user_id FROM player_scores p
+             WHERE p.month = p_month AND p.score >= lo AND p.score < hi
+               AND (p.score < cs OR (p.score = cs AND p.seq > cq))
+             ORDER BY p.score DESC, p.seq ASC LIMIT p_limit
+        ), moved AS (
+            UPDATE player_scores p
+               SET version = p.version + 1, shard = mv->>'dest', epoch = layout.epoch, updated_at = now()
+              FROM moving m WHERE p.month = p_month AND p.user_id = m.user_id
+            RETURNING p.user_id, p.score, p.version, p.seq
+        ), queued AS (
+            INSERT INTO redis_outbox AS o (month, user_id, version, first_version)
+            SELECT p_month, moved.user_id, moved.version, moved.version FROM moved
+            ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version
+        )
+        SELECT array_agg(moved.user_id), array_agg(moved.score), array_agg(moved.version), array_agg(moved.seq)
+          INTO uids, scores, versions, seqs FROM moved;
     ELSE
-        INSERT INTO lb_moving
-        SELECT p.user_id, p.score, p.seq, row_number() OVER (ORDER BY p.score ASC, p.seq DESC)
-          FROM player_scores p
-         WHERE p.month = p_month AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
-           AND (p.score > cs OR (p.score = cs AND p.seq < cq))
-         ORDER BY p.score ASC, p.seq DESC LIMIT p_limit;
+        WITH moving AS (
+            SELECT p.user_id FROM player_scores p
+             WHERE p.month = p_month AND p.score >= lo AND p.score < hi
+               AND (p.score > cs OR (p.score = cs AND p.seq < cq))
+             ORDER BY p.score ASC, p.seq DESC LIMIT p_limit
+        ), moved AS (
+            UPDATE player_scores p
+               SET version = p.version + 1, shard = mv->>'dest', epoch = layout.epoch, updated_at = now()
+              FROM moving m WHERE p.month = p_month AND p.user_id = m.user_id
+            RETURNING p.user_id, p.score, p.version, p.seq
+        ), queued AS (
+            INSERT INTO redis_outbox AS o (month, user_id, version, first_version)
+            SELECT p_month, moved.user_id, moved.version, moved.version FROM moved
+            ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version
+        )
+        SELECT array_agg(moved.user_id), array_agg(moved.score), array_agg(moved.version), array_agg(moved.seq)
+          INTO uids, scores, versions, seqs FROM moved;
     END IF;
-    SELECT m.score, m.seq INTO last_score, last_seq FROM lb_moving m ORDER BY m.ord DESC LIMIT 1;
-    IF last_score IS NULL THEN
-        RETURN;
+
+    FOR k IN 1..coalesce(array_length(uids, 1), 0) LOOP
+        -- The cursor ends on the last player in move order.
+        IF last_score IS NULL
+           OR (up AND (scores[k] < last_score OR (scores[k] = last_score AND seqs[k] > last_seq)))
+           OR (NOT up AND (scores[k] > last_score OR (scores[k] = last_score AND seqs[k] < last_seq))) THEN
+            last_score := scores[k];
+            last_seq := seqs[k];
+        END IF;
+        user_id := uids[k]; score := scores[k]; version := versions[k]; seq := seqs[k];
+        shard := mv->>'dest'; prev_shard := mv->>'source';
+        RETURN NEXT;
+    END LOOP;
+    IF last_score IS NOT NULL THEN
+        UPDATE shard_layout
+           SET move = jsonb_set(move, ARRAY['cursors', p_month::text], jsonb_build_array(last_score, last_seq)),
+               updated_at = now()
+         WHERE id = 1;
     END IF;
-
-    RETURN QUERY
-    UPDATE player_scores p
-       SET version = p.version + 1, shard = mv->>'dest', epoch = layout.epoch, updated_at = now()
-      FROM lb_moving m
-     WHERE p.month = p_month AND p.user_id = m.user_id
-    RETURNING p.user_id, p.score, p.version, p.seq, p.shard, (mv->>'source')::text;
-
-    INSERT INTO redis_outbox AS o (month, user_id, version, first_version)
-    SELECT p_month, p.user_id, p.version, p.version FROM player_scores p JOIN lb_moving m USING (user_id)
-     WHERE p.month = p_month
-    ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version;
-
-    UPDATE shard_layout
-       SET move = jsonb_set(move, ARRAY['cursors', p_month::text], jsonb_build_array(last_score, last_seq)),
-           updated_at = now()
-     WHERE id = 1;
 END $$;
 
 -- Ends a boundary move, under every given month's exclusive lock: if no player of
