@@ -104,7 +104,7 @@ BEGIN
         WITH moving AS (
             SELECT p.user_id FROM player_scores p
              WHERE p.month = p_month AND p.score >= lo AND p.score < hi
-               AND (p.score < cs OR (p.score = cs AND p.seq > cq))
+               AND p.score <= cs AND (p.score < cs OR p.seq > cq)  -- "p.score <= cs" bounds the index scan
              ORDER BY p.score DESC, p.seq ASC LIMIT p_limit
         ), moved AS (
             UPDATE player_scores p
@@ -122,7 +122,7 @@ BEGIN
         WITH moving AS (
             SELECT p.user_id FROM player_scores p
              WHERE p.month = p_month AND p.score >= lo AND p.score < hi
-               AND (p.score > cs OR (p.score = cs AND p.seq < cq))
+               AND p.score >= cs AND (p.score > cs OR p.seq < cq)
              ORDER BY p.score ASC, p.seq DESC LIMIT p_limit
         ), moved AS (
             UPDATE player_scores p
@@ -187,11 +187,11 @@ BEGIN
             IF (mv->>'up')::boolean THEN
                 SELECT EXISTS (SELECT 1 FROM player_scores p
                     WHERE p.month = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
-                      AND (p.score < cs OR (p.score = cs AND p.seq > cq))) INTO left_behind;
+                      AND p.score <= cs AND (p.score < cs OR p.seq > cq)) INTO left_behind;
             ELSE
                 SELECT EXISTS (SELECT 1 FROM player_scores p
                     WHERE p.month = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
-                      AND (p.score > cs OR (p.score = cs AND p.seq < cq))) INTO left_behind;
+                      AND p.score >= cs AND (p.score > cs OR p.seq < cq)) INTO left_behind;
             END IF;
             IF left_behind THEN
                 RETURN false;

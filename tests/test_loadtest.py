@@ -1,0 +1,34 @@
+"""The Locust scenarios run headless against a real router and report no failures."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cluster import GAME_TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_locust_scenarios_run_clean(board, router, tmp_path):
+    env = {**os.environ, "LB_GAME_TOKEN": GAME_TOKEN, "LB_LOADTEST_PLAYERS": "500"}
+    prefix = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
+            "-u", "8", "-r", "8", "-t", "6s", "--host", router.url, "--csv", str(prefix), "--only-summary",
+        ],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["Name"]: row for row in csv.DictReader(Path(f"{prefix}_stats.csv").open())}
+    for name in ("POST /v1/scores", "GET /v1/leaderboard/top", "GET /v1/scores/{id}"):
+        assert int(rows[name]["Request Count"]) > 0, name
+    assert rows["Aggregated"]["Failure Count"] == "0", result.stderr[-3000:]
+    summary = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "summary.py"), str(prefix)], capture_output=True, text=True
+    )
+    assert "failures: 0" in summary.stdout
