@@ -63,7 +63,10 @@ async def run(
     counter = iter(range(10**12))
     stop_at = time.perf_counter() + seconds
 
-    async def connection() -> None:
+    async def connection(n: int) -> None:
+        # Staggered like real clients arriving: opened all at once, a multi-worker
+        # server's accept() tends to hand most of them to one worker.
+        await asyncio.sleep(n * 0.01)
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < stop_at:
@@ -79,6 +82,6 @@ async def run(
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(connections)))
+    await asyncio.gather(*(connection(n) for n in range(connections)))
     result.seconds = time.perf_counter() - started
     return result

@@ -58,7 +58,9 @@ ERRORS = {
 }
 
 
-def services(request: Request) -> Services:
+# Dependencies are `async def`: FastAPI runs plain `def` dependencies in a thread
+# pool, and that hop was a third of a write's CPU time in a profile.
+async def services(request: Request) -> Services:
     return request.app.state.services
 
 
@@ -73,12 +75,12 @@ class Unauthorized(LeaderboardError):
     pass
 
 
-def require_game_token(svc: ServicesDep, x_game_service_token: Annotated[str | None, Header()] = None) -> None:
+async def require_game_token(svc: ServicesDep, x_game_service_token: Annotated[str | None, Header()] = None) -> None:
     if not svc.is_game_token(x_game_service_token):
         raise Unauthorized("a valid X-Game-Service-Token header is required")
 
 
-def require_admin_token(svc: ServicesDep, x_admin_token: Annotated[str | None, Header()] = None) -> None:
+async def require_admin_token(svc: ServicesDep, x_admin_token: Annotated[str | None, Header()] = None) -> None:
     if not svc.is_admin_token(x_admin_token):
         raise Unauthorized("a valid X-Admin-Token header is required")
 

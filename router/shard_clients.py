@@ -13,6 +13,8 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -78,6 +80,11 @@ class ShardClients:
                 decode_responses=True,
                 max_connections=self._max_connections,
                 health_check_interval=30,
+                # A pooled connection to a shard that restarted fails once on first use;
+                # every command we send is idempotent (reads, versioned applies), so one
+                # quick retry on a fresh connection is safe. Timeouts are not retried.
+                retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 2),
+                retry_on_error=[RedisConnectionError],
             )
             self._addresses[shard.id] = shard.address
 

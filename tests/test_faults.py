@@ -67,3 +67,13 @@ def test_postgres_down_refuses_writes_and_keeps_reads(api, board):
     assert reply.status_code == 200 and reply.json()["duplicate"] is False
     wait_outbox_empty(board, timeout=10)
     assert_exact(board, api, {"alice": 1150, "bob": 50})
+
+
+def test_reads_and_writes_work_at_once_after_a_shard_restart(api, board):
+    assert post(api, "ann", "m0", 5000).status_code == 200
+    assert api.get("/v1/scores/ann").status_code == 200  # the router now holds pooled connections to s2
+    time.sleep(1.2)
+    board.shards[2].stop()
+    board.shards[2].start()  # same port and AOF; the router's pooled connections are now dead
+    assert api.get("/v1/scores/ann").json()["rank"] == 1
+    assert post(api, "ann", "m1", 1).status_code == 200

@@ -18,13 +18,33 @@ def test_locust_scenarios_run_clean(board, router, tmp_path):
     prefix = tmp_path / "run"
     result = subprocess.run(
         [
-            sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
-            "-u", "8", "-r", "8", "-t", "6s", "--host", router.url, "--csv", str(prefix), "--only-summary",
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless",
+            "-u",
+            "8",
+            "-r",
+            "8",
+            "-t",
+            "6s",
+            "--host",
+            router.url,
+            "--csv",
+            str(prefix),
+            "--only-summary",
         ],
-        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {row["Name"]: row for row in csv.DictReader(Path(f"{prefix}_stats.csv").open())}
+    with Path(f"{prefix}_stats.csv").open() as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
     for name in ("POST /v1/scores", "GET /v1/leaderboard/top", "GET /v1/scores/{id}"):
         assert int(rows[name]["Request Count"]) > 0, name
     assert rows["Aggregated"]["Failure Count"] == "0", result.stderr[-3000:]
