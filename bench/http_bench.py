@@ -27,6 +27,7 @@ from shard_manager.launcher import LocalCluster
 from shard_manager.processes import free_port
 
 PLAYERS = 100_000
+TOKEN = "bench-token-0123456789abcdef"
 
 
 def _cluster(workdir: Path, workers: int) -> LocalCluster:
@@ -44,7 +45,7 @@ def _cluster(workdir: Path, workers: int) -> LocalCluster:
         database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/leaderboard",
         http_port=free_port(),
         workers=workers,
-        game_tokens=["bench-token"],
+        game_tokens=[TOKEN],
         admin_token="bench-admin",
     )
     return LocalCluster(settings)
@@ -57,7 +58,7 @@ def _post_score(host: str, run_id: str):
         body = json.dumps(
             {"user_id": f"p{rng.randrange(PLAYERS)}", "match_id": f"{run_id}-{n}", "score": rng.randint(1, 40)}
         ).encode()
-        return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": "bench-token"})
+        return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": TOKEN})
 
     return make
 
@@ -71,7 +72,7 @@ def _post_batch(host: str, run_id: str):
             for i in range(1000)
         ]
         body = json.dumps({"events": events}).encode()
-        return loadgen.build_request("POST", "/v1/scores/batch", host, body, {"X-Game-Service-Token": "bench-token"})
+        return loadgen.build_request("POST", "/v1/scores/batch", host, body, {"X-Game-Service-Token": TOKEN})
 
     return make
 

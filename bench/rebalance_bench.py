@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg2
 
 from bench import loadgen
-from bench.http_bench import _cluster
+from bench.http_bench import TOKEN, _cluster
 from shard_manager.binaries import require_redis_server
 from shard_manager.processes import RedisServer, free_port
 from shard_manager.rebalance import Rebalancer
@@ -68,7 +68,7 @@ def _post(host: str, port_tag: str):
         body = json.dumps(
             {"user_id": f"w{rng.randrange(50_000)}", "match_id": f"{port_tag}-{n}", "score": rng.randint(1, 30)}
         ).encode()
-        return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": "bench-token"})
+        return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": TOKEN})
 
     return make
 

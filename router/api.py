@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from router.errors import (
@@ -26,6 +26,7 @@ from router.errors import (
     ShardUnavailable,
     StoreUnavailable,
 )
+from router.metrics import render
 from router.periods import month_label
 from router.ranking import Entry
 from router.schemas import (
@@ -52,7 +53,10 @@ from router.services import Services
 from router.store import ScoreEvent
 
 ERRORS = {
+    400: {"model": ErrorOut, "description": "The body could not be read"},
     401: {"model": ErrorOut, "description": "Missing or wrong token"},
+    413: {"model": ErrorOut, "description": "Body larger than LB_MAX_BODY_BYTES"},
+    429: {"model": ErrorOut, "description": "Rate limited; see Retry-After"},
     422: {"model": ErrorOut, "description": "Invalid input; `field` names what is wrong"},
     503: {"model": ErrorOut, "description": "A shard or PostgreSQL is unavailable"},
 }
@@ -75,9 +79,29 @@ class Unauthorized(LeaderboardError):
     pass
 
 
-async def require_game_token(svc: ServicesDep, x_game_service_token: Annotated[str | None, Header()] = None) -> None:
+async def require_game_token(svc: ServicesDep, x_game_service_token: Annotated[str | None, Header()] = None) -> str:
     if not svc.is_game_token(x_game_service_token):
         raise Unauthorized("a valid X-Game-Service-Token header is required")
+    assert x_game_service_token is not None
+    return x_game_service_token
+
+
+GameToken = Annotated[str, Depends(require_game_token)]
+
+
+async def require_reader(
+    svc: ServicesDep,
+    x_read_token: Annotated[str | None, Header()] = None,
+    x_game_service_token: Annotated[str | None, Header()] = None,
+) -> None:
+    if not svc.may_read(x_read_token, x_game_service_token):
+        raise Unauthorized("a valid X-Read-Token header is required")
+
+
+class RateLimited(LeaderboardError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 async def require_admin_token(svc: ServicesDep, x_admin_token: Annotated[str | None, Header()] = None) -> None:
@@ -98,6 +122,8 @@ def error_response(exc: Exception) -> JSONResponse:
             return _error(422, "score_out_of_range", exc.detail, "score")
         case Unauthorized():
             return _error(401, "unauthorized", str(exc))
+        case RateLimited():
+            return _error(429, "rate_limited", str(exc), **{"Retry-After": str(exc.retry_after)})
         case PlayerNotFound():
             return _error(404, "player_not_found", str(exc), "user_id")
         case MonthNotServed():
@@ -145,6 +171,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    body, content_type = render()
+    return Response(content=body, media_type=content_type)
+
+
 @router.get(
     "/readyz",
     tags=["ops"],
@@ -171,11 +203,18 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
     "/v1/scores",
     tags=["scores"],
     response_model=ScoreOut,
-    dependencies=[Depends(require_game_token)],
     responses={**ERRORS, 409: {"model": ErrorOut, "description": "Month closed, or match_id reused"}},
     summary="Record one match result for one player",
 )
-async def post_score(body: ScoreIn, svc: ServicesDep) -> ScoreOut:
+async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> ScoreOut:
+    verdict = await svc.limiter.check(token, [body.user_id])
+    if verdict.token_retry_after:
+        raise RateLimited("too many requests for this game token", verdict.token_retry_after)
+    if verdict.players_retry_after:
+        raise RateLimited(
+            f"at most {svc.settings.rate_limit_player_per_hour} events per player per hour",
+            verdict.players_retry_after[body.user_id],
+        )
     outcome = await svc.service.record(body)
     row = outcome.row
     assert row.score is not None
@@ -193,11 +232,10 @@ async def post_score(body: ScoreIn, svc: ServicesDep) -> ScoreOut:
     "/v1/scores/batch",
     tags=["scores"],
     response_model=BatchOut,
-    dependencies=[Depends(require_game_token)],
     responses=ERRORS,
     summary=f"Record up to {BATCH_MAX} results; one result per event, a bad event does not sink the others",
 )
-async def post_batch(body: BatchIn, svc: ServicesDep) -> BatchOut:
+async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> BatchOut:
     if len(body.events) > BATCH_MAX:
         raise InvalidInput("events", f"at most {BATCH_MAX} events per batch, got {len(body.events)}")
     results: list[BatchItemOut | None] = [None] * len(body.events)
@@ -212,6 +250,21 @@ async def post_batch(body: BatchIn, svc: ServicesDep) -> BatchOut:
         except (InvalidInput, PeriodClosed) as exc:
             field = exc.field if isinstance(exc, InvalidInput) else "occurred_at"
             results[i] = BatchItemOut(index=i, status="refused", field=field, reason=str(exc))
+    verdict = await svc.limiter.check(token, [event.user_id for _, event in accepted])
+    if verdict.token_retry_after:
+        raise RateLimited("too many requests for this game token", verdict.token_retry_after)
+    if verdict.players_retry_after:
+        limit = svc.settings.rate_limit_player_per_hour
+        for i, event in accepted:
+            if event.user_id in verdict.players_retry_after:
+                results[i] = BatchItemOut(
+                    index=i,
+                    status="refused",
+                    user_id=event.user_id,
+                    field="user_id",
+                    reason=f"rate limited: at most {limit} events per player per hour",
+                )
+        accepted = [(i, e) for i, e in accepted if e.user_id not in verdict.players_retry_after]
     outcomes = await svc.service.record_batch([event for _, event in accepted])
     for (i, event), outcome in zip(accepted, outcomes, strict=True):
         row = outcome.row
@@ -253,6 +306,7 @@ def _entries(entries: list[Entry]) -> list[EntryOut]:
 @router.get(
     "/v1/scores/{user_id}",
     tags=["reads"],
+    dependencies=[Depends(require_reader)],
     response_model=PlayerOut,
     responses={**ERRORS, 404: {"model": ErrorOut, "description": "No score this month"}},
     summary="A player's score, rank and percentile",
@@ -272,6 +326,7 @@ async def get_player(user_id: UserPath, svc: ServicesDep, month: MonthQuery = No
 @router.get(
     "/v1/scores/{user_id}/around",
     tags=["reads"],
+    dependencies=[Depends(require_reader)],
     response_model=BoardOut,
     responses={**ERRORS, 404: {"model": ErrorOut, "description": "No score this month"}},
     summary="The player and up to `radius` players on each side",
@@ -289,6 +344,7 @@ async def get_around(
 @router.get(
     "/v1/leaderboard/top",
     tags=["reads"],
+    dependencies=[Depends(require_reader)],
     response_model=BoardOut,
     responses=ERRORS,
     summary="The top of the board, paged",
@@ -306,6 +362,7 @@ async def get_top(
 @router.get(
     "/v1/leaderboard/months",
     tags=["reads"],
+    dependencies=[Depends(require_reader)],
     response_model=MonthsOut,
     responses=ERRORS,
     summary="Months that can be read: the two live ones and every archived one",

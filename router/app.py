@@ -8,18 +8,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.api import error_response, router, validation_response
 from router.errors import LeaderboardError
+from router.observability import RequestContext, configure_logging
 from router.services import Services
-from router.settings import Settings, get_settings
+from router.settings import Settings, check_production_safety, get_settings
 
 log = logging.getLogger("router")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_json)
+    check_production_safety(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,4 +55,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (unknown path, wrong method, unreadable body) in our error shape.
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail), "field": None}}
+        return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-Game-Service-Token", "X-Read-Token", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app

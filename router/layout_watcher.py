@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from router.errors import LeaderboardError
+from router.metrics import LAYOUT_EPOCH
 from router.shard_clients import ShardClients
 from router.store import Store
 
@@ -22,6 +23,7 @@ class LayoutWatcher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        LAYOUT_EPOCH.set(self.shards.shard_map.epoch)
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -40,6 +42,7 @@ class LayoutWatcher:
             if layout is None:
                 return False
             await self.shards.update(layout.shard_map)
+            LAYOUT_EPOCH.set(layout.epoch)
             log.info(
                 "shard layout epoch %d: %s",
                 layout.epoch,

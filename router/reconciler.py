@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from router.errors import LeaderboardError, ShardUnavailable
 from router.members import tie_prefix
+from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
 from router.periods import month_label
 from router.shard_clients import PlayerState, ShardClients
 from router.store import PlayerRow, Store
@@ -82,6 +83,7 @@ class Reconciler:
         """One pass over the outbox; returns how many players were repaired."""
         rows = await self.store.unfinished(self.settle_s, self.batch)
         self.backlog = len(rows)
+        RECONCILER_BACKLOG.set(len(rows))
         if not rows:
             return 0
         by_month: dict[str, list[PlayerRow]] = defaultdict(list)
@@ -95,6 +97,7 @@ class Reconciler:
             done += settled
         await self.store.ack_outbox(done)
         self.repaired_total += repaired
+        RECONCILER_REPAIRED.inc(repaired)
         if repaired:
             log.info("reconciler repaired %d player(s)", repaired)
         return repaired

@@ -13,6 +13,7 @@ import psycopg2
 from router.board_service import BoardService
 from router.layout_watcher import LayoutWatcher
 from router.ranking import Board
+from router.rate_limits import RateLimiter
 from router.reconciler import Reconciler
 from router.season_keeper import SeasonKeeper
 from router.settings import Settings
@@ -37,6 +38,7 @@ class Services:
     service: BoardService
     seasons: SeasonKeeper
     layout: LayoutWatcher
+    limiter: RateLimiter
 
     @property
     def shard_map(self) -> ShardMap:
@@ -71,7 +73,13 @@ class Services:
         )
         watcher = LayoutWatcher(store, shards, interval_s=settings.layout_poll_s)
         writes.on_unknown_shard = watcher.refresh
-        return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher)
+        limiter = RateLimiter(
+            settings.rate_limit_redis_url or shard_map.shards[0].address,
+            token_per_s=settings.rate_limit_token_per_s,
+            player_per_hour=settings.rate_limit_player_per_hour,
+            timeout_s=settings.redis_timeout_s,
+        )
+        return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher, limiter)
 
     async def start(self) -> None:
         if not self.settings.game_tokens:
@@ -86,11 +94,17 @@ class Services:
         await self.reconciler.stop()
         await self.seasons.stop()
         await self.layout.stop()
+        await self.limiter.close()
         await self.shards.close()
         await asyncio.to_thread(self.store.close)
 
     def is_game_token(self, token: str | None) -> bool:
         return _matches_any(token, self.settings.game_tokens)
+
+    def may_read(self, read_token: str | None, game_token: str | None) -> bool:
+        if not self.settings.read_tokens:
+            return True
+        return _matches_any(read_token, self.settings.read_tokens) or self.is_game_token(game_token)
 
     def is_admin_token(self, token: str | None) -> bool:
         return _matches_any(token, [self.settings.admin_token] if self.settings.admin_token else [])

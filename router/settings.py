@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,11 +23,30 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(2, ge=1, le=64, description="Router processes started by the launcher")
 
+    env: Literal["dev", "production"] = Field(
+        "production", description="dev allows weak or missing tokens; production refuses to start with them"
+    )
     game_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated tokens accepted in X-Game-Service-Token; several so they can rotate",
     )
     admin_token: str = ""
+    read_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="If set, reads need X-Read-Token with one of these (game tokens are accepted too)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (comma-separated)"
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with 413")
+    rate_limit_token_per_s: int = Field(
+        20_000, ge=0, description="Write requests per second per game token, across all routers (0: off)"
+    )
+    rate_limit_player_per_hour: int = Field(
+        3_600, ge=0, description="Events per player per hour, across all routers (0: off)"
+    )
+    rate_limit_redis_url: str = Field("", description="Redis for rate-limit counters (default: the first shard)")
+    log_json: bool = Field(True, description="One JSON object per log line")
 
     write_batch_max: int = Field(500, ge=1, le=1000, description="Most events in one group commit")
     write_flushers: int = Field(2, ge=1, le=16, description="Group commits in flight per router process")
@@ -52,7 +71,7 @@ class Settings(BaseSettings):
         7 * 86400.0, ge=0, description="How long an archived month's Redis keys are kept before they are dropped"
     )
 
-    @field_validator("game_tokens", mode="before")
+    @field_validator("game_tokens", "read_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
@@ -63,3 +82,29 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+WEAK_TOKENS = {"", "changeme", "change-me", "secret", "token", "test", "password", "admin", "dev", "default"}
+MIN_TOKEN_LENGTH = 16
+
+
+class UnsafeSettings(ValueError):
+    pass
+
+
+def check_production_safety(settings: Settings) -> None:
+    """Refuse to serve with guessable credentials unless LB_ENV=dev."""
+    if settings.env == "dev":
+        return
+    problems = []
+    if not settings.game_tokens:
+        problems.append("LB_GAME_TOKENS is empty")
+    named = [("LB_GAME_TOKENS", t) for t in settings.game_tokens] + [("LB_ADMIN_TOKEN", settings.admin_token)]
+    named += [("LB_READ_TOKENS", t) for t in settings.read_tokens]
+    for name, token in named:
+        if token.lower() in WEAK_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+            problems.append(f"{name} has a weak or short token (at least {MIN_TOKEN_LENGTH} random characters)")
+    if problems:
+        raise UnsafeSettings(
+            "refusing to start in production: " + "; ".join(dict.fromkeys(problems)) + ". Set LB_ENV=dev to allow it."
+        )

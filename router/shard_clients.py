@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.errors import ShardUnavailable
 from router.members import state_key, zset_key
+from router.metrics import SHARD_ERRORS, SHARD_OPS
 from shard_manager.shardmap import ShardMap
 
 T = TypeVar("T")
@@ -103,16 +104,19 @@ class ShardClients:
         clients = list(self._clients.values()) + list(self._retired.values())
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
-    async def _call(self, shard_id: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    async def _call(self, shard_id: str, fn: Callable[[aioredis.Redis], Awaitable[T]], op: str = "other") -> T:
         client = self._clients.get(shard_id) or self._retired.get(shard_id)
         if client is None:
             raise ShardUnavailable(shard_id, "not in the shard layout")
+        SHARD_OPS.labels(shard_id, op).inc()
         try:
             return await fn(client)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            SHARD_ERRORS.labels(shard_id, op).inc()
             raise ShardUnavailable(shard_id, type(exc).__name__) from exc
         except RedisError as exc:
             # LOADING, MISCONF, READONLY...: the server answers but cannot serve us.
+            SHARD_ERRORS.labels(shard_id, op).inc()
             raise ShardUnavailable(shard_id, str(exc)) from exc
 
     async def apply(
@@ -127,7 +131,7 @@ class ShardClients:
         async def run(client: aioredis.Redis) -> list[int]:
             return await self._apply(keys=keys, args=args, client=client)
 
-        raw = await self._call(shard_id, run)
+        raw = await self._call(shard_id, run, "apply")
         results = [ApplyResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw) - 1, 3)]
         return results, int(raw[-1])
 
@@ -135,11 +139,11 @@ class ShardClients:
         async def run(client: aioredis.Redis) -> list[Any]:
             return await self._lookup(keys=[zset_key(month), state_key(month)], args=[user_id], client=client)
 
-        version, rank, score, size = await self._call(shard_id, run)
+        version, rank, score, size = await self._call(shard_id, run, "lookup")
         return Lookup(int(version), int(rank), int(float(score)) if score != "" else None, int(size))
 
     async def size(self, shard_id: str, month: str) -> int:
-        return await self._call(shard_id, lambda c: c.zcard(zset_key(month)))
+        return await self._call(shard_id, lambda c: c.zcard(zset_key(month)), "size")
 
     async def sizes(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, int]:
         ids = list(shard_ids) if shard_ids is not None else list(self.shard_map.ids)
@@ -152,7 +156,7 @@ class ShardClients:
         async def run(client: aioredis.Redis) -> list[tuple[str, float]]:
             return await client.zrevrange(zset_key(month), start, stop, withscores=True)
 
-        return [(member, int(score)) for member, score in await self._call(shard_id, run)]
+        return [(member, int(score)) for member, score in await self._call(shard_id, run, "range")]
 
     async def ping(self, shard_id: str) -> None:
         await self._call(shard_id, lambda c: c.ping())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from datetime import date
 
 from router.errors import LeaderboardError, ShardUnavailable
 from router.members import tie_prefix
+from router.metrics import GROUP_EVENTS, GROUP_SECONDS, PLAYERS_MOVED
 from router.periods import month_label
 from router.ranking import players_above
 from router.shard_clients import ApplyResult, PlayerState, ShardClients
@@ -154,7 +156,10 @@ class WritePipeline:
         # Stable sort: one lock order for every group, each player's events still in arrival order.
         order = sorted(range(len(events)), key=lambda i: (events[i].month, events[i].user_id))
         ordered = [events[i] for i in order]
+        started = time.perf_counter()
         rows = await self.store.apply_events(ordered, order)
+        GROUP_SECONDS.observe(time.perf_counter() - started)
+        GROUP_EVENTS.observe(len(events))
         if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
             # PostgreSQL placed a player on a shard this process has not heard of yet:
             # a rebalance added it. Catch up before touching the shards.
@@ -225,6 +230,8 @@ class WritePipeline:
                 return
         self._ack(player)
         self.cache.put(month, player.user_id, target)
+        if player.prev_shard is not None and player.prev_shard != target:
+            PLAYERS_MOVED.inc()
 
         sizes = {}
         for sid in ids:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,8 +144,12 @@ class LocalCluster:
     def _start_router(self) -> None:
         self.game_token = ",".join(self.settings.game_tokens) or _stored_token(self.data_dir / "game_token")
         self.admin_token = self.settings.admin_token or _stored_token(self.data_dir / "admin_token")
+        metrics_dir = self.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # per-process files of a previous run would add up
+        metrics_dir.mkdir(parents=True)
         env = {
             **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "LB_GAME_TOKENS": self.game_token,
             "LB_ADMIN_TOKEN": self.admin_token,
             "LB_SHARDS_FILE": str(self.settings.shards_file.resolve()),

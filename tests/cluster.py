@@ -58,6 +58,7 @@ class RouterProcess:
             "LB_ADMIN_TOKEN": ADMIN_TOKEN,
             "LB_RECONCILE_INTERVAL_S": "0.2",
             "LB_RECONCILE_SETTLE_S": "0.5",
+            "LB_ENV": "dev",  # the test tokens are short on purpose
             **self.extra_env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it

@@ -1,0 +1,51 @@
+"""Prometheus metrics. With several router processes, set PROMETHEUS_MULTIPROC_DIR
+(the launcher does) so /metrics sums every process's numbers."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+HTTP_REQUESTS = Counter("lb_http_requests_total", "HTTP requests", ["route", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "lb_http_request_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+SHARD_OPS = Counter("lb_shard_operations_total", "Redis calls per shard", ["shard", "op"])
+SHARD_ERRORS = Counter("lb_shard_errors_total", "Redis calls that failed, per shard", ["shard", "op"])
+GROUP_EVENTS = Histogram(
+    "lb_group_commit_events",
+    "Events per PostgreSQL group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
+GROUP_SECONDS = Histogram(
+    "lb_group_commit_seconds",
+    "PostgreSQL group commit latency",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PLAYERS_MOVED = Counter("lb_players_moved_total", "Players a write moved to another shard")
+RECONCILER_BACKLOG = Gauge(
+    "lb_reconciler_backlog", "Outbox rows past the settle time at the last reconciler pass", multiprocess_mode="max"
+)
+RECONCILER_REPAIRED = Counter("lb_reconciler_repaired_total", "Players the reconciler put right")
+RATE_LIMITED = Counter("lb_rate_limited_total", "Requests refused by a rate limit", ["limit"])
+LAYOUT_EPOCH = Gauge("lb_layout_epoch", "Shard layout epoch this router serves", multiprocess_mode="min")
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

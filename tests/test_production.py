@@ -1,0 +1,253 @@
+"""What operators and security reviewers expect: tokens, limits, metrics, logs, shutdown, fuzzing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess
+from tests.invariants import assert_exact, wait_outbox_empty
+
+AUTH = {"X-Game-Service-Token": GAME_TOKEN}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def custom_router(board: Cluster):
+    started: list[RouterProcess] = []
+
+    def start(**env: str) -> RouterProcess:
+        router = board.router(extra_env=env)
+        started.append(router)
+        return router
+
+    yield start
+    for router in started:
+        router.stop()
+
+
+def test_missing_or_wrong_tokens_get_401_with_a_json_body(api):
+    for headers in ({}, {"X-Game-Service-Token": "wrong"}):
+        reply = api.post("/v1/scores", json={"user_id": "a", "match_id": "m"}, headers=headers)
+        assert reply.status_code == 401
+        assert reply.json()["error"]["code"] == "unauthorized"
+    assert api.get("/v1/admin/shards").status_code == 401
+    assert api.get("/v1/admin/shards", headers={"X-Admin-Token": GAME_TOKEN}).status_code == 401
+    assert api.get("/v1/admin/shards", headers={"X-Admin-Token": ADMIN_TOKEN}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("tokens", "admin", "problem"),
+    [
+        ("", "a-strong-admin-token-123", "LB_GAME_TOKENS is empty"),
+        ("changeme", "a-strong-admin-token-123", "LB_GAME_TOKENS has a weak"),
+        ("a-strong-game-token-1234", "short", "LB_ADMIN_TOKEN has a weak"),
+    ],
+)
+def test_production_refuses_to_start_with_weak_tokens(board, tokens, admin, problem, tmp_path):
+    router = RouterProcess(
+        board.shards_file,
+        board.dsn,
+        tmp_path / "router.log",
+        extra_env={"LB_ENV": "production", "LB_GAME_TOKENS": tokens, "LB_ADMIN_TOKEN": admin},
+    )
+    with pytest.raises(RuntimeError, match="router failed to start") as failure:
+        router.start()
+    assert problem in str(failure.value)
+    assert "LB_ENV=dev" in str(failure.value)
+
+
+def test_optional_read_token(custom_router):
+    router = custom_router(LB_READ_TOKENS="reader-token-0123456789")
+    with router.client() as api:
+        assert api.post("/v1/scores", json={"user_id": "a", "match_id": "m"}, headers=AUTH).status_code == 200
+        assert api.get("/v1/leaderboard/top").status_code == 401
+        assert api.get("/v1/leaderboard/top", headers={"X-Read-Token": "reader-token-0123456789"}).status_code == 200
+        assert api.get("/v1/scores/a", headers=AUTH).status_code == 200  # a game token may read too
+        assert api.get("/healthz").status_code == 200
+
+
+def test_rate_limits_hold_across_router_processes(custom_router):
+    env = {"LB_RATE_LIMIT_PLAYER_PER_HOUR": "5", "LB_RATE_LIMIT_TOKEN_PER_S": "0"}
+    routers = [custom_router(**env), custom_router(**env)]
+    statuses = []
+    for n in range(8):
+        with routers[n % 2].client() as api:
+            reply = api.post("/v1/scores", json={"user_id": "spammer", "match_id": f"m{n}"}, headers=AUTH)
+            statuses.append(reply.status_code)
+            if reply.status_code == 429:
+                assert int(reply.headers["Retry-After"]) > 0
+                assert reply.json()["error"]["code"] == "rate_limited"
+    assert statuses == [200] * 5 + [429] * 3
+    with routers[0].client() as api:
+        assert api.get("/v1/scores/spammer").json()["score"] == 5  # refused events changed nothing
+        batch = api.post(
+            "/v1/scores/batch",
+            json={"events": [{"user_id": "spammer", "match_id": "b1"}, {"user_id": "calm", "match_id": "b1"}]},
+            headers=AUTH,
+        ).json()
+        assert [r["status"] for r in batch["results"]] == ["refused", "applied"]
+        assert "rate limited" in batch["results"][0]["reason"]
+
+
+def test_token_rate_limit(custom_router):
+    router = custom_router(LB_RATE_LIMIT_TOKEN_PER_S="3")
+    with router.client() as api:
+        statuses = [
+            api.post("/v1/scores", json={"user_id": f"u{n}", "match_id": "m"}, headers=AUTH).status_code
+            for n in range(10)
+        ]
+    assert 429 in statuses and statuses.count(200) >= 3
+
+
+def test_metrics_expose_requests_shards_and_commits(api):
+    for n in range(3):
+        api.post("/v1/scores", json={"user_id": "m", "match_id": f"m{n}", "score": 60}, headers=AUTH)
+    api.get("/v1/scores/m")
+    text = api.get("/metrics").text
+    assert 'lb_http_requests_total{method="POST",route="/v1/scores",status="200"}' in text
+    assert "lb_http_request_seconds_bucket{" in text
+    assert 'lb_shard_operations_total{op="apply"' in text
+    assert "lb_group_commit_events_count" in text and "lb_group_commit_seconds_count" in text
+    assert "lb_players_moved_total" in text and "lb_reconciler_backlog" in text
+    assert "lb_layout_epoch" in text
+
+
+def test_request_id_is_echoed_or_generated_and_logged(board, custom_router):
+    router = custom_router()
+    with router.client() as api:
+        given = api.get("/healthz", headers={"X-Request-ID": "trace-123"})
+        assert given.headers["X-Request-ID"] == "trace-123"
+        made = api.get("/healthz")
+        assert len(made.headers["X-Request-ID"]) == 32
+        bad = api.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+        assert bad.headers["X-Request-ID"] != "bad id with spaces"
+    router.stop()
+    lines = [json.loads(line) for line in router.log_path.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("msg") == "request"]
+    assert any(line["request_id"] == "trace-123" and line["status"] == 200 for line in access)
+    assert all({"ts", "level", "route", "ms"} <= set(line) for line in access)
+
+
+def test_payload_limit_and_cors(custom_router):
+    router = custom_router(LB_MAX_BODY_BYTES="2048", LB_CORS_ORIGINS="https://game.example")
+    with router.client() as api:
+        big = api.post(
+            "/v1/scores/batch",
+            content=b'{"events": [' + b" " * 5000 + b"]}",
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert big.status_code == 413
+        assert big.json()["error"]["code"] == "payload_too_large"
+        preflight = api.options(
+            "/v1/scores",
+            headers={
+                "Origin": "https://game.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-Game-Service-Token",
+            },
+        )
+        assert preflight.headers["access-control-allow-origin"] == "https://game.example"
+        other = api.options(
+            "/v1/scores", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_unreadable_bodies_and_unknown_paths_use_the_error_shape(api):
+    reply = api.post("/v1/scores", content=b"\xff\xfe{", headers={**AUTH, "Content-Type": "application/json"})
+    assert reply.status_code in (400, 422) and "error" in reply.json()
+    assert api.get("/v1/nothing-here").json()["error"]["code"] == "not_found"
+
+
+def test_sigterm_finishes_in_flight_writes_and_loses_nothing_acknowledged(board: Cluster, custom_router):
+    router = custom_router()
+    acked: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def writer(n: int) -> None:
+        with httpx.Client(base_url=router.url, timeout=10) as client:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                body = {"user_id": f"g{n}", "match_id": f"m{i}", "score": 1}
+                try:
+                    reply = client.post("/v1/scores", json=body, headers=AUTH)
+                except httpx.TransportError:
+                    return  # the router is gone: this request was never acknowledged
+                if reply.status_code == 200:
+                    acked.append((body["user_id"], body["match_id"]))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    router.proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM to exit with its status.
+    assert router.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acked) > 50
+    recorded = set(board.sql("SELECT user_id, match_id FROM score_events"))
+    assert set(acked) <= recorded
+    # The shards hold every acknowledged write too: the router flushed before exiting.
+    after = board.router()
+    try:
+        wait_outbox_empty(board, timeout=10)
+        with after.client() as api:
+            assert_exact(board, api)
+    finally:
+        after.stop()
+
+
+def test_schemathesis_finds_no_server_errors_and_no_schema_violations(api, router):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{router.url}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance",
+            "-H",
+            f"X-Game-Service-Token: {GAME_TOKEN}",
+            "-H",
+            f"X-Admin-Token: {ADMIN_TOKEN}",
+            "--max-examples",
+            "25",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_grafana_dashboard_uses_only_metrics_the_router_exports(api):
+    import re
+
+    exported = set(re.findall(r"^# TYPE (\w+) ", api.get("/metrics").text, re.M))
+    dashboard = json.loads((ROOT / "ops" / "grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(lb_\w+?)(?:_bucket|_total|_count|_sum)?\b", target["expr"])
+    }
+    assert used and used <= exported | {n.removesuffix("_total") for n in exported}, used - exported
