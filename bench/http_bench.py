@@ -46,7 +46,7 @@ def _cluster(workdir: Path, workers: int) -> LocalCluster:
         http_port=free_port(),
         workers=workers,
         game_tokens=[TOKEN],
-        admin_token="bench-admin",
+        admin_token="bench-admin-token-0123456789",
     )
     return LocalCluster(settings)
 
