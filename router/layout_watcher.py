@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from router.errors import LeaderboardError
 from router.metrics import LAYOUT_EPOCH
+from router.periodic import Periodic
 from router.shard_clients import ShardClients
 from router.store import Store
 
@@ -20,17 +19,14 @@ class LayoutWatcher:
         self.shards = shards
         self.interval_s = interval_s
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("layout watcher", self.refresh, interval_s, first_now=False)
 
     def start(self) -> None:
         LAYOUT_EPOCH.set(self.shards.shard_map.epoch)
-        self._task = asyncio.create_task(self._loop())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     async def refresh(self) -> bool:
         """Load the layout if its epoch moved on; True when this router switched."""
@@ -49,13 +45,3 @@ class LayoutWatcher:
                 ", ".join(f"{s.id} {s.range}" for s in layout.shard_map.shards),
             )
             return True
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.refresh()
-            except LeaderboardError as exc:
-                log.warning("cannot read the shard layout: %s", exc)
-            except Exception:
-                log.exception("layout refresh failed")

@@ -15,14 +15,14 @@ of its commit, as long as the shards it needs are up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from router.errors import LeaderboardError, ShardUnavailable
+from router.errors import ShardUnavailable
 from router.members import tie_prefix
 from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
+from router.periodic import Periodic
 from router.periods import month_label
 from router.shard_clients import PlayerState, ShardClients
 from router.store import PlayerRow, Store
@@ -58,26 +58,13 @@ class Reconciler:
         self.batch = batch
         self.repaired_total = 0
         self.backlog = 0
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("reconciler", self.run_once, interval_s, first_now=True)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except LeaderboardError as exc:
-                log.warning("reconciler: %s", exc)
-            except Exception:
-                log.exception("reconciler cycle failed")
-            await asyncio.sleep(self.interval_s)
+        await self._loop.stop()
 
     async def run_once(self) -> int:
         """One pass over the outbox; returns how many players were repaired."""

@@ -66,7 +66,7 @@ class Services:
         service = BoardService(board, writes, store, now)
         seasons = SeasonKeeper(
             settings.database_url,
-            shard_map,
+            shards,
             now,
             interval_s=settings.rotation_interval_s,
             retention_s=settings.archive_redis_retention_s,
