@@ -5,7 +5,11 @@ a temp dir on free ports, then alternates rounds of each scenario so that machin
 noise hits all of them alike, and prints medians:
 
   (1) POST /v1/scores req/s  /  GET /healthz req/s   (same client, same connections)
-  (2) batch ingest: events/s through POST /v1/scores/batch (1,000 events a request)
+  (2) GET /v1/scores/{id} req/s  /  GET /healthz req/s
+  (3) GET /v1/leaderboard/top?limit=10 req/s  /  GET /healthz req/s
+  (4) batch ingest: events/s through POST /v1/scores/batch (1,000 events a request)
+  (6) Redis memory per player: used_memory of all shards, minus what they used
+      before any player existed, divided by the players on them
 
 Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32]
 """
@@ -19,9 +23,13 @@ import random
 import shutil
 import statistics
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+
 from bench import loadgen
+from router.members import zset_key
 from router.settings import Settings
 from shard_manager.launcher import LocalCluster
 from shard_manager.processes import free_port
@@ -80,9 +88,28 @@ def _post_batch(host: str, run_id: str):
 async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]]:
     host = f"127.0.0.1:{port}"
     healthz = loadgen.build_request("GET", "/healthz", host)
-    results: dict[str, list[float]] = {"healthz": [], "post": [], "ratio": [], "batch_events": [], "post_p50_ms": []}
-    # Warm-up: fill the board so writes hit existing players on every shard.
+    results: dict[str, list[float]] = {
+        "healthz": [],
+        "post": [],
+        "ratio": [],
+        "batch_events": [],
+        "post_p50_ms": [],
+        "rank": [],
+        "rank_ratio": [],
+        "top": [],
+        "top_ratio": [],
+    }
+    # Warm-up: players p0..p9999 certainly exist (the reads ask for them), then more.
+    for chunk in range(10):
+        events = [{"user_id": f"p{chunk * 1000 + i}", "match_id": "seed", "score": (i * 7) % 2000} for i in range(1000)]
+        seed = loadgen.build_request(
+            "POST", "/v1/scores/batch", host, json.dumps({"events": events}).encode(), {"X-Game-Service-Token": TOKEN}
+        )
+        await loadgen.run("127.0.0.1", port, lambda _, body=seed: body, connections=1, seconds=0.01)
     await loadgen.run("127.0.0.1", port, _post_batch(host, "warm"), connections=2, seconds=3)
+    rng = random.Random(3)
+    rank_requests = [loadgen.build_request("GET", f"/v1/scores/p{rng.randrange(10_000)}", host) for _ in range(4096)]
+    top_request = loadgen.build_request("GET", "/v1/leaderboard/top?limit=10", host)
     for round_no in range(args.rounds):
         health = await loadgen.run(
             "127.0.0.1", port, lambda _: healthz, connections=args.connections, seconds=args.seconds
@@ -102,10 +129,23 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]
         results["ratio"].append(post.rate / health.rate)
         results["batch_events"].append(batch.rate * 1000)
         results["post_p50_ms"].append(post.median_latency * 1000)
+        rank = await loadgen.run(
+            "127.0.0.1", port, lambda n: rank_requests[n % 4096], connections=args.connections, seconds=args.seconds
+        )
+        top = await loadgen.run(
+            "127.0.0.1", port, lambda _: top_request, connections=args.connections, seconds=args.seconds
+        )
+        if rank.errors or top.errors:
+            raise SystemExit(f"errors during the run: rank {rank.errors}, top {top.errors}")
+        results["rank"].append(rank.rate)
+        results["rank_ratio"].append(rank.rate / health.rate)
+        results["top"].append(top.rate)
+        results["top_ratio"].append(top.rate / health.rate)
         print(
             f"  round {round_no + 1}: healthz {health.rate:8.0f} req/s | POST /v1/scores {post.rate:7.0f} req/s "
             f"(ratio {post.rate / health.rate:.3f}, p50 {post.median_latency * 1000:.1f} ms) | "
-            f"batch {batch.rate * 1000:8.0f} events/s",
+            f"batch {batch.rate * 1000:8.0f} events/s | "
+            f"rank {rank.rate / health.rate:.3f} | top {top.rate / health.rate:.3f}",
             flush=True,
         )
     return results
@@ -133,7 +173,12 @@ def main() -> int:
             f"{args.rounds} rounds x {args.seconds:.0f} s per scenario",
             flush=True,
         )
+        shard_clients = [redis.Redis.from_url(s.address) for s in cluster.shard_map.shards]
+        baseline_memory = sum(c.info("memory")["used_memory"] for c in shard_clients)
         results = asyncio.run(_measure(args, cluster.settings.http_port))
+        month_key = zset_key(datetime.now(UTC).strftime("%Y-%m"))
+        players = sum(c.zcard(month_key) for c in shard_clients)
+        memory_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -142,7 +187,10 @@ def main() -> int:
     print(f"  GET /healthz          {med['healthz']:10.0f} req/s")
     print(f"  POST /v1/scores       {med['post']:10.0f} req/s   p50 {med['post_p50_ms']:.1f} ms")
     print(f"  POST / healthz ratio  {med['ratio']:10.3f}")
+    print(f"  GET /v1/scores/{{id}}   {med['rank']:10.0f} req/s   ratio {med['rank_ratio']:.3f}")
+    print(f"  GET top-10            {med['top']:10.0f} req/s   ratio {med['top_ratio']:.3f}")
     print(f"  batch ingest          {med['batch_events']:10.0f} events/s")
+    print(f"  Redis memory          {memory_per_player:10.0f} bytes per player ({players} players)")
     return 0
 
 

@@ -56,7 +56,7 @@ class Services:
         shards = ShardClients(shard_map, settings.redis_timeout_s)
         store = Store(settings.database_url, settings.pg_pool_size, settings.pg_statement_timeout_ms)
         cache = UserShardCache(settings.user_cache_size)
-        board = Board(shards, cache)
+        board = Board(shards, cache, settings.top_cache_ttl_s)
         writes = WritePipeline(
             store, shards, cache, batch_max=settings.write_batch_max, flushers=settings.write_flushers
         )

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="How far back a freshly started reconciler looks for unfinished writes"
     )
     user_cache_size: int = Field(200_000, ge=0)
+    top_cache_ttl_s: float = Field(
+        0.25, ge=0, description="Top pages may be served from memory this long (0: always exact)"
+    )
     layout_poll_s: float = Field(1.0, gt=0, description="How often a router checks for a new shard layout epoch")
 
     rotation_interval_s: float = Field(300.0, gt=0, description="How often a router looks for months to archive")

@@ -251,3 +251,17 @@ def test_grafana_dashboard_uses_only_metrics_the_router_exports(api):
         for name in re.findall(r"\b(lb_\w+?)(?:_bucket|_total|_count|_sum)?\b", target["expr"])
     }
     assert used and used <= exported | {n.removesuffix("_total") for n in exported}, used - exported
+
+
+def test_top_pages_are_cached_for_at_most_the_configured_time(custom_router):
+    router = custom_router(LB_TOP_CACHE_TTL_S="1.0")
+    with router.client() as api:
+        api.post("/v1/scores", json={"user_id": "first", "match_id": "m", "score": 10}, headers=AUTH)
+        assert [e["user_id"] for e in api.get("/v1/leaderboard/top").json()["entries"]] == ["first"]
+        api.post("/v1/scores", json={"user_id": "second", "match_id": "m", "score": 20}, headers=AUTH)
+        stale = api.get("/v1/leaderboard/top").json()["entries"]
+        assert [e["user_id"] for e in stale] == ["first"]  # served from memory
+        assert api.get("/v1/scores/second").json()["rank"] == 1  # ranks are never cached
+        time.sleep(1.1)
+        fresh = api.get("/v1/leaderboard/top").json()["entries"]
+        assert [e["user_id"] for e in fresh] == ["second", "first"]
