@@ -119,9 +119,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 line += f": {sum(counts.values())} players ({_describe_counts(counts)})"
             print(line)
         conn.close()
+        seconds = total_players / MOVE_RATE_ESTIMATE
+        estimate = "under a second" if seconds < 1 else f"about {seconds:.0f} s"
         print(
-            f"{total_players} players move; about {total_players / MOVE_RATE_ESTIMATE:.0f} s at "
-            f"{MOVE_RATE_ESTIMATE} players/s (measured with writes flowing; see README). Nothing was changed."
+            f"{total_players} players move; {estimate} at {MOVE_RATE_ESTIMATE} players/s "
+            "(measured with writes flowing; see README). Nothing was changed."
         )
         return 0
     except RebalanceRefused as exc:
