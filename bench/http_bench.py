@@ -29,7 +29,7 @@ from pathlib import Path
 import redis
 
 from bench import loadgen
-from router.members import zset_key
+from router.members import state_key, zset_key
 from router.settings import Settings
 from shard_manager.launcher import LocalCluster
 from shard_manager.processes import free_port
@@ -176,9 +176,16 @@ def main() -> int:
         shard_clients = [redis.Redis.from_url(s.address) for s in cluster.shard_map.shards]
         baseline_memory = sum(c.info("memory")["used_memory"] for c in shard_clients)
         results = asyncio.run(_measure(args, cluster.settings.http_port))
-        month_key = zset_key(datetime.now(UTC).strftime("%Y-%m"))
-        players = sum(c.zcard(month_key) for c in shard_clients)
-        memory_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
+        month = datetime.now(UTC).strftime("%Y-%m")
+        players = sum(c.zcard(zset_key(month)) for c in shard_clients)
+        # The board itself (sorted set + version hash, exact: SAMPLES 0), and everything
+        # the shards gained, which also counts the per-player rate-limit counters on s0.
+        board_bytes = sum(
+            (c.memory_usage(zset_key(month), samples=0) or 0) + (c.memory_usage(state_key(month), samples=0) or 0)
+            for c in shard_clients
+        )
+        memory_per_player = board_bytes / players
+        gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -190,7 +197,11 @@ def main() -> int:
     print(f"  GET /v1/scores/{{id}}   {med['rank']:10.0f} req/s   ratio {med['rank_ratio']:.3f}")
     print(f"  GET top-10            {med['top']:10.0f} req/s   ratio {med['top_ratio']:.3f}")
     print(f"  batch ingest          {med['batch_events']:10.0f} events/s")
-    print(f"  Redis memory          {memory_per_player:10.0f} bytes per player ({players} players)")
+    print(f"  Redis memory          {memory_per_player:10.0f} bytes per player in the board keys ({players} players)")
+    print(
+        f"                        {gained_per_player:10.0f} bytes per player of used_memory growth "
+        "(also rate-limit counters, AOF and client buffers)"
+    )
     return 0
 
 

@@ -22,21 +22,33 @@ from router.metrics import RATE_LIMITED
 
 log = logging.getLogger(__name__)
 
-# KEYS: counters; ARGV: (amount, limit, ttl) per key. Adds each amount and answers,
-# per key, 0 when within its limit or the seconds until its window ends.
+# KEYS[1]: this second's counter for the token; KEYS[2]: this hour's hash of per-player
+# counters (one hash per hour, not one key per player: a fraction of the memory).
+# ARGV: token limit (0: off), token ttl, player limit (0: off), hash ttl, then
+# (user, events) pairs. Answers the seconds to wait for the token (0: fine), then
+# the same for each user.
 _COUNT = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local amount, limit, ttl = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  local n = redis.call('INCRBY', key, amount)
-  if n == amount then redis.call('EXPIRE', key, ttl) end
-  if n > limit then
-    local left = redis.call('TTL', key)
-    out[i] = left > 0 and left or 1
-  else
-    out[i] = 0
-  end
+local out = {0}
+local token_limit = tonumber(ARGV[1])
+if token_limit > 0 then
+  local n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+  if n > token_limit then out[1] = 1 end
 end
+local player_limit = tonumber(ARGV[3])
+local created = redis.call('EXISTS', KEYS[2]) == 0
+for i = 5, #ARGV, 2 do
+  local wait = 0
+  if player_limit > 0 then
+    local n = redis.call('HINCRBY', KEYS[2], ARGV[i], tonumber(ARGV[i + 1]))
+    if n > player_limit then
+      local left = redis.call('TTL', KEYS[2])
+      wait = left > 0 and left or 1
+    end
+  end
+  out[#out + 1] = wait
+end
+if created and player_limit > 0 and #ARGV >= 5 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
 return out
 """
 
@@ -58,27 +70,22 @@ class RateLimiter:
         await self._client.aclose()
 
     async def check(self, token: str, players: Sequence[str]) -> Verdict:
-        now = int(time.time())
-        keys: list[str] = []
-        args: list[int] = []
-        if self.token_per_s:
-            digest = hashlib.sha256(token.encode()).hexdigest()[:16]
-            keys.append(f"rl:t:{digest}:{now}")
-            args += [1, self.token_per_s, 2]
-        per_player = Counter(players) if self.player_per_hour else Counter()
-        for user, amount in per_player.items():
-            keys.append(f"rl:p:{user}:{now // 3600}")
-            args += [amount, self.player_per_hour, 3600 - now % 3600 + 1]
-        if not keys:
+        if not self.token_per_s and not self.player_per_hour:
             return Verdict(0, {})
+        now = int(time.time())
+        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+        per_player = Counter(players)
+        keys = [f"rl:t:{digest}:{now}", f"rl:p:{now // 3600}"]
+        args: list[object] = [self.token_per_s, 2, self.player_per_hour, 3600 - now % 3600 + 1]
+        for user, amount in per_player.items():
+            args += [user, amount]
         try:
             answers = await self._count(keys=keys, args=args)
         except RedisError as exc:
             log.warning("rate limits not enforced: counter store unavailable (%s)", exc)
             return Verdict(0, {})
-        token_wait = int(answers[0]) if self.token_per_s else 0
-        player_answers = answers[1:] if self.token_per_s else answers
-        over = {user: int(wait) for user, wait in zip(per_player, player_answers, strict=True) if int(wait)}
+        token_wait = int(answers[0])
+        over = {user: int(wait) for user, wait in zip(per_player, answers[1:], strict=True) if int(wait)}
         if token_wait:
             RATE_LIMITED.labels("token").inc()
         if over:
