@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance loadtest clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling loadtest clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ bench-rebuild: install  ## rebuild of 1M players from PostgreSQL vs a plain bulk
 
 bench-rebalance: install  ## players moved per second by apply, write latency during vs without
 	$(PY) -m bench.rebalance_bench $(BENCH_ARGS)
+
+bench-rank-scaling: install  ## rank-read p50 with 1M players vs with 10k, same run
+	$(PY) -m bench.rank_scaling_bench $(BENCH_ARGS)
 
 LOADTEST_USERS ?= 40
 LOADTEST_TIME  ?= 60s

@@ -1,0 +1,107 @@
+"""`make bench-rank-scaling`: rank-read latency with 1M players vs with 10k, in one run.
+
+Starts a private cluster (3 shards, PostgreSQL, one router with 2 workers), puts
+10,000 players on the board (PostgreSQL, then `rebuild`), measures GET
+/v1/scores/{id} for random existing players in alternating rounds, grows the board
+to 1,000,000 players, and measures again. Prints the p50 of each and their ratio
+(the target is at most 1.3: a rank read should not care how big the board is).
+
+Usage: python -m bench.rank_scaling_bench [--small 10000] [--large 1000000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg2
+
+from bench import loadgen
+from bench.http_bench import _cluster
+from shard_manager.layout import read_layout
+from shard_manager.rebuild import rebuild_month
+
+
+def _grow(dsn: str, first: int, last: int) -> None:
+    """Players r<first>..r<last> (first >= 1: seq must be positive), scores spread over [0, 2000)."""
+    month = datetime.now(UTC).date().replace(day=1)
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("SET synchronous_commit = off")
+        cur.execute("SELECT setval('score_seq', %s)", (last + 1,))
+        cur.execute(
+            """
+            WITH layout AS (
+                SELECT array_agg((s->>'min_score')::bigint ORDER BY o) AS bounds,
+                       array_agg(s->>'id' ORDER BY o) AS ids
+                  FROM shard_layout, jsonb_array_elements(shards) WITH ORDINALITY AS e(s, o)
+            )
+            INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch, updated_at)
+            SELECT %(month)s, 'r' || g, sc, 1, g, lb_layout_shard(%(month)s, sc, g, bounds, ids, NULL), 1,
+                   now() - interval '1 hour'
+              FROM layout, generate_series(%(first)s, %(last)s) AS g,
+                   LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc) s
+            """,
+            {"month": month, "first": first, "last": last},
+        )
+    conn.close()
+
+
+async def _measure(port: int, players: int, seconds: float) -> float:
+    host = f"127.0.0.1:{port}"
+    rng = random.Random(players)
+    requests = [loadgen.build_request("GET", f"/v1/scores/r{rng.randrange(players) + 1}", host) for _ in range(4096)]
+    result = await loadgen.run("127.0.0.1", port, lambda n: requests[n % 4096], connections=8, seconds=seconds)
+    if result.errors:
+        raise SystemExit(f"{result.errors} failed rank reads")
+    return result.percentile(50)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="lb-rank-bench-"))
+    cluster = _cluster(workdir, workers=2)
+    try:
+        cluster.start()
+        dsn = cluster.settings.database_url
+        month = datetime.now(UTC).date().replace(day=1)
+        port = cluster.settings.http_port
+        _grow(dsn, 1, args.small)
+        rebuild_month(dsn, read_layout(dsn).shard_map, month)
+        small = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
+        _grow(dsn, args.small + 1, args.large)
+        rebuild_month(dsn, read_layout(dsn).shard_map, month)
+        large = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
+        # Reads of the first players only in both phases, so the router's user->shard
+        # cache is equally warm; only the board's size differs.
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    s, big = statistics.median(small), statistics.median(large)
+    print(
+        f"\nrank read p50 with {args.small:,} players: {s * 1000:.2f} ms (rounds: "
+        + ", ".join(f"{x * 1000:.2f}" for x in small)
+        + ")"
+    )
+    print(
+        f"rank read p50 with {args.large:,} players: {big * 1000:.2f} ms (rounds: "
+        + ", ".join(f"{x * 1000:.2f}" for x in large)
+        + ")"
+    )
+    print(f"ratio {big / s:.2f} (target <= 1.3)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
