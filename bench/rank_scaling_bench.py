@@ -20,37 +20,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg2
-
 from bench import loadgen
 from bench.http_bench import _cluster
+from bench.population import add_players
 from shard_manager.layout import read_layout
 from shard_manager.rebuild import rebuild_month
-
-
-def _grow(dsn: str, first: int, last: int) -> None:
-    """Players r<first>..r<last> (first >= 1: seq must be positive), scores spread over [0, 2000)."""
-    month = datetime.now(UTC).date().replace(day=1)
-    conn = psycopg2.connect(dsn)
-    with conn, conn.cursor() as cur:
-        cur.execute("SET synchronous_commit = off")
-        cur.execute("SELECT setval('score_seq', %s)", (last + 1,))
-        cur.execute(
-            """
-            WITH layout AS (
-                SELECT array_agg((s->>'min_score')::bigint ORDER BY o) AS bounds,
-                       array_agg(s->>'id' ORDER BY o) AS ids
-                  FROM shard_layout, jsonb_array_elements(shards) WITH ORDINALITY AS e(s, o)
-            )
-            INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch, updated_at)
-            SELECT %(month)s, 'r' || g, sc, 1, g, lb_layout_shard(%(month)s, sc, g, bounds, ids, NULL), 1,
-                   now() - interval '1 hour'
-              FROM layout, generate_series(%(first)s, %(last)s) AS g,
-                   LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc) s
-            """,
-            {"month": month, "first": first, "last": last},
-        )
-    conn.close()
 
 
 async def _measure(port: int, players: int, seconds: float) -> float:
@@ -77,10 +51,10 @@ def main() -> int:
         dsn = cluster.settings.database_url
         month = datetime.now(UTC).date().replace(day=1)
         port = cluster.settings.http_port
-        _grow(dsn, 1, args.small)
+        add_players(dsn, 1, args.small)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
         small = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
-        _grow(dsn, args.small + 1, args.large)
+        add_players(dsn, args.small + 1, args.large)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
         large = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
         # Reads of the first players only in both phases, so the router's user->shard

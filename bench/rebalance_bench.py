@@ -30,35 +30,12 @@ import psycopg2
 
 from bench import loadgen
 from bench.http_bench import TOKEN, _cluster
+from bench.population import add_players
 from shard_manager.binaries import require_redis_server
 from shard_manager.processes import RedisServer, free_port
 from shard_manager.rebalance import Rebalancer
 from shard_manager.rebuild import rebuild_month
 from shard_manager.shardmap import shard_map_from_dict
-
-
-def _populate(dsn: str, players: int) -> None:
-    month = datetime.now(UTC).date().replace(day=1)
-    conn = psycopg2.connect(dsn)
-    with conn, conn.cursor() as cur:
-        cur.execute("SET synchronous_commit = off")
-        cur.execute("SELECT setval('score_seq', %s)", (players + 1,))
-        cur.execute(
-            """
-            WITH layout AS (
-                SELECT array_agg((s->>'min_score')::bigint ORDER BY o) AS bounds,
-                       array_agg(s->>'id' ORDER BY o) AS ids
-                  FROM shard_layout, jsonb_array_elements(shards) WITH ORDINALITY AS e(s, o)
-            )
-            INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch, updated_at)
-            SELECT %(month)s, 'b' || g, sc, 1, g, lb_layout_shard(%(month)s, sc, g, bounds, ids, NULL), 1,
-                   now() - interval '1 hour'
-              FROM layout, generate_series(1, %(players)s) AS g,
-                   LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc) s
-            """,
-            {"month": month, "players": players},
-        )
-    conn.close()
 
 
 def _post(host: str, port_tag: str):
@@ -88,7 +65,7 @@ def main() -> int:
         spare.start()
         dsn = cluster.settings.database_url
         started = time.perf_counter()
-        _populate(dsn, args.players)
+        add_players(dsn, 1, args.players, prefix="b")
         month = datetime.now(UTC).date().replace(day=1)
         layout_map = Rebalancer(dsn).layout().shard_map
         rebuild_month(dsn, layout_map, month)

@@ -27,10 +27,6 @@ def user_of(member_name: str) -> str:
     return member_name[TIE_WIDTH:]
 
 
-def seq_of(member_name: str) -> int:
-    return SEQ_LIMIT - int(member_name[:TIE_WIDTH], 16)
-
-
 def zset_key(month_label: str) -> str:
     return f"lb:{month_label}:z"
 

@@ -56,8 +56,6 @@ class Reconciler:
         self.interval_s = interval_s
         self.settle_s = settle_s
         self.batch = batch
-        self.repaired_total = 0
-        self.backlog = 0
         self._loop = Periodic("reconciler", self.run_once, interval_s, first_now=True)
 
     def start(self) -> None:
@@ -69,7 +67,6 @@ class Reconciler:
     async def run_once(self) -> int:
         """One pass over the outbox; returns how many players were repaired."""
         rows = await self.store.unfinished(self.settle_s, self.batch)
-        self.backlog = len(rows)
         RECONCILER_BACKLOG.set(len(rows))
         if not rows:
             return 0
@@ -83,7 +80,6 @@ class Reconciler:
             repaired += fixed
             done += settled
         await self.store.ack_outbox(done)
-        self.repaired_total += repaired
         RECONCILER_REPAIRED.inc(repaired)
         if repaired:
             log.info("reconciler repaired %d player(s)", repaired)

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from router.periodic import Periodic
+from router.periods import month_label
 from router.shard_clients import ShardClients
-from shard_manager.seasons import label, rotate
+from shard_manager.seasons import rotate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,6 @@ class SeasonKeeper:
         archived, dropped = await asyncio.to_thread(rotate, self.dsn, self.shards.shard_map, self.now(), self.retention)
         for result in archived:
             if result.created:
-                log.info("archived %s: %d players", label(result.month), result.players)
+                log.info("archived %s: %d players", month_label(result.month), result.players)
         for month in dropped:
-            log.info("dropped the Redis keys of archived month %s", label(month))
+            log.info("dropped the Redis keys of archived month %s", month_label(month))

@@ -213,16 +213,8 @@ class Store:
         """Players whose newest state may not be on the shards, oldest first."""
         return await asyncio.to_thread(self._outbox_sync, settle_s, limit)
 
-    def _count_sync(self, sql: str) -> int:
-        with self.pool.connection() as conn:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                (value,) = cur.fetchone()
-            conn.commit()
-        return value
-
     async def outbox_backlog(self) -> int:
-        return await asyncio.to_thread(self._count_sync, "SELECT count(*) FROM redis_outbox")
+        return (await self._fetch("SELECT count(*) FROM redis_outbox"))[0][0]
 
     def _layout_sync(self) -> Layout | None:
         with self.pool.connection() as conn:
@@ -236,7 +228,7 @@ class Store:
         return rows[0][0] if rows else None
 
     async def ping(self) -> None:
-        await asyncio.to_thread(self._count_sync, "SELECT 1")
+        await self._fetch("SELECT 1")
 
     # -- archived months ----------------------------------------------------------
 

@@ -33,9 +33,3 @@ class UserShardCache:
 
     def forget(self, month: str, user_id: str) -> None:
         self._entries.pop((month, user_id), None)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -99,8 +99,6 @@ class WritePipeline:
         # (month, user) -> (first, last) version this process finished, contiguous.
         self._acks: dict[tuple[date, str], tuple[int, int]] = {}
         self.on_unknown_shard: Callable[[], Awaitable[None]] = _nothing
-        self.groups_committed = 0
-        self.events_committed = 0
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._flush_loop()) for _ in range(self.flushers)]
@@ -164,8 +162,6 @@ class WritePipeline:
             # PostgreSQL placed a player on a shard this process has not heard of yet:
             # a rebalance added it. Catch up before touching the shards.
             await self.on_unknown_shard()
-        self.groups_committed += 1
-        self.events_committed += len(events)
         outcomes = [WriteOutcome(event, row) for event, row in zip(ordered, rows, strict=True)]
         await self._apply_to_shards(outcomes)
         result: list[WriteOutcome | None] = [None] * len(events)

@@ -91,8 +91,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         Rebalancer,
         RebalanceRefused,
         players_in_range,
-        unarchived_months,
     )
+    from shard_manager.seasons import unarchived_months
 
     target = _load_target(args.file)
     if target is None:

@@ -29,6 +29,7 @@ import redis
 
 from router.members import state_key, tie_prefix, zset_key
 from shard_manager.layout import Layout, load_layout, shards_json
+from shard_manager.seasons import unarchived_months
 from shard_manager.shardmap import MAX_SCORE, ShardMap
 
 APPLY_LOCK = 0x6C62_7262  # one apply at a time, cluster-wide
@@ -174,24 +175,6 @@ def layout_after(layout_map: ShardMap, step: Step, order: list[tuple[str, str]] 
 
 
 # -- reading the cluster ----------------------------------------------------------
-
-
-def unarchived_months(conn) -> list[date]:
-    with conn.cursor() as cur:
-        cur.execute(
-            """
-            WITH RECURSIVE months(m) AS (
-                SELECT min(month) FROM player_scores
-                UNION ALL
-                SELECT (SELECT min(month) FROM player_scores WHERE month > m) FROM months WHERE m IS NOT NULL
-            )
-            SELECT m FROM months WHERE m IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM month_archives a WHERE a.month = m) ORDER BY m
-            """
-        )
-        months = [row[0] for row in cur.fetchall()]
-    conn.commit()
-    return months
 
 
 def players_in_range(conn, months: list[date], lo: int, hi: int) -> dict[date, int]:

@@ -23,6 +23,7 @@ import psycopg2
 import redis
 
 from router.members import member, state_key, tie_prefix, zset_key
+from router.periods import month_label
 from shard_manager.shardmap import ShardMap
 
 CATCH_UP_MARGIN = timedelta(seconds=30)
@@ -38,10 +39,6 @@ class RebuildReport:
     per_shard: dict[str, int]
     caught_up: int
     seconds: float
-
-
-def _label(month: date) -> str:
-    return month.strftime("%Y-%m")
 
 
 def progress_printer(stream=sys.stderr) -> Callable[[str, int, int], None]:
@@ -60,7 +57,7 @@ def rebuild_month(
     dsn: str, shard_map: ShardMap, month: date, progress: Callable[[str, int, int], None] | None = None
 ) -> RebuildReport:
     started = time.perf_counter()
-    label = _label(month)
+    label = month_label(month)
     clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
     side_z, side_v = zset_key(label) + ":rebuild", state_key(label) + ":rebuild"
     per_shard: dict[str, int] = dict.fromkeys(shard_map.ids, 0)
@@ -113,7 +110,7 @@ def rebuild_month(
 
 def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month: date, since) -> int:
     """Apply, versioned, every state committed since `since`: the writes the snapshot may miss."""
-    label = _label(month)
+    label = month_label(month)
     keys = [zset_key(label), state_key(label)]
     scripts = {sid: client.register_script(APPLY_LUA) for sid, client in clients.items()}
     with conn, conn.cursor() as cur:

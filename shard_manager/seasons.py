@@ -10,11 +10,13 @@ work done and does nothing. Used by the router's background task and by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import psycopg2
 import redis
 
+from router.members import state_key, zset_key
+from router.periods import month_label, month_start, previous_month
 from shard_manager.shardmap import ShardMap
 
 GRACE = timedelta(minutes=10)
@@ -33,24 +35,31 @@ class ArchiveResult:
     created: bool  # False: it was already archived
 
 
-def first_of_month(moment: datetime) -> date:
-    moment = moment.astimezone(UTC)
-    return date(moment.year, moment.month, 1)
-
-
-def previous_month(month: date) -> date:
-    return (month - timedelta(days=1)).replace(day=1)
-
-
-def label(month: date) -> str:
-    return month.strftime("%Y-%m")
+def unarchived_months(conn) -> list[date]:
+    """Months that have players and no archive, oldest first."""
+    with conn.cursor() as cur:
+        # Loose index scan over the (month, user_id) primary key: one probe per month.
+        cur.execute(
+            """
+            WITH RECURSIVE months(m) AS (
+                SELECT min(month) FROM player_scores
+                UNION ALL
+                SELECT (SELECT min(month) FROM player_scores WHERE month > m) FROM months WHERE m IS NOT NULL
+            )
+            SELECT m FROM months WHERE m IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM month_archives a WHERE a.month = m) ORDER BY m
+            """
+        )
+        months = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    return months
 
 
 def archive_month(dsn: str, month: date, now: datetime) -> ArchiveResult:
     """Snapshot the final board of a closed month; refuses a month that still takes events."""
-    current = first_of_month(now)
+    current = month_start(now)
     if month >= previous_month(current):
-        raise ArchiveRefused(f"{label(month)} is still live (the current and previous month accept events)")
+        raise ArchiveRefused(f"{month_label(month)} is still live (the current and previous month accept events)")
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
@@ -78,26 +87,10 @@ def archive_month(dsn: str, month: date, now: datetime) -> ArchiveResult:
 
 def months_to_archive(dsn: str, now: datetime) -> list[date]:
     """Months with players that stopped taking events more than GRACE ago and are not archived."""
-    cutoff = previous_month(first_of_month(now - GRACE))
+    cutoff = previous_month(month_start(now - GRACE))
     conn = psycopg2.connect(dsn)
     try:
-        with conn, conn.cursor() as cur:
-            # Loose index scan over the (month, user_id) primary key: one probe per month.
-            cur.execute(
-                """
-                WITH RECURSIVE months(m) AS (
-                    SELECT min(month) FROM player_scores
-                    UNION ALL
-                    SELECT (SELECT min(month) FROM player_scores WHERE month > m) FROM months WHERE m IS NOT NULL
-                )
-                SELECT m FROM months
-                 WHERE m IS NOT NULL AND m < %s
-                   AND NOT EXISTS (SELECT 1 FROM month_archives a WHERE a.month = m)
-                 ORDER BY m
-                """,
-                (cutoff,),
-            )
-            return [row[0] for row in cur.fetchall()]
+        return [m for m in unarchived_months(conn) if m < cutoff]
     finally:
         conn.close()
 
@@ -114,7 +107,7 @@ def drop_redis_keys(dsn: str, shard_map: ShardMap, now: datetime, retention: tim
             )
             due = [row[0] for row in cur.fetchall()]
         for month in due:
-            keys = [f"lb:{label(month)}:z", f"lb:{label(month)}:v"]
+            keys = [zset_key(month_label(month)), state_key(month_label(month))]
             for shard in shard_map.shards:
                 client = redis.Redis.from_url(shard.address, socket_timeout=10)
                 try:

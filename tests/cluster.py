@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +17,10 @@ import httpx
 import psycopg2
 import redis
 
+from shard_manager.binaries import require_postgres, require_redis_server
 from shard_manager.launcher import wait_ready
+from shard_manager.layout import ensure_layout
+from shard_manager.migrations import migrate
 from shard_manager.processes import PostgresServer, RedisServer, free_port
 from shard_manager.shardmap import ShardMap, dump_shard_map
 
@@ -157,6 +163,30 @@ class Cluster:
                 return cur.fetchall() if cur.description else []
         finally:
             conn.close()
+
+
+@contextlib.contextmanager
+def running_cluster(prefix: str, redis_servers: int = 3) -> Iterator[Cluster]:
+    """Real redis-servers and PostgreSQL on free ports in a temp dir; the first three
+    servers form the initial layout, any more wait as spares for rebalancing."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    redis_binary = require_redis_server()
+    servers = [RedisServer(redis_binary, free_port(), workdir / f"redis-{i}") for i in range(redis_servers)]
+    postgres = PostgresServer(require_postgres(), free_port(), workdir / "postgres", durable=False)
+    try:
+        for server in servers:
+            server.start()
+        postgres.start()
+        migrate(postgres.dsn())
+        initial = shard_map_for(servers[:3])
+        ensure_layout(postgres.dsn(), initial)
+        cluster = Cluster(servers, postgres, initial, workdir / "shards.yaml", workdir)
+        cluster.write_shard_map(initial)
+        yield cluster
+    finally:
+        for server in servers:
+            server.stop()
+        postgres.stop()
 
 
 def commit_directly(cluster: Cluster, month, events: list[tuple[str, str, int]], occurred_at=None) -> list[tuple]:

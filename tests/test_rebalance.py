@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from shard_manager.binaries import require_postgres, require_redis_server
-from shard_manager.layout import ensure_layout, read_layout
-from shard_manager.migrations import migrate
-from shard_manager.processes import PostgresServer, RedisServer, free_port
+from shard_manager.layout import read_layout
+from shard_manager.processes import free_port
 from shard_manager.rebalance import (
     AddShards,
     MoveBoundary,
@@ -30,7 +27,7 @@ from shard_manager.rebalance import (
 )
 from shard_manager.shardmap import ShardMap, dump_shard_map, shard_map_from_dict
 from shard_manager.verify import verify_month
-from tests.cluster import Cluster
+from tests.cluster import Cluster, running_cluster
 from tests.invariants import assert_exact, wait_outbox_empty
 from tests.load import AUTH, Ledger, run_load, seed
 
@@ -108,26 +105,9 @@ def test_plan_of_the_same_map_is_empty():
 
 @pytest.fixture(scope="module")
 def rb_cluster() -> Iterator[Cluster]:
-    """A cluster of its own: these tests change its layout."""
-    workdir = Path(tempfile.mkdtemp(prefix="lb-rebalance-"))
-    servers = [RedisServer(require_redis_server(), free_port(), workdir / f"redis-{i}") for i in range(4)]
-    postgres = PostgresServer(require_postgres(), free_port(), workdir / "postgres", durable=False)
-    try:
-        for server in servers:
-            server.start()
-        postgres.start()
-        migrate(postgres.dsn())
-        from tests.cluster import shard_map_for
-
-        initial = shard_map_for(servers[:3])
-        ensure_layout(postgres.dsn(), initial)
-        cluster = Cluster(servers, postgres, initial, workdir / "shards.yaml", workdir)
-        cluster.write_shard_map(initial)
+    """A cluster of its own (with a spare server): these tests change its layout."""
+    with running_cluster("lb-rebalance-", redis_servers=4) as cluster:
         yield cluster
-    finally:
-        for server in servers:
-            server.stop()
-        postgres.stop()
 
 
 def target_file(cluster: Cluster, name: str, shards: list[tuple[int, int]]) -> tuple[Path, ShardMap]:
