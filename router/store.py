@@ -24,6 +24,21 @@ from router.errors import StoreUnavailable
 from shard_manager.layout import Layout, load_layout
 
 
+def array_literal(values: Sequence[object]) -> str:
+    """One PostgreSQL array literal ('{"a","b"}') for a whole column of a group.
+
+    psycopg2 would send a list as ARRAY['a', 'b', ...]: one expression per element for
+    the server to parse. For the seven columns of 500 events that took 10 ms against
+    1.2 ms for literals (medians of 20), next to about 40 ms for applying them. Quoting
+    every element keeps any text safe; dates and datetimes go as ISO 8601.
+    """
+    parts = []
+    for value in values:
+        text = value.isoformat() if isinstance(value, date | datetime) else str(value)
+        parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreEvent:
     user_id: str
@@ -145,15 +160,16 @@ class Store:
                     cur.execute(
                         "SELECT idx, status, detail, month, score, prev_score, version, prev_version, seq, shard,"
                         " prev_shard"
-                        " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[], %s::int[])",
+                        " FROM lb_apply_events(%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[],"
+                        " %s::timestamptz[], %s::int[])",
                         (
-                            [e.user_id for e in events],
-                            [e.match_id for e in events],
-                            [e.month for e in events],
-                            [e.mode for e in events],
-                            [e.value for e in events],
-                            [e.occurred_at for e in events],
-                            [position + 1 for position in arrival],
+                            array_literal([e.user_id for e in events]),
+                            array_literal([e.match_id for e in events]),
+                            array_literal([e.month for e in events]),
+                            array_literal([e.mode for e in events]),
+                            array_literal([e.value for e in events]),
+                            array_literal([e.occurred_at for e in events]),
+                            array_literal([position + 1 for position in arrival]),
                         ),
                     )
                     rows = cur.fetchall()
@@ -180,8 +196,8 @@ class Store:
         with self.pool.connection() as conn:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT lb_ack_outbox(%s::date[], %s, %s::bigint[], %s::bigint[])",
-                    ([d[0] for d in done], [d[1] for d in done], [d[2] for d in done], [d[3] for d in done]),
+                    "SELECT lb_ack_outbox(%s::date[], %s::text[], %s::bigint[], %s::bigint[])",
+                    tuple(array_literal([d[column] for d in done]) for column in range(4)),
                 )
                 (count,) = cur.fetchone()
             conn.commit()

@@ -183,6 +183,17 @@ def test_previous_month_is_live_and_separate(api):
     assert api.get(f"/v1/leaderboard/top?month={label}").json()["total_players"] == 1
 
 
+def test_a_resend_answers_for_the_month_it_was_first_recorded_in(api, board):
+    last_month_day = datetime.now(UTC).replace(day=1) - timedelta(days=1)
+    label = last_month_day.strftime("%Y-%m")
+    assert post(api, "kai", "m0", 2).json()["score"] == 2  # this month's state differs
+    assert post(api, "kai", "m1", 7, occurred_at=last_month_day.isoformat()).json()["month"] == label
+    resend = post(api, "kai", "m1", 7).json()  # no occurred_at: it would map to this month
+    assert (resend["duplicate"], resend["month"], resend["score"]) == (True, label, 7)
+    assert api.get("/v1/scores/kai").json()["score"] == 2
+    assert board.sql("SELECT count(*) FROM score_events WHERE user_id = 'kai'") == [(2,)]
+
+
 def test_writes_need_a_game_token(api):
     body = {"user_id": "kim", "match_id": "m1"}
     assert api.post("/v1/scores", json=body).status_code == 401
