@@ -4,10 +4,16 @@ Two limits: write requests per second per game token (a runaway client), and
 events per player per hour (a client reporting impossible numbers of wins). If the
 counter store cannot be reached, requests are let through and the failure is
 logged: an outage of the limiter must not become an outage of the game.
+
+Checks that arrive while one is in flight are counted together in the next single
+script call, as the write path groups its commits: under load one round trip serves
+many requests instead of one each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -22,33 +28,44 @@ from router.metrics import RATE_LIMITED
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: this second's counter for the token; KEYS[2]: this hour's hash of per-player
-# counters (one hash per hour, not one key per player: a fraction of the memory).
-# ARGV: token limit (0: off), token ttl, player limit (0: off), hash ttl, then
-# (user, events) pairs. Answers the seconds to wait for the token (0: fine), then
-# the same for each user.
+# KEYS[1]: this hour's hash of per-player counters (one hash per hour, not one key
+# per player: a fraction of the memory); KEYS[2..]: this second's counter of each
+# token in the call.
+# ARGV: token limit (0: off), token ttl, player limit (0: off), hash ttl, then per
+# request: its token's index into KEYS, its number of players, (user, events) pairs.
+# Answers, per request in order: the seconds to wait for the token (0: fine), then
+# the same for each of its users.
 _COUNT = """
-local out = {0}
 local token_limit = tonumber(ARGV[1])
-if token_limit > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
-  if n > token_limit then out[1] = 1 end
-end
 local player_limit = tonumber(ARGV[3])
-local created = redis.call('EXISTS', KEYS[2]) == 0
-for i = 5, #ARGV, 2 do
-  local wait = 0
-  if player_limit > 0 then
-    local n = redis.call('HINCRBY', KEYS[2], ARGV[i], tonumber(ARGV[i + 1]))
-    if n > player_limit then
-      local left = redis.call('TTL', KEYS[2])
-      wait = left > 0 and left or 1
-    end
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local out = {}
+local i = 5
+while i <= #ARGV do
+  local token_key = KEYS[tonumber(ARGV[i])]
+  local players = tonumber(ARGV[i + 1])
+  i = i + 2
+  local token_wait = 0
+  if token_limit > 0 then
+    local n = redis.call('INCR', token_key)
+    if n == 1 then redis.call('EXPIRE', token_key, tonumber(ARGV[2])) end
+    if n > token_limit then token_wait = 1 end
   end
-  out[#out + 1] = wait
+  out[#out + 1] = token_wait
+  for _ = 1, players do
+    local wait = 0
+    if player_limit > 0 and token_wait == 0 then
+      local n = redis.call('HINCRBY', KEYS[1], ARGV[i], tonumber(ARGV[i + 1]))
+      if n > player_limit then
+        local left = redis.call('TTL', KEYS[1])
+        wait = left > 0 and left or 1
+      end
+    end
+    out[#out + 1] = wait
+    i = i + 2
+  end
 end
-if created and player_limit > 0 and #ARGV >= 5 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
+if created and player_limit > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4])) end
 return out
 """
 
@@ -59,35 +76,78 @@ class Verdict:
     players_retry_after: dict[str, int]  # players over their hourly limit -> seconds to wait
 
 
+@dataclass
+class _Check:
+    token: str
+    players: Counter[str]
+    verdict: asyncio.Future[Verdict]
+
+
 class RateLimiter:
     def __init__(self, url: str, *, token_per_s: int, player_per_hour: int, timeout_s: float) -> None:
         self.token_per_s = token_per_s
         self.player_per_hour = player_per_hour
         self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._count = self._client.register_script(_COUNT)
+        self._waiting: list[_Check] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
         await self._client.aclose()
 
     async def check(self, token: str, players: Sequence[str]) -> Verdict:
         if not self.token_per_s and not self.player_per_hour:
             return Verdict(0, {})
+        check = _Check(token, Counter(players), asyncio.get_running_loop().create_future())
+        self._waiting.append(check)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await check.verdict
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            checks, self._waiting = self._waiting, []
+            try:
+                verdicts = await self._count_all(checks)
+            except RedisError as exc:
+                log.warning("rate limits not enforced: counter store unavailable (%s)", exc)
+                verdicts = [Verdict(0, {}) for _ in checks]
+            except BaseException as exc:  # every waiter must hear about it
+                for check in checks:
+                    if not check.verdict.done():
+                        check.verdict.set_exception(exc)
+                raise
+            for check, verdict in zip(checks, verdicts, strict=True):
+                if not check.verdict.done():
+                    check.verdict.set_result(verdict)
+
+    async def _count_all(self, checks: list[_Check]) -> list[Verdict]:
         now = int(time.time())
-        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
-        per_player = Counter(players)
-        keys = [f"rl:t:{digest}:{now}", f"rl:p:{now // 3600}"]
+        token_index: dict[str, int] = {}
+        keys = [f"rl:p:{now // 3600}"]
         args: list[object] = [self.token_per_s, 2, self.player_per_hour, 3600 - now % 3600 + 1]
-        for user, amount in per_player.items():
-            args += [user, amount]
-        try:
-            answers = await self._count(keys=keys, args=args)
-        except RedisError as exc:
-            log.warning("rate limits not enforced: counter store unavailable (%s)", exc)
-            return Verdict(0, {})
-        token_wait = int(answers[0])
-        over = {user: int(wait) for user, wait in zip(per_player, answers[1:], strict=True) if int(wait)}
-        if token_wait:
-            RATE_LIMITED.labels("token").inc()
-        if over:
-            RATE_LIMITED.labels("player").inc(len(over))
-        return Verdict(token_wait, over)
+        for check in checks:
+            if check.token not in token_index:
+                digest = hashlib.sha256(check.token.encode()).hexdigest()[:16]
+                keys.append(f"rl:t:{digest}:{now}")
+                token_index[check.token] = len(keys)  # Lua indexes from 1
+            args += [token_index[check.token], len(check.players)]
+            for user, amount in check.players.items():
+                args += [user, amount]
+        answers = [int(a) for a in await self._count(keys=keys, args=args)]
+        verdicts = []
+        at = 0
+        for check in checks:
+            token_wait = answers[at]
+            waits = answers[at + 1 : at + 1 + len(check.players)]
+            at += 1 + len(check.players)
+            over = {user: wait for user, wait in zip(check.players, waits, strict=True) if wait}
+            if token_wait:
+                RATE_LIMITED.labels("token").inc()
+            if over:
+                RATE_LIMITED.labels("player").inc(len(over))
+            verdicts.append(Verdict(token_wait, over))
+        return verdicts

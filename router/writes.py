@@ -53,7 +53,7 @@ class WriteOutcome:
     unavailable: ShardUnavailable | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # identity: players are dict keys within one group
 class _Player:
     """One player's part of a group: where they were before it, where they are after."""
 
@@ -187,27 +187,41 @@ class WritePipeline:
         # One layout for the whole group, even if the watcher switches mid-way.
         ids = self.shards.shard_map.ids
 
-        # Phase 1: the add on each player's (new) shard.
         adds: dict[tuple[str, str], list[_Player]] = defaultdict(list)
         for player in players.values():
             group = adds[(player.month, player.target)]
             player.add_index = len(group)
             group.append(player)
-        added = await self._run_applies({key: [(p.state, True) for p in g] for key, g in adds.items()})
+        # Where each player must also be removed from: their old shard, and the shard
+        # our cache last saw them on, if different.
+        stale = {
+            player: sorted({player.prev_shard, self.cache.get(player.month, player.user_id)} - {None, player.target})
+            for player in players.values()
+        }
+        every_shard = {(p.month, sid) for p in players.values() for sid in ids}
+        add_work = {key: [(p.state, True) for p in g] for key, g in adds.items()}
 
-        # Phase 2: removal from the old shard (and from the shard our cache last saw the
-        # player on, if different), with every shard's size for the ranks.
+        if not any(stale.values()):
+            # Nobody changed shard (the common case): one round trip per shard, the
+            # adds on their shards and every other shard's size, all at once.
+            done = await self._run_applies({key: add_work.get(key, []) for key in every_shard})
+            for player in players.values():
+                self._settle(player, done, done, ids)
+            return
+
+        # Phase 1: the add on each player's (new) shard.
+        added = await self._run_applies(add_work)
+        # Phase 2: the removals, never before the add landed (on two shards is fixable,
+        # on none is not), with every shard's size read after them for the ranks.
         removals: dict[tuple[str, str], list[_Player]] = defaultdict(list)
-        for player in players.values():
+        for player, shard_ids in stale.items():
             if isinstance(added[(player.month, player.target)], ShardUnavailable):
-                continue  # never remove before the add landed: on two shards is fixable, on none is not
-            stale = {player.prev_shard, self.cache.get(player.month, player.user_id)}
-            for shard_id in sorted(stale - {None, player.target}):  # type: ignore[type-var]
+                continue
+            for shard_id in shard_ids:
                 if shard_id in ids:
                     group = removals[(player.month, shard_id)]
                     player.removal_index[shard_id] = len(group)
                     group.append(player)
-        every_shard = {(p.month, sid) for p in players.values() for sid in ids}
         removed = await self._run_applies(
             {key: [(p.state, False) for p in removals.get(key, [])] for key in every_shard}
         )

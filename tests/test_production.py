@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -97,6 +98,21 @@ def test_rate_limits_hold_across_router_processes(custom_router):
         ).json()
         assert [r["status"] for r in batch["results"]] == ["refused", "applied"]
         assert "rate limited" in batch["results"][0]["reason"]
+
+
+def test_concurrent_requests_share_counter_calls_and_are_counted_exactly(custom_router):
+    # 40 requests at once: the router counts them in few Redis calls, each request
+    # still getting its own verdict, so exactly the limit gets through.
+    router = custom_router(LB_RATE_LIMIT_PLAYER_PER_HOUR="7", LB_RATE_LIMIT_TOKEN_PER_S="0")
+    with router.client() as api:
+
+        def send(n: int) -> int:
+            return api.post("/v1/scores", json={"user_id": "rush", "match_id": f"m{n}"}, headers=AUTH).status_code
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = list(pool.map(send, range(40)))
+        assert sorted(statuses) == [200] * 7 + [429] * 33
+        assert api.get("/v1/scores/rush").json()["score"] == 7
 
 
 def test_token_rate_limit(custom_router):
