@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router.errors import (
     InvalidInput,
@@ -206,7 +206,7 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
     responses={**ERRORS, 409: {"model": ErrorOut, "description": "Month closed, or match_id reused"}},
     summary="Record one match result for one player",
 )
-async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> ScoreOut:
+async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> Response:
     verdict = await svc.limiter.check(token, [body.user_id])
     if verdict.token_retry_after:
         raise RateLimited("too many requests for this game token", verdict.token_retry_after)
@@ -218,13 +218,15 @@ async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> Score
     outcome = await svc.service.record(body)
     row = outcome.row
     assert row.score is not None
-    return ScoreOut(
-        user_id=body.user_id,
-        score=row.score,
-        rank=outcome.rank,
-        previous_rank=outcome.previous_rank,
-        month=month_label(row.month),
-        duplicate=row.status == "duplicate",
+    return _json(
+        ScoreOut(
+            user_id=body.user_id,
+            score=row.score,
+            rank=outcome.rank,
+            previous_rank=outcome.previous_rank,
+            month=month_label(row.month),
+            duplicate=row.status == "duplicate",
+        )
     )
 
 
@@ -299,6 +301,13 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Batch
     )
 
 
+def _json(model: BaseModel) -> Response:
+    """The model as the response body. Returning the model itself would have FastAPI
+    validate it again against `response_model` (kept on the routes for the OpenAPI
+    schema) before serialising it: for the hot routes, a cost paid for nothing."""
+    return Response(model.model_dump_json().encode(), media_type="application/json")
+
+
 def _entries(entries: list[Entry]) -> list[EntryOut]:
     return [EntryOut(rank=e.rank, user_id=e.user_id, score=e.score) for e in entries]
 
@@ -311,15 +320,17 @@ def _entries(entries: list[Entry]) -> list[EntryOut]:
     responses={**ERRORS, 404: {"model": ErrorOut, "description": "No score this month"}},
     summary="A player's score, rank and percentile",
 )
-async def get_player(user_id: UserPath, svc: ServicesDep, month: MonthQuery = None) -> PlayerOut:
+async def get_player(user_id: UserPath, svc: ServicesDep, month: MonthQuery = None) -> Response:
     label, me = await svc.service.standing(user_id, month)
-    return PlayerOut(
-        user_id=user_id,
-        score=me.score,
-        rank=me.rank,
-        percentile=me.percentile,
-        total_players=me.total_players,
-        month=label,
+    return _json(
+        PlayerOut(
+            user_id=user_id,
+            score=me.score,
+            rank=me.rank,
+            percentile=me.percentile,
+            total_players=me.total_players,
+            month=label,
+        )
     )
 
 
@@ -336,9 +347,9 @@ async def get_around(
     svc: ServicesDep,
     radius: Annotated[int, Query(ge=0, le=50)] = 4,
     month: MonthQuery = None,
-) -> BoardOut:
+) -> Response:
     label, total, entries = await svc.service.around(user_id, month, radius)
-    return BoardOut(month=label, total_players=total, entries=_entries(entries))
+    return _json(BoardOut(month=label, total_players=total, entries=_entries(entries)))
 
 
 @router.get(
@@ -354,9 +365,15 @@ async def get_top(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     month: MonthQuery = None,
-) -> BoardOut:
-    label, total, entries = await svc.service.top(month, offset, limit)
-    return BoardOut(month=label, total_players=total, entries=_entries(entries))
+) -> Response:
+    label, _, _ = await svc.service.resolve_month(month)
+    key = (label, offset, limit)
+    body = svc.top_pages.get(key)
+    if body is None:
+        _, total, entries = await svc.service.top(label, offset, limit)
+        body = BoardOut(month=label, total_players=total, entries=_entries(entries)).model_dump_json().encode()
+        svc.top_pages.put(key, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

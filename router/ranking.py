@@ -8,7 +8,6 @@ highest shard first and spills downward. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -72,14 +71,9 @@ def window(shard_ids: Sequence[str], sizes: Mapping[str, int], offset: int, limi
 
 
 class Board:
-    def __init__(self, shards: ShardClients, cache: UserShardCache, top_ttl_s: float = 0.0) -> None:
+    def __init__(self, shards: ShardClients, cache: UserShardCache) -> None:
         self.shards = shards
         self.cache = cache
-        # Top pages are what every client polls; serving them from memory for a
-        # fraction of a second saves two shard round trips each. They may lag the
-        # board by up to top_ttl_s (0 turns this off and every answer is exact).
-        self.top_ttl_s = top_ttl_s
-        self._top_cache: dict[tuple[str, int, int], tuple[float, tuple[int, list[Entry]]]] = {}
 
     @property
     def shard_ids(self) -> tuple[str, ...]:
@@ -115,19 +109,9 @@ class Board:
         return Standing(user_id, found.score, rank, sum(sizes.values()), shard_id, sizes, tuple(ids))
 
     async def top(self, month: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        key = (month, offset, limit)
-        if self.top_ttl_s > 0:
-            cached = self._top_cache.get(key)
-            if cached is not None and cached[0] > time.monotonic():
-                return cached[1]
         ids = self.shard_ids
         sizes = await self.shards.sizes(month, ids)
-        answer = sum(sizes.values()), await self._entries(month, ids, sizes, offset, limit)
-        if self.top_ttl_s > 0:
-            if len(self._top_cache) > 1000:
-                self._top_cache.clear()
-            self._top_cache[key] = (time.monotonic() + self.top_ttl_s, answer)
-        return answer
+        return sum(sizes.values()), await self._entries(month, ids, sizes, offset, limit)
 
     async def around(self, month: str, user_id: str, radius: int) -> tuple[int, list[Entry]]:
         me = await self.standing(month, user_id)

@@ -12,8 +12,6 @@ many requests instead of one each.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from router.coalesce import Coalescer
 from router.metrics import RATE_LIMITED
 
 log = logging.getLogger(__name__)
@@ -76,11 +75,10 @@ class Verdict:
     players_retry_after: dict[str, int]  # players over their hourly limit -> seconds to wait
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Check:
     token: str
     players: Counter[str]
-    verdict: asyncio.Future[Verdict]
 
 
 class RateLimiter:
@@ -89,42 +87,25 @@ class RateLimiter:
         self.player_per_hour = player_per_hour
         self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._count = self._client.register_script(_COUNT)
-        self._waiting: list[_Check] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._checks: Coalescer[None, _Check, Verdict] = Coalescer(self._count_or_let_through)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
+        await self._checks.drain()
         await self._client.aclose()
 
     async def check(self, token: str, players: Sequence[str]) -> Verdict:
         if not self.token_per_s and not self.player_per_hour:
             return Verdict(0, {})
-        check = _Check(token, Counter(players), asyncio.get_running_loop().create_future())
-        self._waiting.append(check)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await check.verdict
+        return await self._checks.submit(None, _Check(token, Counter(players)))
 
-    async def _flush(self) -> None:
-        while self._waiting:
-            checks, self._waiting = self._waiting, []
-            try:
-                verdicts = await self._count_all(checks)
-            except RedisError as exc:
-                log.warning("rate limits not enforced: counter store unavailable (%s)", exc)
-                verdicts = [Verdict(0, {}) for _ in checks]
-            except BaseException as exc:  # every waiter must hear about it
-                for check in checks:
-                    if not check.verdict.done():
-                        check.verdict.set_exception(exc)
-                raise
-            for check, verdict in zip(checks, verdicts, strict=True):
-                if not check.verdict.done():
-                    check.verdict.set_result(verdict)
+    async def _count_or_let_through(self, _: None, checks: Sequence[_Check]) -> list[Verdict]:
+        try:
+            return await self._count_all(checks)
+        except RedisError as exc:
+            log.warning("rate limits not enforced: counter store unavailable (%s)", exc)
+            return [Verdict(0, {}) for _ in checks]
 
-    async def _count_all(self, checks: list[_Check]) -> list[Verdict]:
+    async def _count_all(self, checks: Sequence[_Check]) -> list[Verdict]:
         now = int(time.time())
         token_index: dict[str, int] = {}
         keys = [f"rl:p:{now // 3600}"]

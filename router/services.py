@@ -12,6 +12,7 @@ import psycopg2
 
 from router.board_service import BoardService
 from router.layout_watcher import LayoutWatcher
+from router.page_cache import PageCache
 from router.ranking import Board
 from router.rate_limits import RateLimiter
 from router.reconciler import Reconciler
@@ -39,6 +40,7 @@ class Services:
     seasons: SeasonKeeper
     layout: LayoutWatcher
     limiter: RateLimiter
+    top_pages: PageCache
 
     @property
     def shard_map(self) -> ShardMap:
@@ -56,7 +58,7 @@ class Services:
         shards = ShardClients(shard_map, settings.redis_timeout_s)
         store = Store(settings.database_url, settings.pg_pool_size, settings.pg_statement_timeout_ms)
         cache = UserShardCache(settings.user_cache_size)
-        board = Board(shards, cache, settings.top_cache_ttl_s)
+        board = Board(shards, cache)
         writes = WritePipeline(
             store, shards, cache, batch_max=settings.write_batch_max, flushers=settings.write_flushers
         )
@@ -79,7 +81,8 @@ class Services:
             player_per_hour=settings.rate_limit_player_per_hour,
             timeout_s=settings.redis_timeout_s,
         )
-        return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher, limiter)
+        top_pages = PageCache(settings.top_cache_ttl_s)
+        return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher, limiter, top_pages)
 
     async def start(self) -> None:
         if not self.settings.game_tokens:

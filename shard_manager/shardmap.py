@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -70,19 +70,18 @@ class ShardMap:
     shards: tuple[Shard, ...]
     allow_empty: bool = False
     """Layouts mid-rebalance hold shards with empty ranges ([b, b)); files never do."""
+    ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """Shard ids, lowest range first; read on every request, so computed once."""
 
     def __post_init__(self) -> None:
         _check_shards(self.shards, self.allow_empty)
         if self.epoch < 1:
             raise ShardMapError("epoch", f"must be a positive integer, got {self.epoch}")
+        object.__setattr__(self, "ids", tuple(s.id for s in self.shards))
 
     @property
     def lower_bounds(self) -> tuple[int, ...]:
         return tuple(s.range.start for s in self.shards)
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return tuple(s.id for s in self.shards)
 
     def index_for_score(self, score: int) -> int:
         if not 0 <= score <= MAX_SCORE:
