@@ -43,9 +43,10 @@ def _error(status: int, code: str, message: str) -> bytes:
 
 
 class RequestContext:
-    def __init__(self, app, *, max_body_bytes: int) -> None:
+    def __init__(self, app, *, max_body_bytes: int, access_log: str = "all") -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -99,12 +100,13 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
         self._record(scope, 413, request_id, started)
 
-    @staticmethod
-    def _record(scope, status: int, request_id: str, started: float) -> None:
+    def _record(self, scope, status: int, request_id: str, started: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
         HTTP_SECONDS.labels(route, scope["method"]).observe(elapsed)
+        if self.access_log == "off" or (self.access_log == "writes" and scope["method"] == "GET" and status < 400):
+            return
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request",

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     rate_limit_redis_url: str = Field("", description="Redis for rate-limit counters (default: the first shard)")
     log_json: bool = Field(True, description="One JSON object per log line")
+    access_log: Literal["all", "writes", "off"] = Field(
+        "writes",
+        description="Access log lines: for every request; for writes and failed requests only (successful "
+        "reads and probes are the bulk of the traffic and are counted in /metrics); or none",
+    )
 
     write_batch_max: int = Field(500, ge=1, le=1000, description="Most events in one group commit")
     write_flushers: int = Field(2, ge=1, le=16, description="Group commits in flight per router process")

@@ -147,11 +147,27 @@ def test_request_id_is_echoed_or_generated_and_logged(board, custom_router):
         assert len(made.headers["X-Request-ID"]) == 32
         bad = api.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
         assert bad.headers["X-Request-ID"] != "bad id with spaces"
+        body = {"user_id": "logged", "match_id": "m1"}
+        api.post("/v1/scores", json=body, headers={**AUTH, "X-Request-ID": "write-1"})
+        api.get("/v1/scores/nobody", headers={"X-Request-ID": "read-404"})
     router.stop()
-    lines = [json.loads(line) for line in router.log_path.read_text().splitlines() if line.startswith("{")]
-    access = [line for line in lines if line.get("msg") == "request"]
-    assert any(line["request_id"] == "trace-123" and line["status"] == 200 for line in access)
+    access = access_lines(router)
+    # By default (LB_ACCESS_LOG=writes): writes and failures, not successful reads.
+    assert {(line["request_id"], line["status"]) for line in access} == {("write-1", 200), ("read-404", 404)}
     assert all({"ts", "level", "route", "ms"} <= set(line) for line in access)
+
+
+def test_access_log_can_list_every_request(board, custom_router):
+    router = custom_router(LB_ACCESS_LOG="all")
+    with router.client() as api:
+        api.get("/healthz", headers={"X-Request-ID": "trace-123"})
+    router.stop()
+    assert any(line["request_id"] == "trace-123" and line["status"] == 200 for line in access_lines(router))
+
+
+def access_lines(router: RouterProcess) -> list[dict]:
+    lines = [json.loads(line) for line in router.log_path.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("msg") == "request"]
 
 
 def test_payload_limit_and_cors(custom_router):
