@@ -153,7 +153,7 @@ class Store:
     # -- writes -------------------------------------------------------------------
 
     @_retry_conflicts
-    def _apply_events_sync(self, events: Sequence[ScoreEvent], arrival: Sequence[int]) -> list[EventRow]:
+    def _apply_events_sync(self, events: Sequence[ScoreEvent]) -> list[EventRow]:
         with self.pool.connection() as conn:
             try:
                 with conn.cursor() as cur:
@@ -169,7 +169,7 @@ class Store:
                             array_literal([e.mode for e in events]),
                             array_literal([e.value for e in events]),
                             array_literal([e.occurred_at for e in events]),
-                            array_literal([position + 1 for position in arrival]),
+                            array_literal(range(1, len(events) + 1)),
                         ),
                     )
                     rows = cur.fetchall()
@@ -183,14 +183,13 @@ class Store:
         rows.sort(key=lambda r: r[0])
         return [EventRow(*row[1:]) for row in rows]
 
-    async def apply_events(self, events: Sequence[ScoreEvent], arrival: Sequence[int]) -> list[EventRow]:
-        """Commit a group of events in one transaction; rows come back in `events` order.
+    async def apply_events(self, events: Sequence[ScoreEvent]) -> list[EventRow]:
+        """Commit a group of events, in arrival order, in one transaction; rows come back in the same order.
 
-        The caller passes events sorted by (month, user_id), the lock order that keeps
-        concurrent groups from deadlocking, and `arrival[i]`: the 0-based position at
-        which events[i] arrived, which decides tie order within the group.
+        Arrival order decides each player's order of events and the tie order within
+        the group; PostgreSQL takes the players' locks in its own fixed order.
         """
-        return await asyncio.to_thread(self._apply_events_sync, events, arrival)
+        return await asyncio.to_thread(self._apply_events_sync, events)
 
     def _ack_sync(self, done: Sequence[tuple[date, str, int, int]]) -> int:
         with self.pool.connection() as conn:

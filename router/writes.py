@@ -151,23 +151,17 @@ class WritePipeline:
                     self._queue.task_done()
 
     async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
-        # Stable sort: one lock order for every group, each player's events still in arrival order.
-        order = sorted(range(len(events)), key=lambda i: (events[i].month, events[i].user_id))
-        ordered = [events[i] for i in order]
         started = time.perf_counter()
-        rows = await self.store.apply_events(ordered, order)
+        rows = await self.store.apply_events(events)
         GROUP_SECONDS.observe(time.perf_counter() - started)
         GROUP_EVENTS.observe(len(events))
         if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
             # PostgreSQL placed a player on a shard this process has not heard of yet:
             # a rebalance added it. Catch up before touching the shards.
             await self.on_unknown_shard()
-        outcomes = [WriteOutcome(event, row) for event, row in zip(ordered, rows, strict=True)]
+        outcomes = [WriteOutcome(event, row) for event, row in zip(events, rows, strict=True)]
         await self._apply_to_shards(outcomes)
-        result: list[WriteOutcome | None] = [None] * len(events)
-        for position, index in enumerate(order):
-            result[index] = outcomes[position]
-        return result  # type: ignore[return-value]
+        return outcomes
 
     async def _apply_to_shards(self, outcomes: Sequence[WriteOutcome]) -> None:
         players: dict[tuple[str, str], _Player] = {}

@@ -232,6 +232,9 @@ class PostgresServer:
             "max_connections=200",
             "-c",
             "shared_buffers=256MB",
+            # A group commit holds one advisory lock per player in it (up to 500).
+            "-c",
+            "max_locks_per_transaction=256",
         ]
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "full_page_writes=off"]

@@ -1,8 +1,8 @@
 """lb_apply_events against a real PostgreSQL: what concurrent groups do to each other.
 
 The router's group commit relies on these: two routers bringing the same new player
-at once must both land (without the loser's whole group being retried), and a
-resend racing its original must count once.
+at once must both land, a resend racing its original must count once, and groups
+crossing each other's new players must not deadlock.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def wait_until_blocked(cluster: Cluster, timeout: float = 10.0) -> None:
     pytest.fail("the second group never waited for the first")
 
 
-def test_a_new_player_created_by_a_concurrent_group_goes_round_again(board):
+def test_a_new_player_created_by_a_concurrent_group_is_updated_not_inserted_twice(board):
     first = psycopg2.connect(board.dsn)
     try:
         with first.cursor() as cur:
@@ -100,11 +100,9 @@ def test_a_resend_racing_its_original_counts_once(board):
     finally:
         first.close()
     second.join(timeout=30)
-    # The original committed after the resend's snapshot was taken, so the resend finds
-    # it only when recording: it fails as retryable (the router retries the group and
-    # then sees a duplicate) rather than count twice.
-    assert outcome["error"].pgcode == "40001"
-    assert board.sql(CALL, group_args([("known", "m1", 5)])) == [(1, "duplicate", 6, 2)]
+    # The resend waited for the original's player lock, so it sees the commit.
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["rows"] == [(1, "duplicate", 6, 2)]
     assert board.sql("SELECT score FROM player_scores WHERE user_id = 'known'") == [(6,)]
     assert board.sql("SELECT count(*) FROM score_events WHERE user_id = 'known'") == [(2,)]
 
@@ -119,3 +117,18 @@ def test_one_group_applies_a_players_events_in_arrival_order(board):
         (4, "duplicate", 7, 2),
         (5, "applied", 5, 3),
     ]
+
+
+def test_groups_bringing_the_same_new_players_in_opposite_orders_do_not_deadlock(board):
+    # Each group first creates players the other one also brings, in the opposite
+    # order of arrival: with locks taken as rows are met, one of them would wait for
+    # the other's insert while holding what the other needs.
+    forward = [(f"n{i:02d}", "f", 1) for i in range(40)]
+    backward = [(f"n{i:02d}", "b", 2) for i in reversed(range(40))]
+    threads = [run_in_thread(board.dsn, group) for group in (forward, backward) * 3]
+    for thread, _ in threads:
+        thread.join(timeout=60)
+    errors = [outcome.get("error") for _, outcome in threads if "error" in outcome]
+    assert errors == []
+    totals = board.sql("SELECT count(*), sum(score) FROM player_scores WHERE user_id LIKE %s", ("n%",))
+    assert totals == [(40, 40 * 3)]

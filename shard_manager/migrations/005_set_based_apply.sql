@@ -7,13 +7,21 @@
 -- that includes this transaction's own changes), so a player's events still apply in
 -- arrival order, and a match_id repeated inside the group is a duplicate of the first.
 --
--- Races with other routers are detected, not prevented. A new player that another
--- transaction inserted first (our insert waits for it, then finds the row) is common
--- when concurrent groups bring the same new players: those events alone go round
--- again in a new statement, which sees and locks the row. An event another
--- transaction recorded while we waited for the player's row lock (a resend racing
--- its original) is rare and has already changed the player's row here, so it raises
--- SQLSTATE 40001 and the caller retries the whole group, which then sees the commit.
+-- Concurrency: before anything else the group takes a transaction-level advisory lock
+-- per player, all of them in (month, user_id) order. Every writer of a player waits
+-- for the one before it to commit, including the writer that creates the player, and
+-- since no group takes a player's lock after touching another player's row, groups
+-- cannot deadlock. The round statements start after the locks are held, so their
+-- snapshots include everything the previous writer of each player committed: a
+-- resend racing its original is answered as a duplicate, and a new player created by
+-- another router meanwhile is updated, not inserted twice. (Row locks taken as the
+-- rows are read, which the first version of this function used, cannot give that: a
+-- row another group inserts is invisible until it commits, so there is nothing to lock
+-- in order, and waiting on the insert mid-statement deadlocked under load.)
+--
+-- Lock budget: one lock per distinct player of a group, held to commit. The shared lock
+-- table has max_locks_per_transaction × max_connections slots (the local launcher sets
+-- 256 × 200); groups are at most LB_WRITE_BATCH_MAX (500) events.
 
 CREATE OR REPLACE FUNCTION lb_retry(p_reason text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -43,7 +51,7 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
 ) LANGUAGE plpgsql
 -- Planned once per connection: every join is an index probe per event, so one plan
 -- suits groups of any size, and planning the round statement anew for each group
--- (which the plan cache otherwise chooses here) costs more than running it.
+-- (which the plan cache otherwise chooses here) costs more than running small ones.
 SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
@@ -56,24 +64,16 @@ DECLARE
     layout_move jsonb;
     bounds bigint[];
     shard_ids text[];
-    round_of int[];   -- which pass an event is in: its round, or a later mark if it went again
+    round_of int[];
     rounds int;
     r int;
-    mark int;
-    fresh_mark int := 0;
-    passes int;
-    went_again int;
-    res record;
-    -- The events of the current pass, in (month, user_id) order.
-    w_pos int[]; w_user text[]; w_match text[]; w_month date[]; w_mode text[];
-    w_value bigint[]; w_occurred timestamptz[]; w_seq bigint[];
 BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    -- Events arrive sorted for locking, not in the order they came in. Reserve one
-    -- tie-break value per event up front and hand them out by arrival position, so
-    -- within a group equal scores still order by who sent first.
+    -- Reserve one tie-break value per event up front and hand them out by arrival
+    -- position (p_arrival: the array order need not be arrival order), so within a
+    -- group equal scores order by who sent first.
     -- Rounds per user, not per (month, user): a match_id is unique per user across
     -- months, so two events of one user never share a round.
     SELECT (SELECT array_agg(v ORDER BY v) FROM (SELECT nextval('score_seq') AS v FROM generate_series(1, n)) reserved),
@@ -85,10 +85,12 @@ BEGIN
     -- the snapshot (and is in it) or sees the month closed. Never lost in between.
     PERFORM pg_advisory_xact_lock_shared(lb_month_lock(m))
        FROM (SELECT DISTINCT unnest(p_months) AS m ORDER BY 1) months;
-    -- Read after the month locks (in a statement of its own, so its snapshot includes
-    -- whatever committed before we got them): a rebalance step changes the layout
-    -- only under the exclusive lock, so this group places every player by the layout
-    -- it sees, and an archive committed before us is seen as closed.
+    PERFORM pg_advisory_xact_lock(hashtextextended('lb-player:' || pm::text || ':' || pu, 0))
+       FROM (SELECT DISTINCT pm, pu FROM unnest(p_months, p_user_ids) AS players(pm, pu) ORDER BY 1, 2) ordered;
+    -- Read after the locks (in a statement of their own, so the snapshot includes what
+    -- committed before we got them): a rebalance step changes the layout only under
+    -- the month's exclusive lock, so this group places every player by the layout it
+    -- sees, and an archive committed before us is seen as closed.
     SELECT l.epoch, l.move,
            (SELECT array_agg((e.s->>'min_score')::bigint ORDER BY e.o)
               FROM jsonb_array_elements(l.shards) WITH ORDINALITY AS e(s, o)),
@@ -110,34 +112,19 @@ BEGIN
     END IF;
 
     FOR r IN 1..rounds LOOP
-      mark := r;
-      passes := 0;
-      LOOP
-        passes := passes + 1;
-        fresh_mark := fresh_mark - 1;
-        went_again := 0;
-        -- Sorted here, not by the caller's collation: the round statement locks rows in array order.
-        SELECT array_agg(t.pos::int ORDER BY t.month, t.user_id), array_agg(t.user_id ORDER BY t.month, t.user_id),
-               array_agg(t.match_id ORDER BY t.month, t.user_id), array_agg(t.month ORDER BY t.month, t.user_id),
-               array_agg(t.mode ORDER BY t.month, t.user_id), array_agg(t.value ORDER BY t.month, t.user_id),
-               array_agg(t.occurred ORDER BY t.month, t.user_id),
-               array_agg(seqs[t.arrival] ORDER BY t.month, t.user_id)
-          INTO w_pos, w_user, w_match, w_month, w_mode, w_value, w_occurred, w_seq
-          FROM unnest(p_user_ids, p_match_ids, p_months, p_modes, p_values, p_occurred, p_arrival)
-               WITH ORDINALITY AS t(user_id, match_id, month, mode, value, occurred, arrival, pos)
-         WHERE round_of[t.pos] = mark AND NOT (t.month = ANY (closed));
-        EXIT WHEN w_pos IS NULL;  -- every event of this round is in a closed month
-        FOR res IN
+        RETURN QUERY
         WITH inp AS (
-            SELECT * FROM unnest(w_pos, w_user, w_match, w_month, w_mode, w_value, w_occurred, w_seq)
-                       AS t(pos, user_id, match_id, month, mode, value, occurred, new_seq)
+            SELECT t.pos::int AS pos, t.user_id, t.match_id, t.month, t.mode, t.value, t.occurred,
+                   seqs[t.arrival] AS new_seq
+              FROM unnest(p_user_ids, p_match_ids, p_months, p_modes, p_values, p_occurred, p_arrival)
+                   WITH ORDINALITY AS t(user_id, match_id, month, mode, value, occurred, arrival, pos)
+             WHERE round_of[t.pos] = r AND NOT (t.month = ANY (closed))
         ), calc AS (
-            -- Per event, by primary key: lock and read the player's row; look for an
-            -- earlier event with this match_id; for a resend first recorded in another
-            -- month, that month's row (a resend is answered with the state it names).
-            -- Index probes per row (LATERAL ... LIMIT 1) keep the cost linear whatever
-            -- the planner guesses about the arrays' length, and lock rows in the
-            -- arrays' (month, user_id) order, the order every group locks in.
+            -- Per event, by primary key: the player's row; an earlier event with this
+            -- match_id; for a resend first recorded in another month, that month's row
+            -- (a resend is answered with the state it names). Index probes per row
+            -- (LATERAL ... LIMIT 1) keep the cost linear whatever the planner guesses
+            -- about the arrays' length.
             SELECT inp.*, c.score AS cur_score, c.version AS cur_version, c.seq AS cur_seq, c.shard AS cur_shard,
                    pr.month AS prior_month, pr.mode AS prior_mode, pr.value AS prior_value,
                    po.score IS NOT NULL AS prior_elsewhere, po.score AS po_score, po.version AS po_version,
@@ -147,14 +134,14 @@ BEGIN
               FROM inp
               LEFT JOIN LATERAL (
                    SELECT one.score, one.version, one.seq, one.shard FROM player_scores one
-                    WHERE one.month = inp.month AND one.user_id = inp.user_id
-                    LIMIT 1 FOR UPDATE) c ON true
+                    WHERE one.month = inp.month AND one.user_id = inp.user_id LIMIT 1) c ON true
               LEFT JOIN LATERAL (
                    SELECT e.month, e.mode, e.value FROM score_events e
-                    WHERE e.user_id = inp.user_id AND e.match_id = inp.match_id) pr ON true
+                    WHERE e.user_id = inp.user_id AND e.match_id = inp.match_id LIMIT 1) pr ON true
               LEFT JOIN LATERAL (
                    SELECT other.score, other.version, other.seq, other.shard FROM player_scores other
-                    WHERE pr.month <> inp.month AND other.month = pr.month AND other.user_id = inp.user_id) po ON true
+                    WHERE pr.month <> inp.month AND other.month = pr.month AND other.user_id = inp.user_id
+                    LIMIT 1) po ON true
         ), decided AS (
             SELECT calc.*,
                    CASE WHEN prior_month IS NOT NULL THEN
@@ -186,60 +173,42 @@ BEGIN
             -- version may still be unfinished, and the reconciler's clock keeps running.
             INSERT INTO redis_outbox AS o (month, user_id, version, first_version)
             SELECT p.month, p.user_id, coalesce(p.cur_version, 0) + 1, coalesce(p.cur_version, 0) + 1
-              FROM placed p
-             WHERE p.changes AND (p.cur_version IS NOT NULL OR p.user_id IN (SELECT user_id FROM inserted))
+              FROM placed p WHERE p.changes
             ON CONFLICT (month, user_id) DO UPDATE SET version = excluded.version
         ), recorded AS (
             INSERT INTO score_events AS e (user_id, match_id, month, mode, value, occurred_at, score_after)
             SELECT p.user_id, p.match_id, p.month, p.mode, p.value, p.occurred, p.new_score
-              FROM placed p
-             WHERE p.outcome = 'applied' AND (p.cur_version IS NOT NULL OR p.user_id IN (SELECT user_id FROM inserted))
+              FROM placed p WHERE p.outcome = 'applied'
             ON CONFLICT DO NOTHING
             RETURNING e.user_id
         )
-        SELECT p.pos AS r_idx,
+        SELECT p.pos,
+               -- Under the player locks neither can happen; a writer that bypassed them
+               -- would, and then the whole group must be retried, not half-applied.
                CASE WHEN p.changes AND p.cur_version IS NULL AND p.user_id NOT IN (SELECT user_id FROM inserted)
-                        THEN 'again'
+                        THEN lb_retry('player ' || p.user_id || ' was created concurrently')
                     WHEN p.outcome = 'applied' AND p.user_id NOT IN (SELECT user_id FROM recorded)
-                        THEN lb_retry('concurrent duplicate of match_id ' || p.match_id)
-                    ELSE p.outcome END AS r_status,
+                        THEN lb_retry('match_id ' || p.match_id || ' was recorded concurrently')
+                    ELSE p.outcome END,
                CASE p.outcome
                     WHEN 'conflict' THEN format(
                         'match_id %s was already recorded for this user with mode=%s score=%s',
                         p.match_id, p.prior_mode, p.prior_value)
                     WHEN 'refused' THEN format(
                         'the new score would be %s, outside [0, %s]', p.new_score, max_score)
-               END AS r_detail,
-               coalesce(p.prior_month, p.month) AS r_month,
+               END,
+               coalesce(p.prior_month, p.month),
                CASE WHEN p.prior_elsewhere THEN p.po_score
-                    WHEN p.outcome = 'applied' THEN p.new_score ELSE p.cur_score END AS r_score,
-               CASE WHEN p.prior_elsewhere THEN p.po_score ELSE p.cur_score END AS r_prev_score,
+                    WHEN p.outcome = 'applied' THEN p.new_score ELSE p.cur_score END,
+               CASE WHEN p.prior_elsewhere THEN p.po_score ELSE p.cur_score END,
                CASE WHEN p.prior_elsewhere THEN p.po_version
-                    WHEN p.changes THEN coalesce(p.cur_version, 0) + 1 ELSE p.cur_version END AS r_version,
-               CASE WHEN p.prior_elsewhere THEN p.po_version ELSE p.cur_version END AS r_prev_version,
+                    WHEN p.changes THEN coalesce(p.cur_version, 0) + 1 ELSE p.cur_version END,
+               CASE WHEN p.prior_elsewhere THEN p.po_version ELSE p.cur_version END,
                CASE WHEN p.prior_elsewhere THEN p.po_seq
-                    WHEN p.changes THEN p.new_seq ELSE p.cur_seq END AS r_seq,
+                    WHEN p.changes THEN p.new_seq ELSE p.cur_seq END,
                CASE WHEN p.prior_elsewhere THEN p.po_shard
-                    WHEN p.changes THEN p.new_shard ELSE p.cur_shard END AS r_shard,
-               CASE WHEN p.prior_elsewhere THEN p.po_shard ELSE p.cur_shard END AS r_prev_shard
-          FROM placed p
-        LOOP
-            IF res.r_status = 'again' THEN
-                round_of[res.r_idx] := fresh_mark;
-                went_again := went_again + 1;
-                CONTINUE;
-            END IF;
-            idx := res.r_idx; status := res.r_status; detail := res.r_detail; month := res.r_month;
-            score := res.r_score; prev_score := res.r_prev_score; version := res.r_version;
-            prev_version := res.r_prev_version; seq := res.r_seq; shard := res.r_shard;
-            prev_shard := res.r_prev_shard;
-            RETURN NEXT;
-        END LOOP;
-        EXIT WHEN went_again = 0;
-        IF passes >= 3 THEN
-            RAISE EXCEPTION 'new players kept being created concurrently' USING ERRCODE = '40001';
-        END IF;
-        mark := fresh_mark;
-      END LOOP;
+                    WHEN p.changes THEN p.new_shard ELSE p.cur_shard END,
+               CASE WHEN p.prior_elsewhere THEN p.po_shard ELSE p.cur_shard END
+          FROM placed p;
     END LOOP;
 END $$;
