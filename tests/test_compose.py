@@ -39,3 +39,9 @@ def test_router_mounts_the_same_yaml_and_postgres_port_matches():
     pg_port = _flag(services["postgres"]["command"], "-p")
     assert f"127.0.0.1:{pg_port}/" in router["environment"]["LB_DATABASE_URL"]
     assert set(router["depends_on"]) >= {name for name in services if name.startswith("redis-")}
+
+
+def test_postgres_has_room_for_a_group_commits_player_locks():
+    command = _compose()["services"]["postgres"]["command"]
+    settings = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-c")
+    assert int(settings.get("max_locks_per_transaction", 64)) >= 256
