@@ -94,7 +94,10 @@ class ConnectionPool:
 
     def _connect(self) -> psycopg2.extensions.connection:
         conn = psycopg2.connect(self._dsn, connect_timeout=3, options=self._options)
-        conn.autocommit = False
+        # Every call here is one statement (a group is one function call), and a
+        # statement is its own transaction: without BEGIN and COMMIT each call is one
+        # round trip instead of three, and one hand-off of the GIL instead of three.
+        conn.autocommit = True
         return conn
 
     @contextlib.contextmanager
@@ -173,12 +176,9 @@ class Store:
                         ),
                     )
                     rows = cur.fetchall()
-                conn.commit()
             except (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected) as exc:
-                conn.rollback()
                 raise _Retryable() from exc
             except psycopg2.errors.QueryCanceled as exc:
-                conn.rollback()
                 raise StoreUnavailable("statement timed out") from exc
         rows.sort(key=lambda r: r[0])
         return [EventRow(*row[1:]) for row in rows]
@@ -199,7 +199,6 @@ class Store:
                     tuple(array_literal([d[column] for d in done]) for column in range(4)),
                 )
                 (count,) = cur.fetchone()
-            conn.commit()
         return count
 
     async def ack_outbox(self, done: Sequence[tuple[date, str, int, int]]) -> int:
@@ -221,7 +220,6 @@ class Store:
                     (settle_s, limit),
                 )
                 rows = [PlayerRow(*row) for row in cur.fetchall()]
-            conn.commit()
         return rows
 
     async def unfinished(self, settle_s: float, limit: int = 1000) -> list[PlayerRow]:
@@ -252,7 +250,6 @@ class Store:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 rows = cur.fetchall()
-            conn.commit()
         return rows
 
     async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
