@@ -254,9 +254,10 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Batch
         raise InvalidInput("events", f"at most {BATCH_MAX} events per batch, got {len(body.events)}")
     results: list[BatchItemOut | None] = [None] * len(body.events)
     accepted: list[tuple[int, ScoreEvent]] = []
+    now = svc.service.now()
     for i, raw in enumerate(body.events):
         try:
-            accepted.append((i, svc.service.to_event(ScoreIn.model_validate(raw))))
+            accepted.append((i, svc.service.to_event(ScoreIn.model_validate(raw), now)))
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first.get("loc", ())) or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, date, datetime, timedelta
 
@@ -17,7 +18,9 @@ def month_start(moment: datetime) -> date:
     return date(moment.year, moment.month, 1)
 
 
+@functools.lru_cache(maxsize=64)
 def month_label(month: date) -> str:
+    # Called for every event of every batch answer; there are only a few months.
     return f"{month.year:04d}-{month.month:02d}"
 
 

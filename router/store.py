@@ -192,13 +192,12 @@ class Store:
         return await asyncio.to_thread(self._apply_events_sync, events)
 
     def _ack_sync(self, done: Sequence[tuple[date, str, int, int]]) -> int:
-        with self.pool.connection() as conn:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT lb_ack_outbox(%s::date[], %s::text[], %s::bigint[], %s::bigint[])",
-                    tuple(array_literal([d[column] for d in done]) for column in range(4)),
-                )
-                (count,) = cur.fetchone()
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT lb_ack_outbox(%s::date[], %s::text[], %s::bigint[], %s::bigint[])",
+                tuple(array_literal([d[column] for d in done]) for column in range(4)),
+            )
+            (count,) = cur.fetchone()
         return count
 
     async def ack_outbox(self, done: Sequence[tuple[date, str, int, int]]) -> int:
@@ -210,16 +209,15 @@ class Store:
     # -- reads --------------------------------------------------------------------
 
     def _outbox_sync(self, settle_s: float, limit: int) -> list[PlayerRow]:
-        with self.pool.connection() as conn:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT p.month, p.user_id, p.score, p.version, p.seq, p.shard"
-                    " FROM redis_outbox o JOIN player_scores p USING (month, user_id)"
-                    " WHERE o.created_at < now() - make_interval(secs => %s)"
-                    " ORDER BY o.created_at LIMIT %s",
-                    (settle_s, limit),
-                )
-                rows = [PlayerRow(*row) for row in cur.fetchall()]
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT p.month, p.user_id, p.score, p.version, p.seq, p.shard"
+                " FROM redis_outbox o JOIN player_scores p USING (month, user_id)"
+                " WHERE o.created_at < now() - make_interval(secs => %s)"
+                " ORDER BY o.created_at LIMIT %s",
+                (settle_s, limit),
+            )
+            rows = [PlayerRow(*row) for row in cur.fetchall()]
         return rows
 
     async def unfinished(self, settle_s: float, limit: int = 1000) -> list[PlayerRow]:
@@ -246,10 +244,9 @@ class Store:
     # -- archived months ----------------------------------------------------------
 
     def _fetch_sync(self, sql: str, params: tuple) -> list[tuple]:
-        with self.pool.connection() as conn:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                rows = cur.fetchall()
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
         return rows
 
     async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
