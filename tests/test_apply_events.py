@@ -70,18 +70,24 @@ def wait_until_blocked(cluster: Cluster, timeout: float = 10.0) -> None:
     pytest.fail("the second group never waited for the first")
 
 
-def test_a_new_player_created_by_a_concurrent_group_is_updated_not_inserted_twice(board):
+def second_group_while_first_is_open(board: Cluster, first_events, second_events) -> dict:
+    """Run the first group without committing, start the second, let it block, then commit the first."""
     first = psycopg2.connect(board.dsn)
     try:
         with first.cursor() as cur:
-            cur.execute(CALL, group_args([("fresh", "a1", 5)]))  # uncommitted: holds the new row
-        second, outcome = run_in_thread(board.dsn, [("fresh", "b1", 7), ("other", "b1", 1)])
+            cur.execute(CALL, group_args(first_events))
+        second, outcome = run_in_thread(board.dsn, second_events)
         wait_until_blocked(board)
         first.commit()
     finally:
         first.close()
     second.join(timeout=30)
     assert "error" not in outcome, outcome.get("error")
+    return outcome
+
+
+def test_a_new_player_created_by_a_concurrent_group_is_updated_not_inserted_twice(board):
+    outcome = second_group_while_first_is_open(board, [("fresh", "a1", 5)], [("fresh", "b1", 7), ("other", "b1", 1)])
     # Both events count: the second group's event applied on top of the first's row.
     assert outcome["rows"] == [(1, "applied", 12, 2), (2, "applied", 1, 1)]
     assert board.sql("SELECT score, version FROM player_scores WHERE user_id = 'fresh'") == [(12, 2)]
@@ -90,18 +96,8 @@ def test_a_new_player_created_by_a_concurrent_group_is_updated_not_inserted_twic
 
 def test_a_resend_racing_its_original_counts_once(board):
     board.sql(CALL, group_args([("known", "m0", 1)]))
-    first = psycopg2.connect(board.dsn)
-    try:
-        with first.cursor() as cur:
-            cur.execute(CALL, group_args([("known", "m1", 5)]))  # holds the player's row
-        second, outcome = run_in_thread(board.dsn, [("known", "m1", 5)])
-        wait_until_blocked(board)
-        first.commit()
-    finally:
-        first.close()
-    second.join(timeout=30)
+    outcome = second_group_while_first_is_open(board, [("known", "m1", 5)], [("known", "m1", 5)])
     # The resend waited for the original's player lock, so it sees the commit.
-    assert "error" not in outcome, outcome.get("error")
     assert outcome["rows"] == [(1, "duplicate", 6, 2)]
     assert board.sql("SELECT score FROM player_scores WHERE user_id = 'known'") == [(6,)]
     assert board.sql("SELECT count(*) FROM score_events WHERE user_id = 'known'") == [(2,)]
