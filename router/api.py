@@ -28,6 +28,7 @@ from router.errors import (
     StoreUnavailable,
 )
 from router.metrics import render
+from router.page_cache import query_key
 from router.periods import month_label
 from router.ranking import Entry
 from router.schemas import (
@@ -374,6 +375,7 @@ async def get_around(
     summary="The top of the board, paged",
 )
 async def get_top(
+    request: Request,
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -386,6 +388,9 @@ async def get_top(
         _, total, entries = await svc.service.top(label, offset, limit)
         body = BoardOut(month=label, total_players=total, entries=_entries(entries)).model_dump_json().encode()
         svc.top_pages.put(key, body)
+        # Also under this exact query string, for ServeCachedTopPages; only when freshly
+        # rendered, so a page is never kept past its TTL under a second key.
+        svc.top_pages.put(query_key(request.scope["query_string"]), body)
     return Response(body, media_type="application/json")
 
 

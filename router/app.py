@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router.api import error_response, router, validation_response
 from router.errors import LeaderboardError
 from router.observability import RequestContext, configure_logging
+from router.page_cache import ServeCachedTopPages
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
 
@@ -62,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail), "field": None}}
         return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
 
+    # Innermost of the middlewares: CORS headers, request ids, metrics and the access
+    # log still apply to pages served from memory.
+    app.add_middleware(ServeCachedTopPages)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

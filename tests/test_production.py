@@ -285,6 +285,24 @@ def test_grafana_dashboard_uses_only_metrics_the_router_exports(api):
     assert used and used <= exported | {n.removesuffix("_total") for n in exported}, used - exported
 
 
+def test_pages_served_from_memory_still_need_a_read_token_and_are_counted(custom_router):
+    router = custom_router(LB_TOP_CACHE_TTL_S="30", LB_READ_TOKENS="reader-token-0123456789")
+    reader = {"X-Read-Token": "reader-token-0123456789"}
+    with router.client() as api:
+        api.post("/v1/scores", json={"user_id": "solo", "match_id": "m", "score": 3}, headers=AUTH)
+        assert api.get("/v1/leaderboard/top?limit=5", headers=reader).status_code == 200  # rendered, kept
+        assert api.get("/v1/leaderboard/top?limit=5").status_code == 401  # the page is in memory; no token
+        assert api.get("/v1/leaderboard/top?limit=5", headers={"X-Read-Token": "wrong"}).status_code == 401
+        for _ in range(3):
+            cached = api.get("/v1/leaderboard/top?limit=5", headers=reader)
+            assert cached.json()["entries"] == [{"rank": 1, "user_id": "solo", "score": 3}]
+            assert cached.headers["content-type"] == "application/json" and cached.headers["x-request-id"]
+        metrics = api.get("/metrics").text
+    label = 'lb_http_requests_total{method="GET",route="/v1/leaderboard/top",status="200"} '
+    served = [line for line in metrics.splitlines() if line.startswith(label)]
+    assert served and float(served[0].removeprefix(label)) == 4.0  # 1 rendered + 3 from memory
+
+
 def test_top_pages_are_cached_for_at_most_the_configured_time(custom_router):
     router = custom_router(LB_TOP_CACHE_TTL_S="1.0")
     with router.client() as api:
