@@ -335,17 +335,21 @@ def _entries(entries: list[Entry]) -> list[EntryOut]:
     summary="A player's score, rank and percentile",
 )
 async def get_player(user_id: UserPath, svc: ServicesDep, month: MonthQuery = None) -> Response:
+    return Response(await player_body(svc, user_id, month), media_type="application/json")
+
+
+async def player_body(svc: Services, user_id: str, month: str | None) -> bytes:
+    """The answer of `GET /v1/scores/{user_id}`; also used by `router.rank_shortcut`."""
     label, me = await svc.service.standing(user_id, month)
-    return _json(
-        PlayerOut(
-            user_id=user_id,
-            score=me.score,
-            rank=me.rank,
-            percentile=me.percentile,
-            total_players=me.total_players,
-            month=label,
-        )
+    out = PlayerOut(
+        user_id=user_id,
+        score=me.score,
+        rank=me.rank,
+        percentile=me.percentile,
+        total_players=me.total_players,
+        month=label,
     )
+    return out.model_dump_json().encode()
 
 
 @router.get(

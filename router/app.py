@@ -16,6 +16,7 @@ from router.api import error_response, router, validation_response
 from router.errors import LeaderboardError
 from router.observability import RequestContext, configure_logging
 from router.page_cache import ServeCachedTopPages
+from router.rank_shortcut import AnswerPlainRankReads
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
 
@@ -64,8 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
 
     # Innermost of the middlewares: CORS headers, request ids, metrics and the access
-    # log still apply to pages served from memory.
+    # log still apply to what these two answer before routing.
     app.add_middleware(ServeCachedTopPages)
+    app.add_middleware(AnswerPlainRankReads)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

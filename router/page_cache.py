@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 
+from router.asgi import header, send_json
+
 
 class PageCache:
     def __init__(self, ttl_s: float, max_pages: int = 1000) -> None:
@@ -61,23 +63,14 @@ class ServeCachedTopPages:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == TOP_PATH:
             services = getattr(scope["app"].state, "services", None)
             body = services.top_pages.get(query_key(scope["query_string"])) if services else None
-            tokens = _header(scope, b"x-read-token"), _header(scope, b"x-game-service-token")
+            tokens = header(scope, b"x-read-token"), header(scope, b"x-game-service-token")
             # The route (for the request metrics' label) is known once a page went
             # through routing in this process, which every cached page did.
             if body is not None and self._route is not None and services.may_read(*tokens):
                 scope["route"] = self._route
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await send_json(send, body)
                 return
             await self.app(scope, receive, send)
             self._route = self._route or scope.get("route")
             return
         await self.app(scope, receive, send)
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None

@@ -303,6 +303,32 @@ def test_pages_served_from_memory_still_need_a_read_token_and_are_counted(custom
     assert served and float(served[0].removeprefix(label)) == 4.0  # 1 rendered + 3 from memory
 
 
+def test_plain_rank_reads_answered_before_routing_match_the_route(custom_router):
+    router = custom_router(LB_READ_TOKENS="reader-token-0123456789")
+    reader = {"X-Read-Token": "reader-token-0123456789"}
+    month = time.strftime("%Y-%m", time.gmtime())
+    with router.client() as api:
+        api.post("/v1/scores", json={"user_id": "pat", "match_id": "m", "score": 4}, headers=AUTH)
+        for _ in range(3):  # the first goes through routing, the rest are answered before it
+            plain = api.get("/v1/scores/pat", headers=reader)
+            routed = api.get(f"/v1/scores/pat?month={month}", headers=reader)  # a query string: always routed
+            assert plain.status_code == routed.status_code == 200
+            assert plain.json() == routed.json() and plain.json()["rank"] == 1
+            missing, missing_routed = (
+                api.get("/v1/scores/nobody", headers=reader),
+                api.get(f"/v1/scores/nobody?month={month}", headers=reader),
+            )
+            assert missing.status_code == missing_routed.status_code == 404
+            assert missing.json() == missing_routed.json()
+            assert api.get("/v1/scores/pat").status_code == 401
+            assert api.get("/v1/scores/pat", headers={"X-Read-Token": "wrong"}).status_code == 401
+            assert api.get("/v1/scores/pat", headers=AUTH).status_code == 200  # a game token may read too
+        metrics = api.get("/metrics").text
+    label = 'lb_http_requests_total{method="GET",route="/v1/scores/{user_id}",status="200"} '
+    counted = [line for line in metrics.splitlines() if line.startswith(label)]
+    assert counted and float(counted[0].removeprefix(label)) == 9.0  # 3 x (plain, routed, game token)
+
+
 def test_top_pages_are_cached_for_at_most_the_configured_time(custom_router):
     router = custom_router(LB_TOP_CACHE_TTL_S="1.0")
     with router.client() as api:
