@@ -26,11 +26,15 @@ class Coalescer(Generic[K, I, R]):
         self._flushers: dict[K, asyncio.Task[None]] = {}
 
     async def submit(self, key: K, item: I) -> R:
+        return await self.enqueue(key, item)
+
+    def enqueue(self, key: K, item: I) -> asyncio.Future[R]:
+        """Like `submit`, as a plain future: several can be gathered without a task each."""
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append((item, answer))
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key))
-        return await answer
+        return answer
 
     async def drain(self) -> None:
         """Wait until every call started so far has been answered."""

@@ -84,10 +84,11 @@ class Board:
         hint = self.cache.get(month, user_id)
         if hint in ids:
             others = [sid for sid in ids if sid != hint]
-            found, sizes = await asyncio.gather(
-                self.shards.lookup(hint, month, user_id), self.shards.sizes(month, others)
+            found, *counts = await asyncio.gather(
+                self.shards.lookup(hint, month, user_id), *(self.shards.size(sid, month) for sid in others)
             )
             if found.rank >= 0:
+                sizes = dict(zip(others, counts, strict=True))
                 return self._standing(ids, user_id, hint, found, {**sizes, hint: found.size})
             self.cache.forget(month, user_id)
         lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid in ids))
