@@ -38,7 +38,7 @@ PLAYERS = 100_000
 TOKEN = "bench-token-0123456789abcdef"
 
 
-def _cluster(workdir: Path, workers: int) -> LocalCluster:
+def bench_cluster(workdir: Path, workers: int) -> LocalCluster:
     ports = [free_port() for _ in range(3)]
     shards_file = workdir / "shards.yaml"
     shards_file.write_text(
@@ -59,13 +59,13 @@ def _cluster(workdir: Path, workers: int) -> LocalCluster:
     return LocalCluster(settings)
 
 
-def _post_score(host: str, run_id: str):
-    rng = random.Random(1)
+def single_scores(host: str, run_id: str, *, players: int = PLAYERS, prefix: str = "p", seed: int = 1):
+    """Request maker for loadgen: one `POST /v1/scores` per call, random player, unique match_id."""
+    rng = random.Random(seed)
 
     def make(n: int) -> bytes:
-        body = json.dumps(
-            {"user_id": f"p{rng.randrange(PLAYERS)}", "match_id": f"{run_id}-{n}", "score": rng.randint(1, 40)}
-        ).encode()
+        user = f"{prefix}{rng.randrange(players)}"
+        body = json.dumps({"user_id": user, "match_id": f"{run_id}-{n}", "score": rng.randint(1, 40)}).encode()
         return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": TOKEN})
 
     return make
@@ -115,7 +115,7 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]
             "127.0.0.1", port, lambda _: healthz, connections=args.connections, seconds=args.seconds
         )
         post = await loadgen.run(
-            "127.0.0.1", port, _post_score(host, f"r{round_no}"), connections=args.connections, seconds=args.seconds
+            "127.0.0.1", port, single_scores(host, f"r{round_no}"), connections=args.connections, seconds=args.seconds
         )
         batch = await loadgen.run(
             "127.0.0.1", port, _post_batch(host, f"b{round_no}"), connections=4, seconds=args.seconds
@@ -165,7 +165,7 @@ def main() -> int:
     except ImportError:
         pass
     workdir = Path(tempfile.mkdtemp(prefix="lb-bench-"))
-    cluster = _cluster(workdir, args.workers)
+    cluster = bench_cluster(workdir, args.workers)
     try:
         cluster.start()
         print(

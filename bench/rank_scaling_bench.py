@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import loadgen
-from bench.http_bench import _cluster
+from bench.http_bench import bench_cluster
 from bench.population import add_players
 from shard_manager.layout import read_layout
 from shard_manager.rebuild import rebuild_month
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="lb-rank-bench-"))
-    cluster = _cluster(workdir, workers=2)
+    cluster = bench_cluster(workdir, workers=2)
     try:
         cluster.start()
         dsn = cluster.settings.database_url

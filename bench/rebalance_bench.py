@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import random
 import shutil
 import tempfile
 import threading
@@ -29,25 +27,13 @@ from pathlib import Path
 import psycopg2
 
 from bench import loadgen
-from bench.http_bench import TOKEN, _cluster
+from bench.http_bench import bench_cluster, single_scores
 from bench.population import add_players
 from shard_manager.binaries import require_redis_server
 from shard_manager.processes import RedisServer, free_port
 from shard_manager.rebalance import Rebalancer
 from shard_manager.rebuild import rebuild_month
 from shard_manager.shardmap import shard_map_from_dict
-
-
-def _post(host: str, port_tag: str):
-    rng = random.Random(7)
-
-    def make(n: int) -> bytes:
-        body = json.dumps(
-            {"user_id": f"w{rng.randrange(50_000)}", "match_id": f"{port_tag}-{n}", "score": rng.randint(1, 30)}
-        ).encode()
-        return loadgen.build_request("POST", "/v1/scores", host, body, {"X-Game-Service-Token": TOKEN})
-
-    return make
 
 
 def main() -> int:
@@ -58,7 +44,7 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="lb-rebalance-bench-"))
-    cluster = _cluster(workdir, workers=2)
+    cluster = bench_cluster(workdir, workers=2)
     spare = RedisServer(require_redis_server(), free_port(), workdir / "spare")
     try:
         cluster.start()
@@ -75,7 +61,11 @@ def main() -> int:
         host = f"127.0.0.1:{port}"
         baseline = asyncio.run(
             loadgen.run(
-                "127.0.0.1", port, _post(host, "base"), connections=args.connections, seconds=args.baseline_seconds
+                "127.0.0.1",
+                port,
+                single_scores(host, "base", players=50_000, prefix="w", seed=7),
+                connections=args.connections,
+                seconds=args.baseline_seconds,
             )
         )
 
@@ -120,7 +110,7 @@ def main() -> int:
                     loadgen.run(
                         "127.0.0.1",
                         port,
-                        _post(host, f"d{len(during_results)}"),
+                        single_scores(host, f"d{len(during_results)}", players=50_000, prefix="w", seed=7),
                         connections=args.connections,
                         seconds=5,
                     )

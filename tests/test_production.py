@@ -100,9 +100,10 @@ def test_rate_limits_hold_across_router_processes(custom_router):
         assert "rate limited" in batch["results"][0]["reason"]
 
 
-def test_concurrent_requests_share_counter_calls_and_are_counted_exactly(custom_router):
-    # 40 requests at once: the router counts them in few Redis calls, each request
-    # still getting its own verdict, so exactly the limit gets through.
+def test_concurrent_requests_are_each_counted_exactly(custom_router):
+    # 40 requests at once: checks in flight are counted together (router.coalesce,
+    # whose batching tests/test_coalesce.py covers), yet each request gets its own
+    # verdict, so exactly the limit gets through.
     router = custom_router(LB_RATE_LIMIT_PLAYER_PER_HOUR="7", LB_RATE_LIMIT_TOKEN_PER_S="0")
     with router.client() as api:
 
