@@ -16,9 +16,9 @@ from router.api import error_response, router, validation_response
 from router.errors import LeaderboardError
 from router.observability import RequestContext, configure_logging
 from router.page_cache import ServeCachedTopPages
-from router.rank_shortcut import AnswerPlainRankReads
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
+from router.shortcuts import AcceptSingleScores, AnswerPlainRankReads
 
 log = logging.getLogger("router")
 
@@ -64,10 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail), "field": None}}
         return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
 
-    # Innermost of the middlewares: CORS headers, request ids, metrics and the access
-    # log still apply to what these two answer before routing.
+    # Innermost of the middlewares: CORS headers, request ids, metrics, the access log
+    # and the body size limit still apply to what these three answer before routing.
     app.add_middleware(ServeCachedTopPages)
     app.add_middleware(AnswerPlainRankReads)
+    app.add_middleware(AcceptSingleScores)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -28,7 +28,9 @@ class BoardService:
         now = now or self.now()
         if body.mode == "best" and body.score < 0:
             raise InvalidInput("score", "must be >= 0 with mode=best")
-        occurred_at = body.occurred_at or now
+        occurred_at = body.occurred_at
+        if occurred_at is None:  # the common case: now, in the current month by definition
+            return ScoreEvent(body.user_id, body.match_id, month_start(now), body.mode, body.score, now)
         if occurred_at > now + FUTURE_SKEW:
             raise InvalidInput("occurred_at", f"is in the future ({occurred_at.isoformat()})")
         month = month_start(occurred_at)

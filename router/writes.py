@@ -77,6 +77,21 @@ class _Player:
         return PlayerState(self.user_id, self.row.version, self.row.score, tie_prefix(self.row.seq))
 
 
+def _players_above(sizes_read: _Results, months: set[str], ids: tuple[str, ...]) -> dict[str, dict[str, int] | None]:
+    """Per month, the members of every shard above each shard, from the sizes the
+    applies returned (read after the group's changes); None if a shard failed."""
+    out: dict[str, dict[str, int] | None] = {}
+    for month in months:
+        sizes: dict[str, int] = {}
+        for sid in ids:
+            result = sizes_read[(month, sid)]
+            if isinstance(result, ShardUnavailable):
+                break
+            sizes[sid] = result[1]
+        out[month] = {sid: players_above(ids, sizes, sid) for sid in ids} if len(sizes) == len(ids) else None
+    return out
+
+
 class WritePipeline:
     def __init__(
         self,
@@ -192,15 +207,17 @@ class WritePipeline:
             player: sorted({player.prev_shard, self.cache.get(player.month, player.user_id)} - {None, player.target})
             for player in players.values()
         }
-        every_shard = {(p.month, sid) for p in players.values() for sid in ids}
+        months = {p.month for p in players.values()}
+        every_shard = [(month, sid) for month in months for sid in ids]
         add_work = {key: [(p.state, True) for p in g] for key, g in adds.items()}
 
         if not any(stale.values()):
             # Nobody changed shard (the common case): one round trip per shard, the
             # adds on their shards and every other shard's size, all at once.
             done = await self._run_applies({key: add_work.get(key, []) for key in every_shard})
+            above = _players_above(done, months, ids)
             for player in players.values():
-                self._settle(player, done, done, ids)
+                self._settle(player, done, done, ids, above[player.month])
             return
 
         # Phase 1: the add on each player's (new) shard.
@@ -219,10 +236,13 @@ class WritePipeline:
         removed = await self._run_applies(
             {key: [(p.state, False) for p in removals.get(key, [])] for key in every_shard}
         )
+        above = _players_above(removed, months, ids)
         for player in players.values():
-            self._settle(player, added, removed, ids)
+            self._settle(player, added, removed, ids, above[player.month])
 
-    def _settle(self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...]) -> None:
+    def _settle(
+        self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...], above: dict[str, int] | None
+    ) -> None:
         """Record what the shards did for one player: acknowledgement, cache, ranks."""
         month, target = player.month, player.target
         touched = [(month, target)] + [(month, sid) for sid in player.removal_index]
@@ -237,16 +257,12 @@ class WritePipeline:
         if player.prev_shard is not None and player.prev_shard != target:
             PLAYERS_MOVED.inc()
 
-        sizes = {}
-        for sid in ids:
-            result = removed[(month, sid)]
-            if isinstance(result, ShardUnavailable):
-                return  # the write is done; a rank needs every shard's size
-            sizes[sid] = result[1]
+        if above is None:
+            return  # the write is done; a rank needs every shard's size
         add_result = added[(month, target)]
         assert not isinstance(add_result, ShardUnavailable)
         mine = add_result[0][player.add_index]
-        rank = mine.rank_after + 1 + players_above(ids, sizes, target)
+        rank = mine.rank_after + 1 + above[target]
         previous_rank = None
         prev = player.prev_shard
         if player.row.prev_score is not None and prev in ids:
@@ -260,7 +276,7 @@ class WritePipeline:
                 # Sizes are read after the move: a player who moved up is now counted
                 # above their old shard, where they were not before.
                 moved_up = ids.index(target) > ids.index(prev)
-                previous_rank = before + 1 + players_above(ids, sizes, prev) - int(moved_up)
+                previous_rank = before + 1 + above[prev] - int(moved_up)
         for outcome in player.outcomes:
             outcome.rank = rank
             outcome.previous_rank = previous_rank

@@ -330,6 +330,58 @@ def test_plain_rank_reads_answered_before_routing_match_the_route(custom_router)
     assert counted and float(counted[0].removeprefix(label)) == 9.0  # 3 x (plain, routed, game token)
 
 
+def test_single_score_writes_answered_before_routing_match_the_route(custom_router):
+    router = custom_router(LB_MAX_BODY_BYTES="2048")
+    json_type = {"Content-Type": "application/json"}
+    bad_bodies = [
+        b"{not json",
+        b"\xff\xfe{",
+        b"[1, 2]",
+        b'{"match_id": "m"}',
+        b'{"user_id": "has space", "match_id": "m"}',
+        b'{"user_id": "u", "match_id": "m", "score": "3"}',
+        b'{"user_id": "u", "match_id": "m", "score": 1.5}',
+        b'{"user_id": "u", "match_id": "m", "colour": "red"}',
+        b'{"user_id": "u", "match_id": "m", "occurred_at": "2026-01-01T00:00:00"}',
+    ]
+    with router.client() as api:
+        for round_no in range(3):  # the first goes through routing, the rest are answered before it
+            event = {"user_id": "sam", "match_id": f"m{round_no}", "score": 5}
+            plain = api.post("/v1/scores", json=event, headers=AUTH)
+            routed = api.post("/v1/scores?via=route", json=event, headers=AUTH)  # a query string: always routed
+            assert plain.status_code == routed.status_code == 200
+            # The resend through the route is answered as a duplicate with the same state.
+            same = ("user_id", "score", "rank", "month")
+            assert [plain.json()[k] for k in same] == [routed.json()[k] for k in same]
+            assert (plain.json()["duplicate"], routed.json()["duplicate"]) == (False, True)
+            assert plain.json()["score"] == 6 * round_no + 5 and plain.json()["rank"] == 1
+            assert plain.headers["content-type"] == "application/json" and plain.headers["x-request-id"]
+            for body in bad_bodies:
+                answers = [
+                    api.post(path, content=body, headers={**AUTH, **json_type})
+                    for path in ("/v1/scores", "/v1/scores?r")
+                ]
+                assert answers[0].status_code == answers[1].status_code and answers[0].status_code in (400, 422), body
+                assert answers[0].json() == answers[1].json(), body
+            as_text = api.post("/v1/scores", json=event, headers={**AUTH, "Content-Type": "text/plain"})
+            assert as_text.status_code == 422  # only JSON bodies are read, as the route does
+            assert api.post("/v1/scores", json=event).status_code == 401
+            assert api.post("/v1/scores", json=event, headers={"X-Game-Service-Token": "wrong"}).status_code == 401
+            chunked = api.post(
+                "/v1/scores",
+                content=iter([b'{"user_id": "sam", ', f'"match_id": "c{round_no}", "score": 1}}'.encode()]),
+                headers={**AUTH, **json_type},
+            )
+            assert chunked.status_code == 200 and chunked.json()["score"] == 6 * round_no + 6
+            too_big = api.post("/v1/scores", content=b"{" + b" " * 3000 + b"}", headers={**AUTH, **json_type})
+            assert too_big.status_code == 413
+        assert api.get("/v1/scores/sam").json()["score"] == 18
+        metrics = api.get("/metrics").text
+    label = 'lb_http_requests_total{method="POST",route="/v1/scores",status="200"} '
+    counted = [line for line in metrics.splitlines() if line.startswith(label)]
+    assert counted and float(counted[0].removeprefix(label)) == 9.0  # 3 x (plain, routed, chunked)
+
+
 def test_top_pages_are_cached_for_at_most_the_configured_time(custom_router):
     router = custom_router(LB_TOP_CACHE_TTL_S="1.0")
     with router.client() as api:
