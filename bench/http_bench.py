@@ -22,6 +22,7 @@ import json
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +57,9 @@ def bench_cluster(workdir: Path, workers: int) -> LocalCluster:
         game_tokens=[TOKEN],
         admin_token="bench-admin-token-0123456789",
     )
-    return LocalCluster(settings)
+    # The router's log lines (an access line per write) go to a file, as with `make up`:
+    # printed to a terminal they cost the machine more than some of what is measured.
+    return LocalCluster(settings, router_output=workdir / "router.log")
 
 
 def single_scores(host: str, run_id: str, *, players: int = PLAYERS, prefix: str = "p", seed: int = 1):
@@ -186,6 +189,11 @@ def main() -> int:
         )
         memory_per_player = board_bytes / players
         gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
+    except BaseException:
+        log = workdir / "router.log"
+        if log.exists():
+            print("router log, last lines:\n" + "\n".join(log.read_text().splitlines()[-20:]), file=sys.stderr)
+        raise
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)

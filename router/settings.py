@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     )
 
     write_batch_max: int = Field(500, ge=1, le=1000, description="Most events in one group commit")
-    write_flushers: int = Field(2, ge=1, le=16, description="Group commits in flight per router process")
+    write_flushers: int = Field(1, ge=1, le=16, description="Group commits in flight per router process")
     pg_pool_size: int = Field(8, ge=2, le=100)
     pg_statement_timeout_ms: int = Field(5000, ge=100)
     redis_timeout_s: float = Field(2.0, gt=0)

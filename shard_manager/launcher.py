@@ -76,8 +76,12 @@ def wait_ready(url: str, timeout: float, alive=lambda: True) -> None:
 
 
 class LocalCluster:
-    def __init__(self, settings: Settings, shard_map: ShardMap | None = None) -> None:
+    def __init__(
+        self, settings: Settings, shard_map: ShardMap | None = None, *, router_output: Path | None = None
+    ) -> None:
+        """`router_output`: a file for the router's log lines; default: this process's terminal."""
         self.settings = settings
+        self.router_output = router_output
         self.shard_map = shard_map or load_shard_map(settings.shards_file)
         self.data_dir = settings.data_dir.resolve()
         self.redis: list[RedisServer] = []
@@ -155,6 +159,7 @@ class LocalCluster:
             "LB_SHARDS_FILE": str(self.settings.shards_file.resolve()),
             "LB_DATABASE_URL": self.settings.database_url,
         }
+        output = open(self.router_output, "ab") if self.router_output else None  # noqa: SIM115 - closed below
         self.router = subprocess.Popen(
             [
                 sys.executable,
@@ -174,7 +179,11 @@ class LocalCluster:
             ],
             env=env,
             stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
         )
+        if output is not None:
+            output.close()  # the router holds its own descriptor
 
     def stop(self) -> None:
         if self.router is not None and self.router.poll() is None:
