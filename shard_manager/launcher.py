@@ -279,6 +279,13 @@ def up(settings: Settings) -> int:
     if pid_file.exists() and _alive(int(pid_file.read_text())):
         print(f"already running (pid {pid_file.read_text().strip()}); `make down` stops it")
         return 0
+    # Checked here, not only in the child: another cluster on these ports would answer
+    # /readyz below before the child had failed, and be reported as this one.
+    try:
+        LocalCluster(settings)._check_addresses()
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     logs = settings.data_dir.resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "cluster.log", "ab") as log:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -90,3 +92,37 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
     finally:
         _manager("down", env)
     assert all(_port_free(p) for p in [*ports, pg_port, http_port])
+
+
+def test_up_refuses_ports_another_cluster_answers_on(tmp_path):
+    """A router already on the port answers /readyz: `up` must not take it for its own."""
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    shards_file = tmp_path / "shards.yaml"
+    shards_file.write_text(
+        "epoch: 1\nshards:\n"
+        f"  - {{id: s0, address: 'redis://127.0.0.1:{free_port()}/0', min_score: 0, max_score: null}}\n"
+    )
+    env = {
+        **os.environ,
+        "LB_DATA_DIR": str(tmp_path / "data"),
+        "LB_SHARDS_FILE": str(shards_file),
+        "LB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/leaderboard",
+        "LB_HTTP_PORT": str(other.server_address[1]),
+    }
+    try:
+        started = _manager("up", env)
+    finally:
+        other.shutdown()
+    assert started.returncode == 1, started.stdout
+    assert f"port(s) {other.server_address[1]} already in use" in started.stderr
+    assert "is up" not in started.stdout
