@@ -291,33 +291,23 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
     item = BatchItemOut.model_construct
     for (i, event), outcome in zip(accepted, outcomes, strict=True):
         row = outcome.row
-        label = month_label(row.month)
+        common = {"index": i, "user_id": event.user_id, "month": month_label(row.month)}
         if row.status == "refused":
-            results[i] = item(
-                index=i, user_id=event.user_id, month=label, status="refused", field="score", reason=row.detail
-            )
+            results[i] = item(**common, status="refused", field="score", reason=row.detail)
         elif row.status == "closed":
-            results[i] = item(
-                index=i, user_id=event.user_id, month=label, status="refused", field="occurred_at", reason=row.detail
-            )
+            results[i] = item(**common, status="refused", field="occurred_at", reason=row.detail)
         elif row.status == "conflict":
-            results[i] = item(
-                index=i, user_id=event.user_id, month=label, status="conflict", field="match_id", reason=row.detail
-            )
+            results[i] = item(**common, status="conflict", field="match_id", reason=row.detail)
         elif outcome.unavailable is not None:
             results[i] = item(
-                index=i,
-                user_id=event.user_id,
-                month=label,
+                **common,
                 status="unavailable",
                 score=row.score,
                 reason=f"{outcome.unavailable}; recorded, applied when the shard returns; resending is safe",
             )
         else:
             results[i] = item(
-                index=i,
-                user_id=event.user_id,
-                month=label,
+                **common,
                 status="duplicate" if row.status == "duplicate" else "applied",
                 score=row.score,
                 rank=outcome.rank,

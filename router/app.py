@@ -15,10 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router.api import error_response, router, validation_response
 from router.errors import LeaderboardError
 from router.observability import RequestContext, configure_logging
-from router.page_cache import ServeCachedTopPages
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
-from router.shortcuts import AcceptSingleScores, AnswerPlainRankReads
+from router.shortcuts import AcceptSingleScores, AnswerPlainRankReads, ServeCachedTopPages
 
 log = logging.getLogger("router")
 

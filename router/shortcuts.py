@@ -1,12 +1,13 @@
-"""The two hottest routes in their plain form, answered before FastAPI's routing.
+"""The hottest requests in their plain form, answered before FastAPI's routing.
 
-Profiles of a player's rank read and of a single score write showed FastAPI's
-routing, dependency solving and body handling costing as much CPU as the work
-behind them. These middlewares answer the plain, valid form of each request with
-the code the route itself uses (`api.player_body`, `api.score_body`), the same token
-checks and the same error answers. Anything else — a query string, a malformed id,
-a body that does not validate, another content type — goes on to the route, which
-validates it, answers it and documents it in the OpenAPI schema.
+Profiles of a cached top page, a player's rank read and a single score write showed
+FastAPI's routing, dependency solving and body handling costing as much CPU as the
+work behind them, or more. These middlewares answer the plain, valid form of each
+request with what the route itself uses (`api.player_body`, `api.score_body`, the
+pages `api.get_top` rendered), the same token checks and the same error answers.
+Anything else — a query string not rendered moments ago, a malformed id, a body that
+does not validate, another content type — goes on to the route, which validates it,
+answers it and documents it in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pydantic import ValidationError
 from router.api import Unauthorized, error_response, player_body, score_body
 from router.asgi import header, send_json
 from router.errors import LeaderboardError
+from router.page_cache import query_key
 from router.schemas import USER_ID_PATTERN, ScoreIn
 
+TOP_PATH = "/v1/leaderboard/top"
 RANK_PREFIX = "/v1/scores/"
 SCORES_PATH = "/v1/scores"
 _USER_ID = re.compile(USER_ID_PATTERN)
@@ -48,6 +51,26 @@ class _Shortcut:
 
     async def answer(self, scope, receive, send) -> None:
         raise NotImplementedError
+
+
+class ServeCachedTopPages(_Shortcut):
+    """`GET /v1/leaderboard/top` whose exact query string this process rendered within the TTL.
+
+    Only pages that went through the route's validation once are served, so nothing
+    unvalidated gets through; the read-token check is repeated here.
+    """
+
+    def takes(self, scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == TOP_PATH
+
+    async def answer(self, scope, receive, send) -> None:
+        services = scope["app"].state.services
+        body = services.top_pages.get(query_key(scope["query_string"]))
+        tokens = header(scope, b"x-read-token"), header(scope, b"x-game-service-token")
+        if body is None or not services.may_read(*tokens):
+            return await self.app(scope, receive, send)
+        await send_json(send, body)
+        return None
 
 
 class AnswerPlainRankReads(_Shortcut):

@@ -94,7 +94,8 @@ class LocalCluster:
     def base_url(self) -> str:
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
-    def _check_addresses(self) -> int:
+    def check_ports(self) -> int:
+        """Refuse addresses off this machine and ports already taken; returns PostgreSQL's port."""
         for shard in self.shard_map.shards:
             if shard.host not in LOOPBACK:
                 raise LaunchError(
@@ -116,7 +117,7 @@ class LocalCluster:
         return pg_port
 
     def start(self) -> None:
-        pg_port = self._check_addresses()
+        pg_port = self.check_ports()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         redis_binary = require_redis_server()
         pg_binaries = require_postgres()
@@ -282,7 +283,7 @@ def up(settings: Settings) -> int:
     # Checked here, not only in the child: another cluster on these ports would answer
     # /readyz below before the child had failed, and be reported as this one.
     try:
-        LocalCluster(settings)._check_addresses()
+        LocalCluster(settings).check_ports()
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
