@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,21 @@ from router.shortcuts import AcceptSingleScores, AnswerPlainRankReads, ServeCach
 log = logging.getLogger("router")
 
 
+# A young-generation collection every 20,000 container allocations instead of 700: a
+# batch allocates several containers per event (validated bodies, events, rows, player
+# states, results), so the default collected many times per batch. With this, and the
+# startup objects frozen out of every collection, the router's CPU per batch event
+# was 52-57 us against 60-84 us with the defaults (three alternating runs each, CPU
+# times from /proc; single writes changed by less than the noise).
+GC_THRESHOLDS = (20_000, 20, 50)
+
+
+def tune_garbage_collector() -> None:
+    """Once the process is set up: its modules, app and clients are never garbage."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_json)
@@ -32,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await Services.create(settings)
         app.state.services = services
         await services.start()
+        tune_garbage_collector()
         try:
             yield
         finally:
