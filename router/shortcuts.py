@@ -131,8 +131,10 @@ class AcceptSingleScores(_Shortcut):
 
 
 def _valid_score(scope, raw: bytes) -> ScoreIn | None:
-    content_type = (header(scope, b"content-type") or "application/json").lower()
-    if not content_type.startswith("application/json"):
+    # Only the plain JSON media type (parameters such as charset aside); the route
+    # decides what any other content type means.
+    media_type = (header(scope, b"content-type") or "application/json").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
         return None
     try:
         return ScoreIn.model_validate(json.loads(raw))

@@ -365,6 +365,19 @@ def test_single_score_writes_answered_before_routing_match_the_route(custom_rout
                 assert answers[0].json() == answers[1].json(), body
             as_text = api.post("/v1/scores", json=event, headers={**AUTH, "Content-Type": "text/plain"})
             assert as_text.status_code == 422  # only JSON bodies are read, as the route does
+            # Only the JSON media type itself is read here, parameters aside, as the route does.
+            for k, (media_type, status) in enumerate(
+                (("application/jsonx", 422), ("Application/JSON; charset=utf-8", 200))
+            ):
+                answers = [
+                    api.post(
+                        path,
+                        json={"user_id": "kim", "match_id": f"ct{k}-{round_no}-{j}"},
+                        headers={**AUTH, "Content-Type": media_type},
+                    )
+                    for j, path in enumerate(("/v1/scores", "/v1/scores?r"))
+                ]
+                assert [a.status_code for a in answers] == [status, status], media_type
             assert api.post("/v1/scores", json=event).status_code == 401
             assert api.post("/v1/scores", json=event, headers={"X-Game-Service-Token": "wrong"}).status_code == 401
             chunked = api.post(
@@ -379,7 +392,7 @@ def test_single_score_writes_answered_before_routing_match_the_route(custom_rout
         metrics = api.get("/metrics").text
     label = 'lb_http_requests_total{method="POST",route="/v1/scores",status="200"} '
     counted = [line for line in metrics.splitlines() if line.startswith(label)]
-    assert counted and float(counted[0].removeprefix(label)) == 9.0  # 3 x (plain, routed, chunked)
+    assert counted and float(counted[0].removeprefix(label)) == 15.0  # 3 x (plain, routed, chunked, 2 with a charset)
 
 
 def test_top_pages_are_cached_for_at_most_the_configured_time(custom_router):
