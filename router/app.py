@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router.access_log import AccessLog
 from router.api import error_response, router, validation_response
 from router.errors import LeaderboardError
 from router.observability import RequestContext, configure_logging
@@ -42,6 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_json)
     check_production_safety(settings)
+    access_log = (
+        None
+        if settings.access_log == "off"
+        else AccessLog(sys.stderr.fileno(), json_lines=settings.log_json, flush_interval_s=settings.access_log_flush_s)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await services.stop()
+            if access_log is not None:
+                access_log.flush()
 
     app = FastAPI(
         title="Leaderboard cluster",
@@ -93,5 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-Game-Service-Token", "X-Read-Token", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        access_log=access_log,
+        only_writes=settings.access_log == "writes",
+    )
     return app

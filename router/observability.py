@@ -9,9 +9,9 @@ import re
 import time
 import uuid
 
+from router.access_log import AccessLog
 from router.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
-log = logging.getLogger("router.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -43,10 +43,12 @@ def _error(status: int, code: str, message: str) -> bytes:
 
 
 class RequestContext:
-    def __init__(self, app, *, max_body_bytes: int, access_log: str = "all") -> None:
+    def __init__(self, app, *, max_body_bytes: int, access_log: AccessLog | None, only_writes: bool = False) -> None:
+        """`access_log`: where access lines go (None: nowhere); `only_writes`: successful reads get none."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
+        self.only_writes = only_writes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -105,22 +107,18 @@ class RequestContext:
         elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
         HTTP_SECONDS.labels(route, scope["method"]).observe(elapsed)
-        if self.access_log == "off" or (self.access_log == "writes" and scope["method"] == "GET" and status < 400):
+        if self.access_log is None or (self.only_writes and scope["method"] == "GET" and status < 400):
             return
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "route": route,
-                        "status": status,
-                        "ms": round(elapsed * 1000, 2),
-                    }
-                },
-            )
+        self.access_log.record(
+            {
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+            }
+        )
 
 
 class _TooLarge(Exception):

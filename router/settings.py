@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         description="Access log lines: for every request; for writes and failed requests only (successful "
         "reads and probes are the bulk of the traffic and are counted in /metrics); or none",
     )
+    access_log_flush_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Access lines are written in blocks at most this many seconds apart (0: each at once); "
+        "a killed process loses at most this much of its access log, never a score",
+    )
 
     write_batch_max: int = Field(500, ge=1, le=1000, description="Most events in one group commit")
     write_flushers: int = Field(1, ge=1, le=16, description="Group commits in flight per router process")

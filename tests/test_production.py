@@ -166,6 +166,28 @@ def test_access_log_can_list_every_request(board, custom_router):
     assert any(line["request_id"] == "trace-123" and line["status"] == 200 for line in access_lines(router))
 
 
+def test_access_lines_are_written_in_blocks_and_flushed_when_the_router_stops(board, custom_router):
+    router = custom_router(LB_ACCESS_LOG_FLUSH_S="30")
+    with router.client() as api:
+        body = {"user_id": "blocked", "match_id": "m1"}
+        assert api.post("/v1/scores", json=body, headers={**AUTH, "X-Request-ID": "held-1"}).status_code == 200
+        time.sleep(0.5)
+        assert not any(line["request_id"] == "held-1" for line in access_lines(router))
+    router.stop()
+    assert any(line["request_id"] == "held-1" and line["status"] == 200 for line in access_lines(router))
+
+
+def test_access_lines_show_up_within_the_flush_interval(board, custom_router):
+    router = custom_router(LB_ACCESS_LOG_FLUSH_S="0.2")
+    with router.client() as api:
+        body = {"user_id": "prompt", "match_id": "m1"}
+        assert api.post("/v1/scores", json=body, headers={**AUTH, "X-Request-ID": "prompt-1"}).status_code == 200
+        deadline = time.monotonic() + 5
+        while not any(line["request_id"] == "prompt-1" for line in access_lines(router)):
+            assert time.monotonic() < deadline, "the access line never reached the log while the router ran"
+            time.sleep(0.05)
+
+
 def access_lines(router: RouterProcess) -> list[dict]:
     lines = [json.loads(line) for line in router.log_path.read_text().splitlines() if line.startswith("{")]
     return [line for line in lines if line.get("msg") == "request"]
