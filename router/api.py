@@ -23,6 +23,7 @@ from router.errors import (
     MonthNotServed,
     PeriodClosed,
     PlayerNotFound,
+    RateLimited,
     ScoreRefused,
     ShardUnavailable,
     StoreUnavailable,
@@ -109,12 +110,6 @@ async def require_reader(
 ) -> None:
     if not svc.may_read(read_token, game_token):
         raise Unauthorized("a valid X-Read-Token header is required")
-
-
-class RateLimited(LeaderboardError):
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 async def require_admin_token(svc: ServicesDep, token: Annotated[str | None, Security(_ADMIN_TOKEN)]) -> None:
@@ -225,15 +220,7 @@ async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> Respo
 
 async def score_body(svc: Services, token: str, body: ScoreIn) -> bytes:
     """The answer of `POST /v1/scores` for a valid body and token; also used by `router.shortcuts`."""
-    verdict = await svc.limiter.check(token, [body.user_id])
-    if verdict.token_retry_after:
-        raise RateLimited("too many requests for this game token", verdict.token_retry_after)
-    if verdict.players_retry_after:
-        raise RateLimited(
-            f"at most {svc.settings.rate_limit_player_per_hour} events per player per hour",
-            verdict.players_retry_after[body.user_id],
-        )
-    outcome = await svc.service.record(body)
+    outcome = await svc.service.record(body, token)
     row = outcome.row
     assert row.score is not None
     out = ScoreOut(
@@ -272,7 +259,7 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
             results[i] = BatchItemOut(index=i, status="refused", field=field, reason=str(exc))
     verdict = await svc.limiter.check(token, [event.user_id for _, event in accepted])
     if verdict.token_retry_after:
-        raise RateLimited("too many requests for this game token", verdict.token_retry_after)
+        raise svc.limiter.token_refusal(verdict)
     if verdict.players_retry_after:
         limit = svc.settings.rate_limit_player_per_hour
         for i, event in accepted:

@@ -38,8 +38,9 @@ class BoardService:
             raise PeriodClosed(month_label(month))
         return ScoreEvent(body.user_id, body.match_id, month, body.mode, body.score, occurred_at)
 
-    async def record(self, body: ScoreIn) -> WriteOutcome:
-        outcome = await self.writes.submit(self.to_event(body))
+    async def record(self, body: ScoreIn, token: str) -> WriteOutcome:
+        """`token`: the game token that sent it, counted against the rate limits with its group."""
+        outcome = await self.writes.submit(self.to_event(body), token)
         raise_for_outcome(outcome)
         return outcome
 

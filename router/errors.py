@@ -55,6 +55,12 @@ class StoreUnavailable(LeaderboardError):
         self.cause = cause
 
 
+class RateLimited(LeaderboardError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class MonthNotServed(LeaderboardError):
     """A read for a month that is neither live nor archived here."""
 

@@ -5,9 +5,9 @@ events per player per hour (a client reporting impossible numbers of wins). If t
 counter store cannot be reached, requests are let through and the failure is
 logged: an outage of the limiter must not become an outage of the game.
 
-Checks that arrive while one is in flight are counted together in the next single
-script call, as the write path groups its commits: under load one round trip serves
-many requests instead of one each.
+Single writes are counted by the write pipeline, one script call for each group it
+commits (`admit`); other checks that arrive while one is in flight are counted
+together in the next call. Under load one round trip serves many requests.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.coalesce import Coalescer
+from router.errors import RateLimited
 from router.metrics import RATE_LIMITED
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,27 @@ class RateLimiter:
         if not self.token_per_s and not self.player_per_hour:
             return Verdict(0, {})
         return await self._checks.submit(None, _Check(token, Counter(players)))
+
+    async def admit(self, requests: Sequence[tuple[str, str]]) -> list[RateLimited | None]:
+        """Counts single writes, (token, user_id) each, in one call: the refusal each must get, or None."""
+        if not self.token_per_s and not self.player_per_hour:
+            return [None] * len(requests)
+        verdicts = await self._count_or_let_through(None, [_Check(token, Counter([user])) for token, user in requests])
+        refusals: list[RateLimited | None] = []
+        for (_, user), verdict in zip(requests, verdicts, strict=True):
+            if verdict.token_retry_after:
+                refusals.append(self.token_refusal(verdict))
+            elif verdict.players_retry_after:
+                refusals.append(self.player_refusal(verdict.players_retry_after[user]))
+            else:
+                refusals.append(None)
+        return refusals
+
+    def token_refusal(self, verdict: Verdict) -> RateLimited:
+        return RateLimited("too many requests for this game token", verdict.token_retry_after)
+
+    def player_refusal(self, retry_after: int) -> RateLimited:
+        return RateLimited(f"at most {self.player_per_hour} events per player per hour", retry_after)
 
     async def _count_or_let_through(self, _: None, checks: Sequence[_Check]) -> list[Verdict]:
         try:

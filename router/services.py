@@ -59,8 +59,19 @@ class Services:
         store = Store(settings.database_url, settings.pg_pool_size, settings.pg_statement_timeout_ms)
         cache = UserShardCache(settings.user_cache_size)
         board = Board(shards, cache)
+        limiter = RateLimiter(
+            settings.rate_limit_redis_url or shard_map.shards[0].address,
+            token_per_s=settings.rate_limit_token_per_s,
+            player_per_hour=settings.rate_limit_player_per_hour,
+            timeout_s=settings.redis_timeout_s,
+        )
         writes = WritePipeline(
-            store, shards, cache, batch_max=settings.write_batch_max, flushers=settings.write_flushers
+            store,
+            shards,
+            cache,
+            batch_max=settings.write_batch_max,
+            flushers=settings.write_flushers,
+            admit=limiter.admit,
         )
         reconciler = Reconciler(
             store, shards, cache, interval_s=settings.reconcile_interval_s, settle_s=settings.reconcile_settle_s
@@ -75,12 +86,6 @@ class Services:
         )
         watcher = LayoutWatcher(store, shards, interval_s=settings.layout_poll_s)
         writes.on_unknown_shard = watcher.refresh
-        limiter = RateLimiter(
-            settings.rate_limit_redis_url or shard_map.shards[0].address,
-            token_per_s=settings.rate_limit_token_per_s,
-            player_per_hour=settings.rate_limit_player_per_hour,
-            timeout_s=settings.redis_timeout_s,
-        )
         top_pages = PageCache(settings.top_cache_ttl_s)
         return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher, limiter, top_pages)
 

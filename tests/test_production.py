@@ -101,18 +101,22 @@ def test_rate_limits_hold_across_router_processes(custom_router):
 
 
 def test_concurrent_requests_are_each_counted_exactly(custom_router):
-    # 40 requests at once: checks in flight are counted together (router.coalesce,
-    # whose batching tests/test_coalesce.py covers), yet each request gets its own
-    # verdict, so exactly the limit gets through.
+    # 40 requests for one player and 20 for others, at once: they are counted
+    # together, one call per write group, yet each request gets its own verdict, so
+    # exactly the limit gets through and the refusals do not hold back the others.
     router = custom_router(LB_RATE_LIMIT_PLAYER_PER_HOUR="7", LB_RATE_LIMIT_TOKEN_PER_S="0")
     with router.client() as api:
 
         def send(n: int) -> int:
-            return api.post("/v1/scores", json={"user_id": "rush", "match_id": f"m{n}"}, headers=AUTH).status_code
+            user = "rush" if n % 3 else f"calm-{n}"
+            return api.post("/v1/scores", json={"user_id": user, "match_id": f"m{n}"}, headers=AUTH).status_code
 
         with ThreadPoolExecutor(max_workers=40) as pool:
-            statuses = list(pool.map(send, range(40)))
-        assert sorted(statuses) == [200] * 7 + [429] * 33
+            statuses = list(pool.map(send, range(60)))
+        rush = [status for n, status in enumerate(statuses) if n % 3]
+        calm = [status for n, status in enumerate(statuses) if not n % 3]
+        assert sorted(rush) == [200] * 7 + [429] * 33
+        assert calm == [200] * 20
         assert api.get("/v1/scores/rush").json()["score"] == 7
 
 
