@@ -36,7 +36,9 @@ GROUP_SECONDS = Histogram(
 )
 PLAYERS_MOVED = Counter("lb_players_moved_total", "Players a write moved to another shard")
 RECONCILER_BACKLOG = Gauge(
-    "lb_reconciler_backlog", "Outbox rows past the settle time at the last reconciler pass", multiprocess_mode="max"
+    "lb_reconciler_backlog",
+    "Outbox rows (groups) past the settle time at the last reconciler pass",
+    multiprocess_mode="max",
 )
 RECONCILER_REPAIRED = Counter("lb_reconciler_repaired_total", "Players the reconciler put right")
 RATE_LIMITED = Counter("lb_rate_limited_total", "Requests refused by a rate limit", ["limit"])

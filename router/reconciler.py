@@ -1,10 +1,11 @@
 """Finishes Redis work that a committed write left undone.
 
 A router that crashes between its PostgreSQL commit and its shard writes, or a
-shard that is down when a write lands, leaves the player's row in the outbox.
+shard that is down when a write lands, leaves the group's row in the outbox.
 Every router runs this loop; it takes outbox rows older than `settle_s` (so it
 does not race a healthy router still finishing them), checks what the shards
-hold, re-applies the committed state where they differ, and acknowledges.
+hold for each of their players, re-applies the committed state where they
+differ, and acknowledges the rows whose players are all in place.
 Applying a versioned state twice is harmless, so several routers reconciling the
 same player at once cannot do damage, only repeat work.
 
@@ -18,6 +19,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import date
 
 from router.errors import ShardUnavailable
 from router.members import tie_prefix
@@ -66,26 +68,34 @@ class Reconciler:
 
     async def run_once(self) -> int:
         """One pass over the outbox; returns how many players were repaired."""
-        rows = await self.store.unfinished(self.settle_s, self.batch)
-        RECONCILER_BACKLOG.set(len(rows))
-        if not rows:
+        work = await self.store.unfinished(self.settle_s, self.batch)
+        RECONCILER_BACKLOG.set(len(work))
+        if not work:
             return 0
-        by_month: dict[str, list[PlayerRow]] = defaultdict(list)
-        for row in rows:
-            by_month[month_label(row.month)].append(row)
+        # A player named by several rows is checked once.
+        by_month: dict[str, dict[tuple[date, str], PlayerRow]] = defaultdict(dict)
+        for players in work.values():
+            for row in players:
+                by_month[month_label(row.month)][(row.month, row.user_id)] = row
         repaired = 0
-        done: list[tuple] = []
+        settled: set[tuple[date, str]] = set()
         for month, month_rows in by_month.items():
-            fixed, settled = await self._reconcile_month(month, month_rows)
+            fixed, in_place = await self._reconcile_month(month, list(month_rows.values()))
             repaired += fixed
-            done += settled
+            settled.update(in_place)
+        done = [
+            outbox_id
+            for outbox_id, players in work.items()
+            if all((row.month, row.user_id) in settled for row in players)
+        ]
         await self.store.ack_outbox(done)
         RECONCILER_REPAIRED.inc(repaired)
         if repaired:
             log.info("reconciler repaired %d player(s)", repaired)
         return repaired
 
-    async def _reconcile_month(self, month: str, rows: Sequence[PlayerRow]) -> tuple[int, list[tuple]]:
+    async def _reconcile_month(self, month: str, rows: Sequence[PlayerRow]) -> tuple[int, list[tuple[date, str]]]:
+        """Repairs what differs; returns how many were repaired and which players are now in place."""
         ids = self.shards.shard_map.ids
         rows = [r for r in rows if r.shard in ids]
         users = [r.user_id for r in rows]
@@ -96,7 +106,7 @@ class Reconciler:
                 raise answer
         entries = {sid: a for sid, a in zip(ids, answers, strict=True) if sid not in down}
 
-        settled: list[tuple] = []
+        settled: list[tuple[date, str]] = []
         broken: list[PlayerRow] = []
         for i, row in enumerate(rows):
             if down:
@@ -109,7 +119,7 @@ class Reconciler:
                 if sid != row.shard and _parse(entries[sid][i])[1] and _parse(entries[sid][i])[0] < row.version
             ]
             if target_version >= row.version and not strays:
-                settled.append((row.month, row.user_id, 0, row.version))
+                settled.append((row.month, row.user_id))
             else:
                 broken.append(row)
         if not broken:
@@ -142,5 +152,5 @@ class Reconciler:
             return 0, settled
         for row in landed:
             self.cache.put(month, row.user_id, row.shard)
-            settled.append((row.month, row.user_id, 0, row.version))
+            settled.append((row.month, row.user_id))
         return len(landed), settled

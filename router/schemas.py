@@ -130,7 +130,9 @@ class ShardsOut(BaseModel):
     epoch: int
     month: str
     shards: list[ShardOut]
-    outbox_backlog: int | None = Field(description="Committed writes not yet confirmed on the shards")
+    outbox_backlog: int | None = Field(
+        description="Outbox rows: committed groups of writes not yet confirmed on the shards"
+    )
     rebalance: RebalanceOut | None = Field(None, description="The boundary move running now, if any")
 
 

@@ -66,6 +66,14 @@ class EventRow:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupCommit:
+    """A committed group: one row per event, in arrival order, and the group's outbox row."""
+
+    rows: list[EventRow]
+    outbox_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class PlayerRow:
     month: date
     user_id: str
@@ -156,13 +164,13 @@ class Store:
     # -- writes -------------------------------------------------------------------
 
     @_retry_conflicts
-    def _apply_events_sync(self, events: Sequence[ScoreEvent]) -> list[EventRow]:
+    def _apply_events_sync(self, events: Sequence[ScoreEvent]) -> GroupCommit:
         with self.pool.connection() as conn:
             try:
                 with conn.cursor() as cur:
                     cur.execute(
                         "SELECT idx, status, detail, month, score, prev_score, version, prev_version, seq, shard,"
-                        " prev_shard"
+                        " prev_shard, outbox_id"
                         " FROM lb_apply_events(%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[],"
                         " %s::timestamptz[], %s::int[])",
                         (
@@ -181,9 +189,9 @@ class Store:
             except psycopg2.errors.QueryCanceled as exc:
                 raise StoreUnavailable("statement timed out") from exc
         rows.sort(key=lambda r: r[0])
-        return [EventRow(*row[1:]) for row in rows]
+        return GroupCommit([EventRow(*row[1:-1]) for row in rows], rows[0][-1])
 
-    async def apply_events(self, events: Sequence[ScoreEvent]) -> list[EventRow]:
+    async def apply_events(self, events: Sequence[ScoreEvent]) -> GroupCommit:
         """Commit a group of events, in arrival order, in one transaction; rows come back in the same order.
 
         Arrival order decides each player's order of events and the tie order within
@@ -191,38 +199,56 @@ class Store:
         """
         return await asyncio.to_thread(self._apply_events_sync, events)
 
-    def _ack_sync(self, done: Sequence[tuple[date, str, int, int]]) -> int:
+    def _ack_sync(self, outbox_ids: Sequence[int]) -> int:
         with self.pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT lb_ack_outbox(%s::date[], %s::text[], %s::bigint[], %s::bigint[])",
-                tuple(array_literal([d[column] for d in done]) for column in range(4)),
-            )
+            cur.execute("SELECT lb_ack_outbox(%s::bigint[])", (array_literal(outbox_ids),))
             (count,) = cur.fetchone()
         return count
 
-    async def ack_outbox(self, done: Sequence[tuple[date, str, int, int]]) -> int:
-        """Forget outbox entries the shards now hold: (month, user_id, min_version, version) each."""
-        if not done:
+    async def ack_outbox(self, outbox_ids: Sequence[int]) -> int:
+        """Forget outbox rows whose every state the shards now hold."""
+        if not outbox_ids:
             return 0
-        return await asyncio.to_thread(self._ack_sync, done)
+        return await asyncio.to_thread(self._ack_sync, outbox_ids)
 
     # -- reads --------------------------------------------------------------------
 
-    def _outbox_sync(self, settle_s: float, limit: int) -> list[PlayerRow]:
+    def _outbox_sync(self, settle_s: float, players: int) -> dict[int, list[PlayerRow]]:
         with self.pool.connection() as conn, conn.cursor() as cur:
+            # Oldest rows first, as many as fit in `players` (at least one); the
+            # window runs over at most 1,000 rows, however long the backlog.
             cur.execute(
-                "SELECT p.month, p.user_id, p.score, p.version, p.seq, p.shard"
-                " FROM redis_outbox o JOIN player_scores p USING (month, user_id)"
-                " WHERE o.created_at < now() - make_interval(secs => %s)"
-                " ORDER BY o.created_at LIMIT %s",
-                (settle_s, limit),
+                "WITH oldest AS ("
+                "  SELECT id, months, user_ids FROM redis_outbox"
+                "   WHERE created_at < now() - make_interval(secs => %s) ORDER BY id LIMIT 1000"
+                "), due AS ("
+                "  SELECT id, months, user_ids FROM ("
+                "    SELECT *, sum(cardinality(user_ids)) OVER (ORDER BY id) - cardinality(user_ids) AS before"
+                "      FROM oldest) counted"
+                "   WHERE before < %s"
+                ")"
+                " SELECT d.id, s.month, s.user_id, s.score, s.version, s.seq, s.shard"
+                " FROM due d LEFT JOIN LATERAL ("
+                "   SELECT DISTINCT p.month, p.user_id, p.score, p.version, p.seq, p.shard"
+                "     FROM unnest(d.months, d.user_ids) AS x(month, user_id)"
+                "     JOIN player_scores p ON p.month = x.month AND p.user_id = x.user_id"
+                "    WHERE NOT EXISTS (SELECT 1 FROM month_archives a WHERE a.month = x.month)"
+                " ) s ON true"
+                " ORDER BY d.id",
+                (settle_s, players),
             )
-            rows = [PlayerRow(*row) for row in cur.fetchall()]
-        return rows
+            found: dict[int, list[PlayerRow]] = {}
+            for outbox_id, *state in cur.fetchall():
+                players_of_row = found.setdefault(outbox_id, [])
+                if state[0] is not None:
+                    players_of_row.append(PlayerRow(*state))
+        return found
 
-    async def unfinished(self, settle_s: float, limit: int = 1000) -> list[PlayerRow]:
-        """Players whose newest state may not be on the shards, oldest first."""
-        return await asyncio.to_thread(self._outbox_sync, settle_s, limit)
+    async def unfinished(self, settle_s: float, players: int = 1000) -> dict[int, list[PlayerRow]]:
+        """Outbox rows older than `settle_s`, oldest first, up to about `players` players in all:
+        each row's id and the current state of its players in live months (a player with no
+        state, only refused events, or in an archived month, needs nothing on the shards)."""
+        return await asyncio.to_thread(self._outbox_sync, settle_s, players)
 
     async def outbox_backlog(self) -> int:
         return (await self._fetch("SELECT count(*) FROM redis_outbox"))[0][0]

@@ -3,13 +3,14 @@
 1. Concurrent requests queue up and are committed together: one PostgreSQL
    transaction per group (lb_apply_events), which orders each player's writes
    under their row lock, detects duplicates, computes the new score, version,
-   tie-break seq and target shard, and records an outbox row.
+   tie-break seq and target shard, and records one outbox row for the group.
 2. Only then are the shards touched, with states rather than deltas: first the
    add on each player's new shard, then the removal from the old one. A crash in
    between leaves a player on two shards (recoverable: the newer version wins and
    the reconciler removes the other), never on none.
-3. Once the shards hold a state, its outbox row is acknowledged; anything left in
-   the outbox (router crash, shard outage) is finished by the reconciler.
+3. Once the shards hold every state of the group, its outbox row is acknowledged;
+   anything left in the outbox (router crash, shard outage) is finished by the
+   reconciler.
 
 A 2xx is sent only after step 1 committed, so nothing acknowledged can be lost.
 """
@@ -23,7 +24,6 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 
 from router.errors import LeaderboardError, ShardUnavailable
 from router.members import tie_prefix
@@ -72,7 +72,6 @@ class _Player:
     user_id: str
     prev_shard: str | None
     row: EventRow
-    first_version: int  # the first version this group wrote for the player
     outcomes: list[WriteOutcome] = field(default_factory=list)
     add_index: int = 0
     removal_index: dict[str, int] = field(default_factory=dict)
@@ -124,8 +123,8 @@ class WritePipeline:
         self.admit = admit
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        # (month, user) -> (first, last) version this process finished, contiguous.
-        self._acks: dict[tuple[date, str], tuple[int, int]] = {}
+        # Outbox rows of groups whose every state is on the shards, to acknowledge.
+        self._finished: list[int] = []
         self.on_unknown_shard: Callable[[], Awaitable[None]] = _nothing
 
     async def start(self) -> None:
@@ -196,7 +195,8 @@ class WritePipeline:
 
     async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
         started = time.perf_counter()
-        rows = await self.store.apply_events(events)
+        commit = await self.store.apply_events(events)
+        rows = commit.rows
         GROUP_SECONDS.observe(time.perf_counter() - started)
         GROUP_EVENTS.observe(len(events))
         if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
@@ -204,10 +204,12 @@ class WritePipeline:
             # a rebalance added it. Catch up before touching the shards.
             await self.on_unknown_shard()
         outcomes = [WriteOutcome(event, row) for event, row in zip(events, rows, strict=True)]
-        await self._apply_to_shards(outcomes)
+        if await self._apply_to_shards(outcomes):
+            self._finished.append(commit.outbox_id)
         return outcomes
 
-    async def _apply_to_shards(self, outcomes: Sequence[WriteOutcome]) -> None:
+    async def _apply_to_shards(self, outcomes: Sequence[WriteOutcome]) -> bool:
+        """Puts the group's states on the shards; True if every one of them landed."""
         players: dict[tuple[str, str], _Player] = {}
         for outcome in outcomes:
             row = outcome.row
@@ -216,12 +218,12 @@ class WritePipeline:
             key = (month_label(row.month), outcome.event.user_id)
             player = players.get(key)
             if player is None:
-                player = players[key] = _Player(key[0], key[1], row.prev_shard, row, (row.prev_version or 0) + 1)
+                player = players[key] = _Player(key[0], key[1], row.prev_shard, row)
             elif row.version >= (player.row.version or 0):
                 player.row = row
             player.outcomes.append(outcome)
         if not players:
-            return
+            return True
         # One layout for the whole group, even if the watcher switches mid-way.
         ids = self.shards.shard_map.ids
 
@@ -245,9 +247,7 @@ class WritePipeline:
             # adds on their shards and every other shard's size, all at once.
             done = await self._run_applies({key: add_work.get(key, []) for key in every_shard})
             above = _players_above(done, months, ids)
-            for player in players.values():
-                self._settle(player, done, done, ids, above[player.month])
-            return
+            return all([self._settle(player, done, done, ids, above[player.month]) for player in players.values()])
 
         # Phase 1: the add on each player's (new) shard.
         added = await self._run_applies(add_work)
@@ -266,13 +266,12 @@ class WritePipeline:
             {key: [(p.state, False) for p in removals.get(key, [])] for key in every_shard}
         )
         above = _players_above(removed, months, ids)
-        for player in players.values():
-            self._settle(player, added, removed, ids, above[player.month])
+        return all([self._settle(player, added, removed, ids, above[player.month]) for player in players.values()])
 
     def _settle(
         self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...], above: dict[str, int] | None
-    ) -> None:
-        """Record what the shards did for one player: acknowledgement, cache, ranks."""
+    ) -> bool:
+        """Record what the shards did for one player (cache, ranks); False if a shard failed them."""
         month, target = player.month, player.target
         touched = [(month, target)] + [(month, sid) for sid in player.removal_index]
         for key in touched:
@@ -280,14 +279,13 @@ class WritePipeline:
             if isinstance(failure, ShardUnavailable):
                 for outcome in player.outcomes:
                     outcome.unavailable = failure
-                return
-        self._ack(player)
+                return False
         self.cache.put(month, player.user_id, target)
         if player.prev_shard is not None and player.prev_shard != target:
             PLAYERS_MOVED.inc()
 
         if above is None:
-            return  # the write is done; a rank needs every shard's size
+            return True  # the write is done; a rank needs every shard's size
         add_result = added[(month, target)]
         assert not isinstance(add_result, ShardUnavailable)
         mine = add_result[0][player.add_index]
@@ -309,6 +307,7 @@ class WritePipeline:
         for outcome in player.outcomes:
             outcome.rank = rank
             outcome.previous_rank = previous_rank
+        return True
 
     async def _run_applies(self, work: dict[tuple[str, str], list[tuple[PlayerState, bool]]]) -> _Results:
         keys = list(work)
@@ -339,31 +338,13 @@ class WritePipeline:
             except LeaderboardError as exc:
                 log.warning("outbox acknowledgement deferred: %s", exc)
 
-    def _ack(self, player: _Player) -> None:
-        """Remember that this process finished the player's versions from this group."""
-        first, last = player.first_version, player.state.version
-        if last < first:
-            return  # the group changed nothing for this player
-        key = (player.row.month, player.user_id)
-        earlier = self._acks.get(key)
-        if earlier is None:
-            self._acks[key] = (first, last)
-        elif first <= earlier[1] + 1 and last >= earlier[0] - 1:
-            # Touching what we finished before: one acknowledgement covers both.
-            self._acks[key] = (min(first, earlier[0]), max(last, earlier[1]))
-        elif last > earlier[1]:
-            # A gap: some version between was not ours. Keep the newer range; the row
-            # then outlives our acknowledgement and the reconciler checks it.
-            self._acks[key] = (first, last)
-
     async def _flush_acks(self) -> None:
-        if not self._acks:
+        if not self._finished:
             return
-        acks, self._acks = self._acks, {}
+        finished, self._finished = self._finished, []
         try:
-            await self.store.ack_outbox([(m, u, lo, hi) for (m, u), (lo, hi) in acks.items()])
+            await self.store.ack_outbox(finished)
         except LeaderboardError:
-            # Keep them for the next try; if they are lost the reconciler re-checks those players.
-            for key, value in acks.items():
-                self._acks.setdefault(key, value)
+            # Keep them for the next try; if they are lost the reconciler re-checks those groups.
+            self._finished += finished
             raise

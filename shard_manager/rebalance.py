@@ -354,14 +354,11 @@ class Rebalancer:
         keys = [zset_key(label), state_key(label)]
         dest, source = rows[0][4], rows[0][5]
         # Add before remove, exactly as the routers do; if we die in between, the
-        # outbox rows written with the move let the reconciler finish it.
+        # outbox row written with the step lets the reconciler finish it.
         self._apply(addresses[dest], dest, keys, rows, present=True)
         self._apply(addresses[source], source, keys, rows, present=False)
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT lb_ack_outbox(%s::date[], %s, %s::bigint[], %s::bigint[])",
-                ([month] * len(rows), [r[0] for r in rows], [r[2] for r in rows], [r[2] for r in rows]),
-            )
+            cur.execute("SELECT lb_ack_outbox(%s::bigint[])", ([rows[0][6]],))
         return len(rows)
 
     def _apply(self, address: str, shard_id: str, keys: list[str], rows: list[tuple], present: bool) -> None:
@@ -369,6 +366,6 @@ class Rebalancer:
             self._redis[shard_id] = redis.Redis.from_url(address, socket_timeout=30)
             self._scripts[shard_id] = self._redis[shard_id].register_script(APPLY_LUA)
         args: list = []
-        for user_id, score, version, seq, _, _ in rows:
+        for user_id, score, version, seq, *_ in rows:
             args += [user_id, version, 1 if present else 0, score, tie_prefix(seq)]
         self._scripts[shard_id](keys=keys, args=args)

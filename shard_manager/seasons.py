@@ -79,7 +79,6 @@ def archive_month(dsn: str, month: date, now: datetime) -> ArchiveResult:
                 " FROM player_scores WHERE month = %s",
                 (month,),
             )
-            cur.execute("DELETE FROM redis_outbox WHERE month = %s", (month,))
             return ArchiveResult(month, players, created=True)
     finally:
         conn.close()

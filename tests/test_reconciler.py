@@ -19,6 +19,8 @@ def test_orphaned_commits_reach_the_shards_within_the_bound(api, board):
     # mover crosses 0 -> 1 -> 2 in PostgreSQL only; newcomer exists only in PostgreSQL.
     commit_like_a_router_that_then_died(board, [("mover", "m1", 100), ("mover", "m2", 900), ("newcomer", "m1", 5)])
     assert api.get("/v1/scores/newcomer").status_code == 404  # not on the shards yet
+    # The group left one outbox row naming its players, not a row per player.
+    assert board.sql("SELECT user_ids FROM redis_outbox") == [(["mover", "mover", "newcomer"],)]
     # Test routers reconcile every 0.2 s once a change is 0.5 s old: well inside 10 s.
     wait_outbox_empty(board, timeout=10)
     assert_exact(board, api, {"mover": 1050, "stayer": 500, "newcomer": 5})
@@ -49,3 +51,17 @@ def test_routers_acknowledge_their_own_writes_without_the_reconciler(board):
             assert_exact(board, api)
     finally:
         lone.stop()
+
+
+def test_outbox_rows_of_archived_months_are_acknowledged_without_touching_the_shards(api, board):
+    # Archived months are read from PostgreSQL's archive, and their Redis keys are
+    # dropped after a while: the reconciler must not put players back there.
+    board.sql(
+        "INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch)"
+        " VALUES ('2020-01-01', 'veteran', 500, 1, nextval('score_seq'), 's1', 1)"
+    )
+    board.sql("INSERT INTO month_archives (month, players) VALUES ('2020-01-01', 1)")
+    board.sql("INSERT INTO redis_outbox (months, user_ids) VALUES ('{2020-01-01}', '{veteran}')")
+    wait_outbox_empty(board, timeout=10)
+    for index in range(3):
+        assert board.redis(index).keys("*2020-01*") == []
