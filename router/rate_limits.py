@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from router.coalesce import Coalescer
 from router.errors import RateLimited
 from router.metrics import RATE_LIMITED
+from router.redis_packing import packed_by_hiredis
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class RateLimiter:
     def __init__(self, url: str, *, token_per_s: int, player_per_hour: int, timeout_s: float) -> None:
         self.token_per_s = token_per_s
         self.player_per_hour = player_per_hour
-        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = packed_by_hiredis(
+            aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        )
         self._count = self._client.register_script(_COUNT)
         self._checks: Coalescer[None, _Check, Verdict] = Coalescer(self._count_or_let_through)
 

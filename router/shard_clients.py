@@ -26,6 +26,7 @@ from router.coalesce import Coalescer
 from router.errors import ShardUnavailable
 from router.members import state_key, zset_key
 from router.metrics import SHARD_ERRORS, SHARD_OPS
+from router.redis_packing import packed_by_hiredis
 from shard_manager.shardmap import ShardMap
 
 T = TypeVar("T")
@@ -80,18 +81,20 @@ class ShardClients:
                 continue
             if shard.id in self._clients:
                 self._retired[f"{shard.id}@{self._addresses[shard.id]}"] = self._clients[shard.id]
-            self._clients[shard.id] = aioredis.Redis.from_url(
-                shard.address,
-                socket_timeout=self._timeout_s,
-                socket_connect_timeout=self._timeout_s,
-                decode_responses=True,
-                max_connections=self._max_connections,
-                health_check_interval=30,
-                # A pooled connection to a shard that restarted fails once on first use;
-                # every command we send is idempotent (reads, versioned applies), so one
-                # quick retry on a fresh connection is safe. Timeouts are not retried.
-                retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 2),
-                retry_on_error=[RedisConnectionError],
+            self._clients[shard.id] = packed_by_hiredis(
+                aioredis.Redis.from_url(
+                    shard.address,
+                    socket_timeout=self._timeout_s,
+                    socket_connect_timeout=self._timeout_s,
+                    decode_responses=True,
+                    max_connections=self._max_connections,
+                    health_check_interval=30,
+                    # A pooled connection to a shard that restarted fails once on first use;
+                    # every command we send is idempotent (reads, versioned applies), so one
+                    # quick retry on a fresh connection is safe. Timeouts are not retried.
+                    retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 2),
+                    retry_on_error=[RedisConnectionError],
+                )
             )
             self._addresses[shard.id] = shard.address
 
