@@ -7,6 +7,8 @@ answer in `error_response`, the one place that knows the mapping.
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
@@ -244,7 +246,7 @@ async def score_body(svc: Services, token: str, body: ScoreIn) -> bytes:
 async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Response:
     if len(body.events) > BATCH_MAX:
         raise InvalidInput("events", f"at most {BATCH_MAX} events per batch, got {len(body.events)}")
-    results: list[BatchItemOut | None] = [None] * len(body.events)
+    results: list[dict | None] = [None] * len(body.events)
     accepted: list[tuple[int, ScoreEvent]] = []
     now = svc.service.now()
     for i, raw in enumerate(body.events):
@@ -253,10 +255,10 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first.get("loc", ())) or None
-            results[i] = BatchItemOut(index=i, status="refused", field=field, reason=first.get("msg"))
+            results[i] = _batch_item(index=i, status="refused", field=field, reason=first.get("msg"))
         except (InvalidInput, PeriodClosed) as exc:
             field = exc.field if isinstance(exc, InvalidInput) else "occurred_at"
-            results[i] = BatchItemOut(index=i, status="refused", field=field, reason=str(exc))
+            results[i] = _batch_item(index=i, status="refused", field=field, reason=str(exc))
     verdict = await svc.limiter.check(token, [event.user_id for _, event in accepted])
     if verdict.token_retry_after:
         raise svc.limiter.token_refusal(verdict)
@@ -264,7 +266,7 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
         limit = svc.settings.rate_limit_player_per_hour
         for i, event in accepted:
             if event.user_id in verdict.players_retry_after:
-                results[i] = BatchItemOut(
+                results[i] = _batch_item(
                     index=i,
                     status="refused",
                     user_id=event.user_id,
@@ -273,9 +275,7 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
                 )
         accepted = [(i, e) for i, e in accepted if e.user_id not in verdict.players_retry_after]
     outcomes = await svc.service.record_batch([event for _, event in accepted])
-    # Our own values: constructed without validation, and sent without FastAPI's
-    # second validation against the response model (a third of a batch's CPU).
-    item = BatchItemOut.model_construct
+    item = _batch_item
     for (i, event), outcome in zip(accepted, outcomes, strict=True):
         row = outcome.row
         common = {"index": i, "user_id": event.user_id, "month": month_label(row.month)}
@@ -301,14 +301,27 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
                 previous_rank=outcome.previous_rank,
             )
     final = [r for r in results if r is not None]
-    return _json(
-        BatchOut.model_construct(
-            applied=sum(r.status == "applied" for r in final),
-            duplicates=sum(r.status == "duplicate" for r in final),
-            refused=sum(r.status in ("refused", "conflict") for r in final),
-            results=final,
-        )
-    )
+    statuses = Counter(r["status"] for r in final)
+    answer = {
+        "applied": statuses["applied"],
+        "duplicates": statuses["duplicate"],
+        "refused": statuses["refused"] + statuses["conflict"],
+        "results": final,
+    }
+    body = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, media_type="application/json")
+
+
+_BATCH_ITEM_FIELDS = tuple(BatchItemOut.model_fields)
+
+
+def _batch_item(**values: object) -> dict:
+    """A `BatchItemOut` as the dict it serialises to, every field in order. The batch
+    answer is built from these and sent as is: a model per event, constructed and then
+    serialised, cost 4.5 us an event against 1.6 for dicts; FastAPI's own validation
+    of the answer against `response_model` (kept for the OpenAPI schema), a third of
+    a batch's CPU before it was skipped."""
+    return {name: values.get(name) for name in _BATCH_ITEM_FIELDS}
 
 
 def _json(model: BaseModel) -> Response:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -24,19 +24,30 @@ from router.errors import StoreUnavailable
 from shard_manager.layout import Layout, load_layout
 
 
-def array_literal(values: Sequence[object]) -> str:
+def array_literal(values: Iterable[object]) -> str:
     """One PostgreSQL array literal ('{"a","b"}') for a whole column of a group.
 
     psycopg2 would send a list as ARRAY['a', 'b', ...]: one expression per element for
     the server to parse. For the seven columns of 500 events that took 10 ms against
-    1.2 ms for literals (medians of 20), next to about 40 ms for applying them. Quoting
-    every element keeps any text safe; dates and datetimes go as ISO 8601.
+    1.2 ms for literals (medians of 20), next to about 40 ms for applying them.
+
+    A column holds one type. Every element is quoted; quotes and backslashes are
+    escaped only if one scan of the whole column (in C) finds any, which with the
+    API's identifiers it never does. Dates and datetimes go as ISO 8601, each distinct
+    value formatted once (a batch's events mostly share one moment).
     """
-    parts = []
-    for value in values:
-        text = value.isoformat() if isinstance(value, date | datetime) else str(value)
-        parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
-    return "{" + ",".join(parts) + "}"
+    items = list(values)
+    if not items:
+        return "{}"
+    if isinstance(items[0], date):  # datetime is a date too
+        formatted: dict[object, str] = {}
+        texts = [formatted.get(v) or formatted.setdefault(v, v.isoformat()) for v in items]  # type: ignore[attr-defined]
+    else:
+        texts = list(map(str, items))
+    whole = "".join(texts)
+    if '"' in whole or "\\" in whole:
+        texts = [text.replace("\\", "\\\\").replace('"', '\\"') for text in texts]
+    return '{"' + '","'.join(texts) + '"}'
 
 
 @dataclass(frozen=True, slots=True)

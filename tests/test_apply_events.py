@@ -128,3 +128,22 @@ def test_groups_bringing_the_same_new_players_in_opposite_orders_do_not_deadlock
     assert errors == []
     totals = board.sql("SELECT count(*), sum(score) FROM player_scores WHERE user_id LIKE %s", ("n%",))
     assert totals == [(40, 40 * 3)]
+
+
+@pytest.mark.parametrize(
+    ("column", "cast"),
+    [
+        (['a"b', "c\\d", "", "NULL", "x,y", "{braces}", " spaced ", "ünï"], "text[]"),
+        (["player_42", "m-2026-11/#7", "a:b.c"], "text[]"),
+        ([0, -5, 9007199254740991], "bigint[]"),
+        (
+            [datetime(2026, 11, 27, 12, 0, 1, 250000, tzinfo=UTC)] * 2 + [datetime(2026, 1, 1, tzinfo=UTC)],
+            "timestamptz[]",
+        ),
+        ([month_start(datetime.now(UTC))] * 3, "date[]"),
+        ([], "text[]"),
+    ],
+)
+def test_array_literals_reach_postgresql_unchanged(cluster: Cluster, column, cast):
+    (back,) = cluster.sql(f"SELECT %s::{cast}", (array_literal(column),))[0]
+    assert back == column

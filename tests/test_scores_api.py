@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from router.members import state_key, zset_key
+from router.schemas import BatchItemOut, BatchOut
 from tests.cluster import GAME_TOKEN
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
@@ -280,6 +281,9 @@ def test_batch_applies_each_event_on_its_own(api, board):
     assert body["results"][4]["field"] == "user_id"
     assert body["results"][5]["field"] == "score"
     assert (body["applied"], body["duplicates"], body["refused"]) == (3, 1, 3)
+    # The answer is built by hand for speed; it must still be the documented schema.
+    BatchOut.model_validate(body)
+    assert all(list(result) == list(BatchItemOut.model_fields) for result in body["results"])
     assert api.get("/v1/scores/b1").json()["score"] == 210
     assert api.get("/v1/scores/b2").json()["score"] == 5
     assert api.get("/v1/scores/b3").status_code == 404
