@@ -247,6 +247,7 @@ class WritePipeline:
             # adds on their shards and every other shard's size, all at once.
             done = await self._run_applies({key: add_work.get(key, []) for key in every_shard})
             above = _players_above(done, months, ids)
+            # A list, not a generator: every player is settled, even after one that failed.
             return all([self._settle(player, done, done, ids, above[player.month]) for player in players.values()])
 
         # Phase 1: the add on each player's (new) shard.

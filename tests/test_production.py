@@ -172,24 +172,30 @@ def test_access_log_can_list_every_request(board, custom_router):
 
 def test_access_lines_are_written_in_blocks_and_flushed_when_the_router_stops(board, custom_router):
     router = custom_router(LB_ACCESS_LOG_FLUSH_S="30")
-    with router.client() as api:
-        body = {"user_id": "blocked", "match_id": "m1"}
-        assert api.post("/v1/scores", json=body, headers={**AUTH, "X-Request-ID": "held-1"}).status_code == 200
-        time.sleep(0.5)
-        assert not any(line["request_id"] == "held-1" for line in access_lines(router))
+    post_traced_write(router, "held-1")
+    time.sleep(0.5)
+    assert not logged(router, "held-1")
     router.stop()
-    assert any(line["request_id"] == "held-1" and line["status"] == 200 for line in access_lines(router))
+    assert logged(router, "held-1")
 
 
 def test_access_lines_show_up_within_the_flush_interval(board, custom_router):
     router = custom_router(LB_ACCESS_LOG_FLUSH_S="0.2")
+    post_traced_write(router, "prompt-1")
+    deadline = time.monotonic() + 5
+    while not logged(router, "prompt-1"):
+        assert time.monotonic() < deadline, "the access line never reached the log while the router ran"
+        time.sleep(0.05)
+
+
+def post_traced_write(router: RouterProcess, request_id: str) -> None:
     with router.client() as api:
-        body = {"user_id": "prompt", "match_id": "m1"}
-        assert api.post("/v1/scores", json=body, headers={**AUTH, "X-Request-ID": "prompt-1"}).status_code == 200
-        deadline = time.monotonic() + 5
-        while not any(line["request_id"] == "prompt-1" for line in access_lines(router)):
-            assert time.monotonic() < deadline, "the access line never reached the log while the router ran"
-            time.sleep(0.05)
+        body = {"user_id": request_id, "match_id": "m1"}
+        assert api.post("/v1/scores", json=body, headers={**AUTH, "X-Request-ID": request_id}).status_code == 200
+
+
+def logged(router: RouterProcess, request_id: str) -> bool:
+    return any(line["request_id"] == request_id and line["status"] == 200 for line in access_lines(router))
 
 
 def access_lines(router: RouterProcess) -> list[dict]:
