@@ -11,9 +11,11 @@
 -- version can never clear the record of an earlier one that is still unfinished,
 -- which is what 001's first_version guarded against.
 --
--- Rolling upgrade: routers from before this migration still call the four-argument
--- lb_ack_outbox, which now does nothing; their groups' rows are finished by the
--- reconciler (any router's) after LB_RECONCILE_SETTLE_S.
+-- Rolling upgrade: routers from before this migration still write through
+-- lb_apply_events (they select its columns by name) and call the four-argument
+-- lb_ack_outbox, which now does nothing; their groups' rows are finished by an
+-- upgraded router's reconciler after LB_RECONCILE_SETTLE_S. Their own reconciler
+-- and archiving fail (the per-player columns are gone) until they are replaced.
 
 ALTER TABLE redis_outbox RENAME TO redis_outbox_players;
 CREATE TABLE redis_outbox (
