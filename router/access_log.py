@@ -5,7 +5,8 @@ a formatter, a locked handler, a flushed write to a file both workers append to)
 was a sizeable part of a write's CPU. Lines here are built directly, in the same
 shape as every other log line, and written together once `flush_interval_s` has
 passed since the first of them, when the block reaches `max_bytes`, and when the
-router stops (as nginx's `access_log ... buffer= flush=`).
+router stops (as nginx's `access_log ... buffer= flush=`), in writes of whole lines
+of at most PIPE_BUF bytes each.
 
 What that trades: a line shows up to `flush_interval_s` late, and a process that
 is killed outright loses at most that much of its access log. Scores are never in
@@ -19,7 +20,9 @@ import asyncio
 import atexit
 import json
 import os
+import select
 import time
+from collections.abc import Iterator
 
 
 class AccessLog:
@@ -54,16 +57,16 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
-        block = b"".join(self._lines)
-        self._lines.clear()
+        lines, self._lines = self._lines, []
         self._size = 0
-        view = memoryview(block)
-        while view:
-            try:
-                written = os.write(self.fd, view)
-            except OSError:
-                return  # nowhere to log to; the request itself is unaffected
-            view = view[written:]
+        for chunk in whole_line_chunks(lines, select.PIPE_BUF):
+            view = memoryview(chunk)
+            while view:
+                try:
+                    written = os.write(self.fd, view)
+                except OSError:
+                    return  # nowhere to log to; the request itself is unaffected
+                view = view[written:]
 
     def _format(self, fields: dict[str, object]) -> bytes:
         if self.json_lines:
@@ -73,3 +76,20 @@ class AccessLog:
             return (json.dumps(entry, default=str) + "\n").encode()
         details = " ".join(f"{key}={value}" for key, value in fields.items())
         return f"INFO router.access request {details}\n".encode()
+
+
+def whole_line_chunks(lines: list[bytes], limit: int) -> Iterator[bytes]:
+    """The lines joined into chunks of at most `limit` bytes, never splitting a line
+    (a longer line goes alone). Every worker writes to the same stderr: when that is
+    a pipe (a container's log driver, a supervisor), a write of up to PIPE_BUF bytes
+    is never interleaved with another process's, so no line is torn."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > limit:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield b"".join(chunk)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from router.access_log import AccessLog
+from router.access_log import AccessLog, whole_line_chunks
 
 FIELDS = {"request_id": "r1", "method": "POST", "path": "/v1/scores", "route": "/v1/scores", "status": 200, "ms": 1.5}
 
@@ -72,3 +72,13 @@ def test_interval_zero_writes_each_line_and_plain_lines_carry_the_fields(pipe):
     (line,) = lines_in(read_end)
     assert line.startswith("INFO router.access request ")
     assert "status=200" in line and "path=/v1/scores" in line and "request_id=r1" in line
+
+
+def test_blocks_go_out_in_whole_lines_no_longer_than_a_pipe_writes_atomically():
+    lines = [f"line {n:04d} ".encode() + b"x" * (n % 300) + b"\n" for n in range(400)]
+    lines.append(b"y" * 5000 + b"\n")  # longer than the limit: alone, whole
+    chunks = list(whole_line_chunks(lines, 4096))
+    assert b"".join(chunks) == b"".join(lines)
+    assert all(len(chunk) <= 4096 or chunk.count(b"\n") == 1 for chunk in chunks)
+    assert all(chunk.endswith(b"\n") for chunk in chunks)
+    assert len(chunks) < len(lines) / 10  # still blocks, not a write per line
