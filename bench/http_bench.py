@@ -11,6 +11,9 @@ noise hits all of them alike, and prints medians:
   (6) Redis memory per player: used_memory of all shards, minus what they used
       before any player existed, divided by the players on them
 
+and, per scenario, the CPU that the router, PostgreSQL, Redis and the load generator
+each spent per request (per event for batches): where the time goes.
+
 Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32]
 """
 
@@ -24,12 +27,14 @@ import shutil
 import statistics
 import sys
 import tempfile
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
 from bench import loadgen
+from bench.cpu_time import cpu_seconds, per_request_us
 from router.members import state_key, zset_key
 from router.settings import Settings
 from shard_manager.launcher import LocalCluster
@@ -88,8 +93,23 @@ def _post_batch(host: str, run_id: str):
     return make
 
 
-async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]]:
+Cpu = dict[str, list[dict[str, float]]]  # scenario -> per round, part -> µs of CPU per request
+
+
+async def _measure(
+    args: argparse.Namespace, port: int, parts: dict[str, list[int]]
+) -> tuple[dict[str, list[float]], Cpu]:
     host = f"127.0.0.1:{port}"
+    cpu: Cpu = defaultdict(list)
+
+    async def scenario(name: str, make, connections: int, units: int = 1) -> loadgen.LoadResult:
+        """One timed run, and the CPU each part of the cluster spent per request (or per
+        event: `units` per request) meanwhile."""
+        before = cpu_seconds(parts)
+        result = await loadgen.run("127.0.0.1", port, make, connections=connections, seconds=args.seconds)
+        cpu[name].append(per_request_us(before, cpu_seconds(parts), max(1, result.requests * units)))
+        return result
+
     healthz = loadgen.build_request("GET", "/healthz", host)
     results: dict[str, list[float]] = {
         "healthz": [],
@@ -114,15 +134,9 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]
     rank_requests = [loadgen.build_request("GET", f"/v1/scores/p{rng.randrange(10_000)}", host) for _ in range(4096)]
     top_request = loadgen.build_request("GET", "/v1/leaderboard/top?limit=10", host)
     for round_no in range(args.rounds):
-        health = await loadgen.run(
-            "127.0.0.1", port, lambda _: healthz, connections=args.connections, seconds=args.seconds
-        )
-        post = await loadgen.run(
-            "127.0.0.1", port, single_scores(host, f"r{round_no}"), connections=args.connections, seconds=args.seconds
-        )
-        batch = await loadgen.run(
-            "127.0.0.1", port, _post_batch(host, f"b{round_no}"), connections=4, seconds=args.seconds
-        )
+        health = await scenario("GET /healthz", lambda _: healthz, args.connections)
+        post = await scenario("POST /v1/scores", single_scores(host, f"r{round_no}"), args.connections)
+        batch = await scenario("batch, per event", _post_batch(host, f"b{round_no}"), 4, units=1000)
         if health.errors or post.errors or batch.errors:
             raise SystemExit(
                 f"errors during the run: healthz {health.errors}, post {post.errors}, batch {batch.errors}"
@@ -132,12 +146,8 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]
         results["ratio"].append(post.rate / health.rate)
         results["batch_events"].append(batch.rate * 1000)
         results["post_p50_ms"].append(post.median_latency * 1000)
-        rank = await loadgen.run(
-            "127.0.0.1", port, lambda n: rank_requests[n % 4096], connections=args.connections, seconds=args.seconds
-        )
-        top = await loadgen.run(
-            "127.0.0.1", port, lambda _: top_request, connections=args.connections, seconds=args.seconds
-        )
+        rank = await scenario("GET /v1/scores/{id}", lambda n: rank_requests[n % 4096], args.connections)
+        top = await scenario("GET top-10", lambda _: top_request, args.connections)
         if rank.errors or top.errors:
             raise SystemExit(f"errors during the run: rank {rank.errors}, top {top.errors}")
         results["rank"].append(rank.rate)
@@ -151,7 +161,7 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, list[float]
             f"rank {rank.rate / health.rate:.3f} | top {top.rate / health.rate:.3f}",
             flush=True,
         )
-    return results
+    return results, cpu
 
 
 def main() -> int:
@@ -178,7 +188,13 @@ def main() -> int:
         )
         shard_clients = [redis.Redis.from_url(s.address) for s in cluster.shard_map.shards]
         baseline_memory = sum(c.info("memory")["used_memory"] for c in shard_clients)
-        results = asyncio.run(_measure(args, cluster.settings.http_port))
+        assert cluster.router is not None and cluster.postgres is not None and cluster.postgres.proc is not None
+        parts = {
+            "router": [cluster.router.pid],
+            "postgres": [cluster.postgres.proc.pid],
+            "redis": [server.proc.pid for server in cluster.redis if server.proc is not None],
+        }
+        results, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
         month = datetime.now(UTC).strftime("%Y-%m")
         players = sum(c.zcard(zset_key(month)) for c in shard_clients)
         # The board itself (sorted set + version hash, exact: SAMPLES 0), and everything
@@ -210,6 +226,12 @@ def main() -> int:
         f"                        {gained_per_player:10.0f} bytes per player of used_memory growth "
         "(also rate-limit counters, AOF and client buffers)"
     )
+    print("\nCPU per request in µs, medians over rounds (where the time goes; the machine's cores are shared):")
+    names = list(next(iter(cpu.values()))[0])
+    print(f"  {'':22}" + "".join(f"{name:>16}" for name in names))
+    for scenario_name, rounds in cpu.items():
+        row = "".join(f"{statistics.median(r[name] for r in rounds):16.0f}" for name in names)
+        print(f"  {scenario_name:22}{row}")
     return 0
 
 
