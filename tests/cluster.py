@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psycopg2
+import psycopg2.errors
 import redis
 
 from shard_manager.binaries import require_postgres, require_redis_server
@@ -147,8 +148,19 @@ class Cluster:
         """An empty board: PostgreSQL first, so no reconciler can re-apply old rows to Redis."""
         conn = psycopg2.connect(self.dsn)
         try:
-            with conn, conn.cursor() as cur:
-                cur.execute("TRUNCATE score_events, player_scores, redis_outbox, archived_ranks, month_archives")
+            # TRUNCATE locks its tables one by one while the routers' own statements
+            # (reconciler, group commits) lock some of them in other orders: now and
+            # then PostgreSQL breaks a deadlock by cancelling the TRUNCATE. Run it again.
+            for attempt in range(5):
+                try:
+                    with conn, conn.cursor() as cur:
+                        cur.execute(
+                            "TRUNCATE score_events, player_scores, redis_outbox, archived_ranks, month_archives"
+                        )
+                    break
+                except psycopg2.errors.DeadlockDetected:
+                    if attempt == 4:
+                        raise
         finally:
             conn.close()
         for i, server in enumerate(self.shards):
