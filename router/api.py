@@ -275,25 +275,24 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
                 )
         accepted = [(i, e) for i, e in accepted if e.user_id not in verdict.players_retry_after]
     outcomes = await svc.service.record_batch([event for _, event in accepted])
-    item = _batch_item
     for (i, event), outcome in zip(accepted, outcomes, strict=True):
         row = outcome.row
         common = {"index": i, "user_id": event.user_id, "month": month_label(row.month)}
         if row.status == "refused":
-            results[i] = item(**common, status="refused", field="score", reason=row.detail)
+            results[i] = _batch_item(**common, status="refused", field="score", reason=row.detail)
         elif row.status == "closed":
-            results[i] = item(**common, status="refused", field="occurred_at", reason=row.detail)
+            results[i] = _batch_item(**common, status="refused", field="occurred_at", reason=row.detail)
         elif row.status == "conflict":
-            results[i] = item(**common, status="conflict", field="match_id", reason=row.detail)
+            results[i] = _batch_item(**common, status="conflict", field="match_id", reason=row.detail)
         elif outcome.unavailable is not None:
-            results[i] = item(
+            results[i] = _batch_item(
                 **common,
                 status="unavailable",
                 score=row.score,
                 reason=f"{outcome.unavailable}; recorded, applied when the shard returns; resending is safe",
             )
         else:
-            results[i] = item(
+            results[i] = _batch_item(
                 **common,
                 status="duplicate" if row.status == "duplicate" else "applied",
                 score=row.score,

@@ -81,7 +81,7 @@ class GroupCommit:
     """A committed group: one row per event, in arrival order, and the group's outbox row."""
 
     rows: list[EventRow]
-    outbox_id: int
+    outbox_id: int | None  # None for an empty group, which writes nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +200,7 @@ class Store:
             except psycopg2.errors.QueryCanceled as exc:
                 raise StoreUnavailable("statement timed out") from exc
         rows.sort(key=lambda r: r[0])
-        return GroupCommit([EventRow(*row[1:-1]) for row in rows], rows[0][-1])
+        return GroupCommit([EventRow(*row[1:-1]) for row in rows], rows[0][-1] if rows else None)
 
     async def apply_events(self, events: Sequence[ScoreEvent]) -> GroupCommit:
         """Commit a group of events, in arrival order, in one transaction; rows come back in the same order.

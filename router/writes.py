@@ -204,7 +204,7 @@ class WritePipeline:
             # a rebalance added it. Catch up before touching the shards.
             await self.on_unknown_shard()
         outcomes = [WriteOutcome(event, row) for event, row in zip(events, rows, strict=True)]
-        if await self._apply_to_shards(outcomes):
+        if await self._apply_to_shards(outcomes) and commit.outbox_id is not None:
             self._finished.append(commit.outbox_id)
         return outcomes
 

@@ -7,6 +7,7 @@ crossing each other's new players must not deadlock.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import psycopg2
 import pytest
 
 from router.periods import month_start
-from router.store import array_literal
+from router.store import GroupCommit, Store, array_literal
 from tests.cluster import Cluster
 
 CALL = (
@@ -147,3 +148,12 @@ def test_groups_bringing_the_same_new_players_in_opposite_orders_do_not_deadlock
 def test_array_literals_reach_postgresql_unchanged(cluster: Cluster, column, cast):
     (back,) = cluster.sql(f"SELECT %s::{cast}", (array_literal(column),))[0]
     assert back == column
+
+
+def test_an_empty_group_commits_nothing_and_leaves_no_outbox_row(cluster: Cluster):
+    store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000)
+    try:
+        assert asyncio.run(store.apply_events([])) == GroupCommit([], None)
+    finally:
+        store.close()
+    assert cluster.sql("SELECT count(*) FROM redis_outbox WHERE cardinality(user_ids) = 0") == [(0,)]
