@@ -34,6 +34,11 @@ GROUP_SECONDS = Histogram(
     "PostgreSQL group commit latency",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+GROUP_LINGER_SECONDS = Histogram(
+    "lb_group_linger_seconds",
+    "How long a group-commit flusher waited for the writers it had just answered to send again",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05),
+)
 PLAYERS_MOVED = Counter("lb_players_moved_total", "Players a write moved to another shard")
 RECONCILER_BACKLOG = Gauge(
     "lb_reconciler_backlog",

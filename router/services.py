@@ -71,6 +71,7 @@ class Services:
             cache,
             batch_max=settings.write_batch_max,
             flushers=settings.write_flushers,
+            linger_s=settings.write_linger_ms / 1000,
             admit=limiter.admit,
         )
         reconciler = Reconciler(

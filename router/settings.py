@@ -62,6 +62,13 @@ class Settings(BaseSettings):
 
     write_batch_max: int = Field(500, ge=1, le=1000, description="Most events in one group commit")
     write_flushers: int = Field(1, ge=1, le=16, description="Group commits in flight per router process")
+    write_linger_ms: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="Longest a group commit waits for the writers of the group before it to send again "
+        "(0: never waits); it stops waiting as soon as they are all in",
+    )
     pg_pool_size: int = Field(8, ge=2, le=100)
     pg_statement_timeout_ms: int = Field(5000, ge=100)
     redis_timeout_s: float = Field(2.0, gt=0)

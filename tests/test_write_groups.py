@@ -1,0 +1,122 @@
+"""How the write pipeline forms its groups: the linger for writers that come straight back.
+
+The pipeline runs in this process over the real PostgreSQL and shards; every group
+is really committed. Group sizes are read where the pipeline hands a group to its
+commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from prometheus_client import REGISTRY
+
+from router.periods import month_start
+from router.shard_clients import ShardClients
+from router.store import ScoreEvent, Store
+from router.user_cache import UserShardCache
+from router.writes import WriteOutcome, WritePipeline
+from tests.cluster import Cluster
+
+
+class RecordingPipeline(WritePipeline):
+    """The real pipeline, noting the size of each group it commits."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups: list[int] = []
+
+    async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+        self.groups.append(len(events))
+        return await super().commit_group(events)
+
+
+def event(user: str, n: int) -> ScoreEvent:
+    now = datetime.now(UTC)
+    return ScoreEvent(user, f"{user}-m{n}", month_start(now), "incr", 10, now)
+
+
+def run_with_pipeline(cluster: Cluster, linger_s: float, scenario) -> RecordingPipeline:
+    async def main() -> RecordingPipeline:
+        store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000)
+        shards = ShardClients(cluster.shard_map, timeout_s=2)
+        pipeline = RecordingPipeline(store, shards, UserShardCache(1000), batch_max=500, flushers=1, linger_s=linger_s)
+        await pipeline.start()
+        try:
+            await scenario(pipeline)
+        finally:
+            await pipeline.stop()
+            await shards.close()
+            store.close()
+        return pipeline
+
+    return asyncio.run(main())
+
+
+async def closed_loop(pipeline: WritePipeline, writers: int, rounds: int) -> None:
+    """Writers that send again as soon as they are answered, some a little later than others."""
+
+    async def writer(i: int) -> None:
+        for n in range(rounds):
+            outcome = await pipeline.submit(event(f"loop{i}", n))
+            assert outcome.row.status == "applied"
+            await asyncio.sleep(0.003 * i)
+
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+
+
+def test_writers_that_come_straight_back_are_gathered_into_one_group(board: Cluster):
+    pipeline = run_with_pipeline(board, 0.5, lambda p: closed_loop(p, writers=8, rounds=6))
+    assert pipeline.groups == [8] * 6
+
+
+def test_without_a_linger_the_same_writers_commit_in_smaller_groups(board: Cluster):
+    # The contrast to the test above: what the linger is for.
+    pipeline = run_with_pipeline(board, 0.0, lambda p: closed_loop(p, writers=8, rounds=6))
+    assert sum(pipeline.groups) == 48
+    assert len(pipeline.groups) > 6, pipeline.groups
+
+
+def test_a_lone_writer_is_never_held_back_by_the_linger(board: Cluster):
+    async def lone(pipeline: WritePipeline) -> None:
+        for n in range(5):
+            # Far below the 5 s linger: a group never waits for writers it does not expect.
+            await asyncio.wait_for(pipeline.submit(event("lone", n)), timeout=2)
+
+    pipeline = run_with_pipeline(board, 5.0, lone)
+    assert pipeline.groups == [1] * 5
+
+
+def test_writers_that_do_not_come_back_cost_at_most_the_linger(board: Cluster):
+    lingered_before = REGISTRY.get_sample_value("lb_group_linger_seconds_count") or 0.0
+    waited: list[float] = []
+
+    async def one_returns(pipeline: WritePipeline) -> None:
+        await asyncio.gather(*(pipeline.submit(event(f"once{i}", 0)) for i in range(4)))
+        started = time.monotonic()
+        await asyncio.wait_for(pipeline.submit(event("once0", 1)), timeout=3)
+        waited.append(time.monotonic() - started)
+
+    pipeline = run_with_pipeline(board, 0.3, one_returns)
+    assert pipeline.groups == [4, 1]
+    # It did wait for the other three (the linger's deadline), then committed alone.
+    assert waited[0] >= 0.25, waited
+    assert (REGISTRY.get_sample_value("lb_group_linger_seconds_count") or 0.0) == lingered_before + 1
+
+
+def test_a_writer_back_after_a_pause_longer_than_the_linger_is_not_held_back(board: Cluster):
+    waited: list[float] = []
+
+    async def pause_then_write(pipeline: WritePipeline) -> None:
+        await asyncio.gather(*(pipeline.submit(event(f"pause{i}", 0)) for i in range(4)))
+        await asyncio.sleep(1.2)  # longer than the 1 s linger: the group of four is not coming back
+        started = time.monotonic()
+        await pipeline.submit(event("pause0", 1))
+        waited.append(time.monotonic() - started)
+
+    pipeline = run_with_pipeline(board, 1.0, pause_then_write)
+    assert pipeline.groups == [4, 1]
+    assert waited[0] < 0.9, waited
