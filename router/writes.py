@@ -92,18 +92,23 @@ class _Player:
         return PlayerState(self.user_id, self.row.version, self.row.score, tie_prefix(self.row.seq))
 
 
-def _players_above(sizes_read: _Results, months: set[str], ids: tuple[str, ...]) -> dict[str, dict[str, int] | None]:
-    """Per month, the members of every shard above each shard, from the sizes the
-    applies returned (read after the group's changes); None if a shard failed."""
+def _players_above(
+    sizes_read: _Results, lowest: dict[str, int], ids: tuple[str, ...]
+) -> dict[str, dict[str, int] | None]:
+    """Per month, the members of every shard above each shard from the month's lowest
+    one the group touches (`lowest`, an index into `ids`), from the sizes the applies
+    returned (read after the group's changes); None if one of those shards failed."""
     out: dict[str, dict[str, int] | None] = {}
-    for month in months:
+    for month, low in lowest.items():
         sizes: dict[str, int] = {}
-        for sid in ids:
+        for sid in ids[low + 1 :]:
             result = sizes_read[(month, sid)]
             if isinstance(result, ShardUnavailable):
+                out[month] = None
                 break
             sizes[sid] = result[1]
-        out[month] = {sid: players_above(ids, sizes, sid) for sid in ids} if len(sizes) == len(ids) else None
+        else:
+            out[month] = {sid: players_above(ids, sizes, sid) for sid in ids[low:]}
     return out
 
 
@@ -290,15 +295,23 @@ class WritePipeline:
             player: sorted({player.prev_shard, self.cache.get(player.month, player.user_id)} - {None, player.target})
             for player in players.values()
         }
-        months = {p.month for p in players.values()}
-        every_shard = [(month, sid) for month in months for sid in ids]
+        # A rank counts the members of the shards above the player's, so only the
+        # shards above the lowest one a player of the group is (or was) on are read:
+        # a group on the top shard reads no other shard at all.
+        lowest: dict[str, int] = {}
+        for player in players.values():
+            for sid in (player.target, player.prev_shard):
+                if sid in ids:
+                    k = ids.index(sid)
+                    lowest[player.month] = min(k, lowest.get(player.month, k))
+        sized = [(month, sid) for month, low in lowest.items() for sid in ids[low + 1 :]]
         add_work = {key: [(p.state, True) for p in g] for key, g in adds.items()}
 
         if not any(stale.values()):
             # Nobody changed shard (the common case): one round trip per shard, the
-            # adds on their shards and every other shard's size, all at once.
-            done = await self._run_applies({key: add_work.get(key, []) for key in every_shard})
-            above = _players_above(done, months, ids)
+            # adds on their shards and the sizes above them, all at once.
+            done = await self._run_applies({**dict.fromkeys(sized, []), **add_work})
+            above = _players_above(done, lowest, ids)
             # A list, not a generator: every player is settled, even after one that failed.
             return all([self._settle(player, done, done, ids, above[player.month]) for player in players.values()])
 
@@ -316,9 +329,9 @@ class WritePipeline:
                     player.removal_index[shard_id] = len(group)
                     group.append(player)
         removed = await self._run_applies(
-            {key: [(p.state, False) for p in removals.get(key, [])] for key in every_shard}
+            {**dict.fromkeys(sized, []), **{key: [(p.state, False) for p in group] for key, group in removals.items()}}
         )
-        above = _players_above(removed, months, ids)
+        above = _players_above(removed, lowest, ids)
         return all([self._settle(player, added, removed, ids, above[player.month]) for player in players.values()])
 
     def _settle(

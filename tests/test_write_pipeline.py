@@ -1,8 +1,9 @@
-"""How the write pipeline forms its groups: the linger for writers that come straight back.
+"""The write pipeline in this process, over the real PostgreSQL and shards: how it
+forms its groups (the linger for writers that come straight back) and which shards
+a group reads.
 
-The pipeline runs in this process over the real PostgreSQL and shards; every group
-is really committed. Group sizes are read where the pipeline hands a group to its
-commit.
+Every group is really committed. Group sizes are read where the pipeline hands a
+group to its commit; shard calls from the pipeline's own metrics.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ class RecordingPipeline(WritePipeline):
         return await super().commit_group(events)
 
 
-def event(user: str, n: int) -> ScoreEvent:
+def event(user: str, n: int, score: int = 10) -> ScoreEvent:
     now = datetime.now(UTC)
-    return ScoreEvent(user, f"{user}-m{n}", month_start(now), "incr", 10, now)
+    return ScoreEvent(user, f"{user}-m{n}", month_start(now), "incr", score, now)
 
 
 def run_with_pipeline(cluster: Cluster, linger_s: float, scenario) -> RecordingPipeline:
@@ -120,3 +121,65 @@ def test_a_writer_back_after_a_pause_longer_than_the_linger_is_not_held_back(boa
     pipeline = run_with_pipeline(board, 1.0, pause_then_write)
     assert pipeline.groups == [4, 1]
     assert waited[0] < 0.9, waited
+
+
+# The test cluster's shards: s0 [0, 100), s1 [100, 1000), s2 [1000, inf).
+TOP, MIDDLE = 5000, 500
+
+
+def shard_calls() -> dict[str, float]:
+    """Calls the pipelines of this process made per shard (any op), from its metrics."""
+    calls: dict[str, float] = {}
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "lb_shard_operations_total":
+                shard = sample.labels["shard"]
+                calls[shard] = calls.get(shard, 0.0) + sample.value
+    return calls
+
+
+def calls_during(cluster: Cluster, scenario) -> dict[str, float]:
+    before = shard_calls()
+    run_with_pipeline(cluster, 0.0, scenario)
+    after = shard_calls()
+    return {sid: after.get(sid, 0.0) - before.get(sid, 0.0) for sid in ("s0", "s1", "s2")}
+
+
+def test_a_group_on_the_top_shard_reads_no_other_shard(board: Cluster):
+    ranks: list[int | None] = []
+
+    async def top_players(pipeline: WritePipeline) -> None:
+        await pipeline.submit(event("top0", 0, TOP + 2))
+        await pipeline.submit(event("top1", 0, TOP))
+        ranks.append((await pipeline.submit(event("top2", 0, TOP + 1))).rank)
+
+    assert calls_during(board, top_players) == {"s0": 0, "s1": 0, "s2": 3}
+    assert ranks == [2]
+
+
+def test_a_group_on_a_middle_shard_reads_only_the_shards_above_it(board: Cluster):
+    ranks: list[int | None] = []
+
+    async def seed_then_middle(pipeline: WritePipeline) -> None:
+        await asyncio.gather(*(pipeline.submit(event(f"high{i}", 0, TOP)) for i in range(2)))
+        ranks.append((await pipeline.submit(event("mid", 0, MIDDLE))).rank)
+
+    # The seed's group on s2, then the middle player's: its add on s1 and s2's size.
+    assert calls_during(board, seed_then_middle) == {"s0": 0, "s1": 1, "s2": 2}
+    assert ranks == [3]
+
+
+def test_with_the_lowest_shard_down_writes_above_it_keep_their_ranks(board: Cluster):
+    outcomes: list[WriteOutcome] = []
+
+    async def write_top(pipeline: WritePipeline) -> None:
+        outcomes.append(await pipeline.submit(event("above-the-outage", 0, TOP)))
+
+    board.shards[0].stop()
+    try:
+        run_with_pipeline(board, 0.0, write_top)
+    finally:
+        board.shards[0].start()
+    (outcome,) = outcomes
+    assert outcome.unavailable is None
+    assert outcome.rank == 1
