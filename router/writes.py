@@ -112,6 +112,31 @@ def _players_above(
     return out
 
 
+class _LingerOdds:
+    """Whether lingering pays: a moving average of recent lingers that brought at
+    least half the writes they waited for (1) or fewer (0). While it is below one half
+    only every `probe_every`-th chance is taken, so a change back to writers that
+    come straight back is noticed."""
+
+    def __init__(self, weight: float = 0.25, probe_every: int = 8) -> None:
+        self.odds = 1.0
+        self.weight = weight
+        self.probe_every = probe_every
+        self._passed = 0
+
+    def worth_trying(self) -> bool:
+        if self.odds >= 0.5:
+            return True
+        self._passed += 1
+        if self._passed < self.probe_every:
+            return False
+        self._passed = 0
+        return True
+
+    def record(self, *, paid: bool) -> None:
+        self.odds += self.weight * (float(paid) - self.odds)
+
+
 class WritePipeline:
     def __init__(
         self,
@@ -137,6 +162,7 @@ class WritePipeline:
         # While a flusher lingers: resolved once the queue holds `_wanted` writes.
         self._enough: asyncio.Future[None] | None = None
         self._wanted = 0
+        self._linger_odds = _LingerOdds()
         self._tasks: list[asyncio.Task[None]] = []
         # Outbox rows of groups whose every state is on the shards, to acknowledge.
         self._finished: list[int] = []
@@ -196,7 +222,10 @@ class WritePipeline:
         as it could be. A group's fixed cost (PostgreSQL's 0.4-0.6 ms per call, the
         thread hop, one Redis call per shard and one for the rate limits) dominates a
         small group, so waiting about a millisecond for the other half costs less
-        than it saves; the wait ends as soon as they are all in.
+        than it saves; the wait ends as soon as they are all in. Writers with think
+        time between writes (players' clients) do not come straight back, and a
+        linger would only add its whole length to their latency: it stops when most
+        recent lingers ran out their time (`_LingerOdds`).
         """
         loop = asyncio.get_running_loop()
         expected = self._queue.qsize() + answered
@@ -208,7 +237,7 @@ class WritePipeline:
             expected = 1
         self._take_queued(batch)
         expected = min(expected, self.batch_max)
-        if self.linger_s > 0 and len(batch) < expected and self._enough is None:
+        if self.linger_s > 0 and len(batch) < expected and self._enough is None and self._linger_odds.worth_trying():
             lingered = loop.time()
             self._enough = loop.create_future()
             self._wanted = expected - len(batch)
@@ -219,7 +248,9 @@ class WritePipeline:
                 deadline.cancel()
                 self._enough = None
             GROUP_LINGER_SECONDS.observe(loop.time() - lingered)
+            waited_for, before = self._wanted, len(batch)
             self._take_queued(batch)
+            self._linger_odds.record(paid=2 * (len(batch) - before) >= waited_for)
         return batch
 
     def _take_queued(self, batch: list[_Queued]) -> None:

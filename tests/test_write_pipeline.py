@@ -108,6 +108,25 @@ def test_writers_that_do_not_come_back_cost_at_most_the_linger(board: Cluster):
     assert (REGISTRY.get_sample_value("lb_group_linger_seconds_count") or 0.0) == lingered_before + 1
 
 
+def test_lingering_stops_when_the_writers_it_waits_for_keep_not_coming(board: Cluster):
+    # Like players with think time: after each pair, one new writer comes at once and
+    # the linger waits in vain for a second. Twenty such lingers would take 6 s.
+    waits: list[float] = []
+
+    async def pairs_then_one(pipeline: WritePipeline) -> None:
+        for n in range(20):
+            await asyncio.gather(*(pipeline.submit(event(f"pair{n}-{i}", 0)) for i in range(2)))
+            started = time.monotonic()
+            await pipeline.submit(event(f"single{n}", 0))
+            waits.append(time.monotonic() - started)
+
+    pipeline = run_with_pipeline(board, 0.3, pairs_then_one)
+    assert pipeline.groups == [2, 1] * 20
+    lingered = [w for w in waits if w >= 0.25]
+    # Three vain lingers bring the odds below one half, then one try in eight.
+    assert 3 <= len(lingered) <= 6, waits
+
+
 def test_a_writer_back_after_a_pause_longer_than_the_linger_is_not_held_back(board: Cluster):
     waited: list[float] = []
 
