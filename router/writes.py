@@ -328,7 +328,8 @@ class WritePipeline:
         }
         # A rank counts the members of the shards above the player's, so only the
         # shards above the lowest one a player of the group is (or was) on are read:
-        # a group on the top shard reads no other shard at all.
+        # a group on the top shard reads no other shard at all. (A month whose players
+        # all went to a shard this process has not heard of has no entry: no ranks.)
         lowest: dict[str, int] = {}
         for player in players.values():
             for sid in (player.target, player.prev_shard):
@@ -344,7 +345,7 @@ class WritePipeline:
             done = await self._run_applies({**dict.fromkeys(sized, []), **add_work})
             above = _players_above(done, lowest, ids)
             # A list, not a generator: every player is settled, even after one that failed.
-            return all([self._settle(player, done, done, ids, above[player.month]) for player in players.values()])
+            return all([self._settle(player, done, done, ids, above.get(player.month)) for player in players.values()])
 
         # Phase 1: the add on each player's (new) shard.
         added = await self._run_applies(add_work)
@@ -363,7 +364,7 @@ class WritePipeline:
             {**dict.fromkeys(sized, []), **{key: [(p.state, False) for p in group] for key, group in removals.items()}}
         )
         above = _players_above(removed, lowest, ids)
-        return all([self._settle(player, added, removed, ids, above[player.month]) for player in players.values()])
+        return all([self._settle(player, added, removed, ids, above.get(player.month)) for player in players.values()])
 
     def _settle(
         self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...], above: dict[str, int] | None

@@ -20,7 +20,7 @@ from router.shard_clients import ShardClients
 from router.store import ScoreEvent, Store
 from router.user_cache import UserShardCache
 from router.writes import WriteOutcome, WritePipeline
-from tests.cluster import Cluster
+from tests.cluster import Cluster, shard_map_for
 
 
 class RecordingPipeline(WritePipeline):
@@ -202,3 +202,29 @@ def test_with_the_lowest_shard_down_writes_above_it_keep_their_ranks(board: Clus
     (outcome,) = outcomes
     assert outcome.unavailable is None
     assert outcome.rank == 1
+
+
+def test_a_write_placed_on_a_shard_this_router_has_not_heard_of_is_unavailable_not_lost(board: Cluster):
+    # PostgreSQL's layout has s2; this router's map ends at s1 (its layout watcher
+    # has not caught up). The write is committed; its answer names the shard.
+    outcomes: list[WriteOutcome] = []
+
+    async def main() -> None:
+        store = Store(board.dsn, pool_size=2, statement_timeout_ms=5000)
+        shards = ShardClients(shard_map_for(board.shards[:2], bounds=(0, 100)), timeout_s=2)
+        pipeline = WritePipeline(store, shards, UserShardCache(1000), batch_max=500, flushers=1)
+        await pipeline.start()
+        try:
+            outcomes.append(await pipeline.submit(event("beyond-the-map", 0, TOP)))
+        finally:
+            await pipeline.stop()
+            await shards.close()
+            store.close()
+
+    asyncio.run(main())
+    (outcome,) = outcomes
+    assert outcome.row.status == "applied" and outcome.row.shard == "s2"
+    assert outcome.unavailable is not None and outcome.unavailable.shard_id == "s2"
+    assert board.sql("SELECT user_id, score FROM player_scores WHERE user_id = 'beyond-the-map'") == [
+        ("beyond-the-map", TOP)
+    ]
