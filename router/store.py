@@ -21,7 +21,6 @@ import psycopg2.extensions
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from router.errors import StoreUnavailable
-from router.pg_async import AsyncConnectionPool
 from shard_manager.layout import Layout, load_layout
 
 
@@ -169,37 +168,37 @@ _retry_conflicts = retry(
 class Store:
     def __init__(self, dsn: str, pool_size: int, statement_timeout_ms: int) -> None:
         self.pool = ConnectionPool(dsn, pool_size, statement_timeout_ms)
-        # Group commits, on the event loop; everything else is rarer and stays blocking.
-        self.group_pool = AsyncConnectionPool(dsn, pool_size, statement_timeout_ms)
 
     def close(self) -> None:
         self.pool.close()
-        self.group_pool.close()
 
     # -- writes -------------------------------------------------------------------
 
     @_retry_conflicts
-    async def _apply_events_once(self, events: Sequence[ScoreEvent]) -> GroupCommit:
-        try:
-            rows = await self.group_pool.fetch_all(
-                "SELECT idx, status, detail, month, score, prev_score, version, prev_version, seq, shard,"
-                " prev_shard, outbox_id"
-                " FROM lb_apply_events(%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[],"
-                " %s::timestamptz[], %s::int[])",
-                (
-                    array_literal([e.user_id for e in events]),
-                    array_literal([e.match_id for e in events]),
-                    array_literal([e.month for e in events]),
-                    array_literal([e.mode for e in events]),
-                    array_literal([e.value for e in events]),
-                    array_literal([e.occurred_at for e in events]),
-                    array_literal(range(1, len(events) + 1)),
-                ),
-            )
-        except (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected) as exc:
-            raise _Retryable() from exc
-        except psycopg2.errors.QueryCanceled as exc:
-            raise StoreUnavailable("statement timed out") from exc
+    def _apply_events_sync(self, events: Sequence[ScoreEvent]) -> GroupCommit:
+        with self.pool.connection() as conn:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT idx, status, detail, month, score, prev_score, version, prev_version, seq, shard,"
+                        " prev_shard, outbox_id"
+                        " FROM lb_apply_events(%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[],"
+                        " %s::timestamptz[], %s::int[])",
+                        (
+                            array_literal([e.user_id for e in events]),
+                            array_literal([e.match_id for e in events]),
+                            array_literal([e.month for e in events]),
+                            array_literal([e.mode for e in events]),
+                            array_literal([e.value for e in events]),
+                            array_literal([e.occurred_at for e in events]),
+                            array_literal(range(1, len(events) + 1)),
+                        ),
+                    )
+                    rows = cur.fetchall()
+            except (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected) as exc:
+                raise _Retryable() from exc
+            except psycopg2.errors.QueryCanceled as exc:
+                raise StoreUnavailable("statement timed out") from exc
         rows.sort(key=lambda r: r[0])
         return GroupCommit([EventRow(*row[1:-1]) for row in rows], rows[0][-1] if rows else None)
 
@@ -207,10 +206,9 @@ class Store:
         """Commit a group of events, in arrival order, in one transaction; rows come back in the same order.
 
         Arrival order decides each player's order of events and the tie order within
-        the group; PostgreSQL takes the players' locks in its own fixed order. Runs on
-        the event loop (`router.pg_async`), not in a worker thread.
+        the group; PostgreSQL takes the players' locks in its own fixed order.
         """
-        return await self._apply_events_once(events)
+        return await asyncio.to_thread(self._apply_events_sync, events)
 
     def _ack_sync(self, outbox_ids: Sequence[int]) -> int:
         with self.pool.connection() as conn, conn.cursor() as cur:
