@@ -190,8 +190,8 @@ class WritePipeline:
         `admit` counts it against, with the rest of the group, in one call."""
         future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(event, sender, future))
-        if self._enough is not None and self._queue.qsize() >= self._wanted and not self._enough.done():
-            self._enough.set_result(None)
+        if self._enough is not None and self._queue.qsize() >= self._wanted:
+            _resolve(self._enough)
         return await future
 
     async def submit_batch(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
@@ -224,8 +224,9 @@ class WritePipeline:
         small group, so waiting about a millisecond for the other half costs less
         than it saves; the wait ends as soon as they are all in. Writers with think
         time between writes (players' clients) do not come straight back, and a
-        linger would only add its whole length to their latency: it stops when most
-        recent lingers ran out their time (`_LingerOdds`).
+        linger would only add its whole length to their latency: it mostly stops
+        while recent lingers brought fewer than half the writes they waited for
+        (`_LingerOdds`).
         """
         loop = asyncio.get_running_loop()
         expected = self._queue.qsize() + answered

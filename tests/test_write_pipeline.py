@@ -74,8 +74,9 @@ def test_writers_that_come_straight_back_are_gathered_into_one_group(board: Clus
     assert pipeline.groups == [8] * 6
 
 
-def test_without_a_linger_the_same_writers_commit_in_smaller_groups(board: Cluster):
-    # The contrast to the test above: what the linger is for.
+def test_with_the_linger_off_the_same_writers_are_not_waited_for(board: Cluster):
+    # LB_WRITE_LINGER_MS=0: groups take what is queued, so these writers split into
+    # smaller groups — the contrast to the test above, and what the linger is for.
     pipeline = run_with_pipeline(board, 0.0, lambda p: closed_loop(p, writers=8, rounds=6))
     assert sum(pipeline.groups) == 48
     assert len(pipeline.groups) > 6, pipeline.groups
@@ -91,7 +92,7 @@ def test_a_lone_writer_is_never_held_back_by_the_linger(board: Cluster):
     assert pipeline.groups == [1] * 5
 
 
-def test_writers_that_do_not_come_back_cost_at_most_the_linger(board: Cluster):
+def test_writers_that_do_not_come_back_are_waited_for_until_the_linger_runs_out(board: Cluster):
     lingered_before = REGISTRY.get_sample_value("lb_group_linger_seconds_count") or 0.0
     waited: list[float] = []
 
