@@ -11,10 +11,15 @@ noise hits all of them alike, and prints medians:
   (6) Redis memory per player: used_memory of all shards, minus what they used
       before any player existed, divided by the players on them
 
+and (1) again at other numbers of client connections (--sweep), each against healthz
+at the same connections: single writes wait on a group commit, so with few
+connections in flight the cores idle between groups, and req/s at 32 connections is
+not yet the write path's capacity (healthz is CPU-bound at any of them).
+
 and, per scenario, the CPU that the router, PostgreSQL, Redis and the load generator
 each spent per request (per event for batches): where the time goes.
 
-Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32]
+Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32] [--sweep 8,64,128]
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ async def _measure(
         "top": [],
         "top_ratio": [],
     }
+    sweep: dict[int, dict[str, list[float]]] = {c: defaultdict(list) for c in args.sweep}
     # Warm-up: players p0..p9999 certainly exist (the reads ask for them), then more.
     for chunk in range(10):
         events = [{"user_id": f"p{chunk * 1000 + i}", "match_id": "seed", "score": (i * 7) % 2000} for i in range(1000)]
@@ -154,6 +160,18 @@ async def _measure(
         results["rank_ratio"].append(rank.rate / health.rate)
         results["top"].append(top.rate)
         results["top_ratio"].append(top.rate / health.rate)
+        for connections in args.sweep:
+            health_at = await scenario(f"GET /healthz, {connections} conns", lambda _: healthz, connections)
+            post_at = await scenario(
+                f"POST /v1/scores, {connections} conns", single_scores(host, f"r{round_no}c{connections}"), connections
+            )
+            if health_at.errors or post_at.errors:
+                raise SystemExit(
+                    f"errors during the run at {connections} connections: "
+                    f"healthz {health_at.errors}, post {post_at.errors}"
+                )
+            _record_writes(sweep[connections], health_at, post_at)
+        _record_writes(sweep.setdefault(args.connections, defaultdict(list)), health, post)
         print(
             f"  round {round_no + 1}: healthz {health.rate:8.0f} req/s | POST /v1/scores {post.rate:7.0f} req/s "
             f"(ratio {post.rate / health.rate:.3f}, p50 {post.median_latency * 1000:.1f} ms) | "
@@ -161,7 +179,22 @@ async def _measure(
             f"rank {rank.rate / health.rate:.3f} | top {top.rate / health.rate:.3f}",
             flush=True,
         )
-    return results, cpu
+    return results, sweep, cpu
+
+
+def _record_writes(into: dict[str, list[float]], health: loadgen.LoadResult, post: loadgen.LoadResult) -> None:
+    into["healthz"].append(health.rate)
+    into["post"].append(post.rate)
+    into["ratio"].append(post.rate / health.rate)
+    into["p50_ms"].append(post.median_latency * 1000)
+    into["p99_ms"].append(post.percentile(99) * 1000)
+
+
+def _connection_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError("connection counts must be >= 1")
+    return counts
 
 
 def main() -> int:
@@ -170,7 +203,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--sweep",
+        type=_connection_counts,
+        default=[8, 64, 128],
+        help="other client connection counts to measure (1) at, comma-separated; empty: none",
+    )
     args = parser.parse_args()
+    args.sweep = sorted(set(args.sweep) - {args.connections})
     try:
         import uvloop
 
@@ -194,7 +234,7 @@ def main() -> int:
             "postgres": [cluster.postgres.proc.pid],
             "redis": [server.proc.pid for server in cluster.redis if server.proc is not None],
         }
-        results, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
+        results, sweep, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
         month = datetime.now(UTC).strftime("%Y-%m")
         players = sum(c.zcard(zset_key(month)) for c in shard_clients)
         # The board itself (sorted set + version hash, exact: SAMPLES 0), and everything
@@ -226,6 +266,14 @@ def main() -> int:
         f"                        {gained_per_player:10.0f} bytes per player of used_memory growth "
         "(also rate-limit counters, AOF and client buffers)"
     )
+    print("\nsingle writes by client connections (healthz at the same connections, medians over rounds):")
+    print(f"  {'connections':>11} {'healthz req/s':>14} {'POST req/s':>11} {'ratio':>7} {'p50 ms':>7} {'p99 ms':>7}")
+    for connections in sorted(sweep):
+        m = {k: statistics.median(v) for k, v in sweep[connections].items()}
+        print(
+            f"  {connections:>11} {m['healthz']:>14.0f} {m['post']:>11.0f} {m['ratio']:>7.3f} "
+            f"{m['p50_ms']:>7.1f} {m['p99_ms']:>7.1f}"
+        )
     print("\nCPU per request in µs, medians over rounds (where the time goes; the machine's cores are shared):")
     names = list(next(iter(cpu.values()))[0])
     print(f"  {'':22}" + "".join(f"{name:>16}" for name in names))
