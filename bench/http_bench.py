@@ -261,9 +261,9 @@ def main() -> int:
     print(f"  GET /v1/scores/{{id}}   {med['rank']:10.0f} req/s   ratio {med['rank_ratio']:.3f}")
     print(f"  GET top-10            {med['top']:10.0f} req/s   ratio {med['top_ratio']:.3f}")
     print(f"  batch ingest          {med['batch_events']:10.0f} events/s")
-    print(f"  Redis memory          {memory_per_player:10.0f} bytes per player in the board keys ({players} players)")
+    print(f"  Redis memory          {memory_per_player:10.1f} bytes per player in the board keys ({players} players)")
     print(
-        f"                        {gained_per_player:10.0f} bytes per player of used_memory growth "
+        f"                        {gained_per_player:10.1f} bytes per player of used_memory growth "
         "(also rate-limit counters, AOF and client buffers)"
     )
     print("\nsingle writes by client connections (healthz at the same connections, medians over rounds):")
