@@ -190,19 +190,27 @@ def _record_writes(into: dict[str, list[float]], health: loadgen.LoadResult, pos
     into["p99_ms"].append(post.percentile(99) * 1000)
 
 
+def _at_least_one(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text} is less than 1")
+        return value
+
+    return parse
+
+
 def _connection_counts(text: str) -> list[int]:
-    counts = [int(part) for part in text.split(",") if part.strip()]
-    if any(count < 1 for count in counts):
-        raise argparse.ArgumentTypeError("connection counts must be >= 1")
-    return counts
+    parse = _at_least_one(int)
+    return [parse(part) for part in text.split(",") if part.strip()]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=_at_least_one(int), default=5)
+    parser.add_argument("--seconds", type=_at_least_one(float), default=5.0)
+    parser.add_argument("--connections", type=_at_least_one(int), default=32)
+    parser.add_argument("--workers", type=_at_least_one(int), default=2)
     parser.add_argument(
         "--sweep",
         type=_connection_counts,
