@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling loadtest clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync loadtest clean
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ bench-rebalance: install  ## players moved per second by apply, write latency du
 
 bench-rank-scaling: install  ## rank-read p50 with 1M players vs with 10k, same run
 	$(PY) -m bench.rank_scaling_bench $(BENCH_ARGS)
+
+bench-fsync: install  ## fdatasync latency of the disk under the data directory, tail included
+	$(PY) -m bench.fsync_tail $(BENCH_ARGS)
 
 LOADTEST_USERS ?= 40
 LOADTEST_TIME  ?= 60s
