@@ -161,8 +161,8 @@ class ConnectionPool:
 # One controller for every call, not tenacity's decorator: the decorator copies its
 # controller per call, and a copy used in a long-lived worker thread stays in a
 # reference cycle (its thread-local state holds bound methods of itself) until the
-# garbage collector finds it — ten objects per group commit, which made the
-# collector's young passes 20-25 ms in a loadtest. The controller keeps its state per
+# garbage collector finds it — ten objects per group commit, most of what the
+# collector's young passes found in a loadtest. The controller keeps its state per
 # thread, so the pool's threads can share it.
 _CONFLICT_RETRIES = Retrying(
     retry=retry_if_exception_type(_Retryable),

@@ -1,10 +1,10 @@
 """Group commits against the real PostgreSQL: conflicts are retried, and a commit
 leaves no garbage in reference cycles behind.
 
-A commit that leaves cycles makes the garbage collector's young-generation passes
-long: in a loadtest, where players' writes come in groups of a few, tenacity's
-per-call copies of its retry controller (about ten objects in a cycle per commit)
-made those passes 20-25 ms, stopping the event loop and every request on it.
+Garbage in cycles waits for the garbage collector, whose passes stop the event loop
+and every request on it: in a loadtest, where players' writes come in groups of a
+few, tenacity's per-call copies of its retry controller (ten objects in a cycle per
+commit) were most of what the young-generation passes (20-25 ms) collected.
 """
 
 from __future__ import annotations
