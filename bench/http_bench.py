@@ -72,6 +72,17 @@ def bench_cluster(workdir: Path, workers: int) -> LocalCluster:
     return LocalCluster(settings, router_output=workdir / "router.log")
 
 
+def board_memory(shard_clients: list[redis.Redis], month_label: str) -> tuple[int, int]:
+    """(bytes, players) of one month's board over all shards: sorted sets and version
+    hashes, tombstones included, counted exactly (MEMORY USAGE with SAMPLES 0)."""
+    board_bytes = sum(
+        (c.memory_usage(key, samples=0) or 0)
+        for c in shard_clients
+        for key in (zset_key(month_label), state_key(month_label))
+    )
+    return board_bytes, sum(c.zcard(zset_key(month_label)) for c in shard_clients)
+
+
 def single_scores(host: str, run_id: str, *, players: int = PLAYERS, prefix: str = "p", seed: int = 1):
     """Request maker for loadgen: one `POST /v1/scores` per call, random player, unique match_id."""
     rng = random.Random(seed)
@@ -244,13 +255,9 @@ def main() -> int:
         }
         results, sweep, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
         month = datetime.now(UTC).strftime("%Y-%m")
-        players = sum(c.zcard(zset_key(month)) for c in shard_clients)
-        # The board itself (sorted set + version hash, exact: SAMPLES 0), and everything
-        # the shards gained, which also counts the per-player rate-limit counters on s0.
-        board_bytes = sum(
-            (c.memory_usage(zset_key(month), samples=0) or 0) + (c.memory_usage(state_key(month), samples=0) or 0)
-            for c in shard_clients
-        )
+        # The board itself, and everything the shards gained, which also counts the
+        # per-player rate-limit counters on s0.
+        board_bytes, players = board_memory(shard_clients, month)
         memory_per_player = board_bytes / players
         gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
     except BaseException:

@@ -4,7 +4,9 @@ Starts a private cluster (3 shards, PostgreSQL, one router with 2 workers), puts
 10,000 players on the board (PostgreSQL, then `rebuild`), measures GET
 /v1/scores/{id} for random existing players in alternating rounds, grows the board
 to 1,000,000 players, and measures again. Prints the p50 of each and their ratio
-(the target is at most 1.3: a rank read should not care how big the board is).
+(the target is at most 1.3: a rank read should not care how big the board is), and
+the board's Redis memory per player at both sizes (a board just rebuilt from
+PostgreSQL: no tombstones).
 
 Usage: python -m bench.rank_scaling_bench [--small 10000] [--large 1000000] [--rounds 3]
 """
@@ -20,8 +22,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+
 from bench import loadgen
-from bench.http_bench import bench_cluster
+from bench.http_bench import bench_cluster, board_memory
 from bench.population import add_players
 from shard_manager.layout import read_layout
 from shard_manager.rebuild import rebuild_month
@@ -51,11 +55,15 @@ def main() -> int:
         dsn = cluster.settings.database_url
         month = datetime.now(UTC).date().replace(day=1)
         port = cluster.settings.http_port
+        shard_clients = [redis.Redis.from_url(shard.address) for shard in cluster.shard_map.shards]
+        label = month.strftime("%Y-%m")
         add_players(dsn, 1, args.small)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
+        small_memory = board_memory(shard_clients, label)
         small = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
         add_players(dsn, args.small + 1, args.large)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
+        large_memory = board_memory(shard_clients, label)
         large = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
         # Reads of the first players only in both phases, so the router's user->shard
         # cache is equally warm; only the board's size differs.
@@ -74,6 +82,8 @@ def main() -> int:
         + ")"
     )
     print(f"ratio {big / s:.2f} (target <= 1.3)")
+    for board_bytes, players in (small_memory, large_memory):
+        print(f"Redis memory of the board keys with {players:,} players: {board_bytes / players:.1f} bytes per player")
     return 0
 
 
