@@ -138,7 +138,7 @@ async def _measure(
         "top": [],
         "top_ratio": [],
     }
-    sweep: dict[int, dict[str, list[float]]] = {c: defaultdict(list) for c in args.sweep}
+    sweep: dict[int, dict[str, list[float]]] = {c: defaultdict(list) for c in [args.connections, *args.sweep]}
     # Warm-up: players p0..p9999 certainly exist (the reads ask for them), then more.
     for chunk in range(10):
         events = [{"user_id": f"p{chunk * 1000 + i}", "match_id": "seed", "score": (i * 7) % 2000} for i in range(1000)]
@@ -182,7 +182,7 @@ async def _measure(
                     f"healthz {health_at.errors}, post {post_at.errors}"
                 )
             _record_writes(sweep[connections], health_at, post_at)
-        _record_writes(sweep.setdefault(args.connections, defaultdict(list)), health, post)
+        _record_writes(sweep[args.connections], health, post)
         print(
             f"  round {round_no + 1}: healthz {health.rate:8.0f} req/s | POST /v1/scores {post.rate:7.0f} req/s "
             f"(ratio {post.rate / health.rate:.3f}, p50 {post.median_latency * 1000:.1f} ms) | "

@@ -65,6 +65,8 @@ def main() -> int:
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
         large_memory = board_memory(shard_clients, label)
         large = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
+        for client in shard_clients:
+            client.close()
         # Reads of the first players only in both phases, so the router's user->shard
         # cache is equally warm; only the board's size differs.
     finally:

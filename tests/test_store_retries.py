@@ -1,5 +1,5 @@
-"""Group commits against the real PostgreSQL: conflicts are retried, and a commit
-leaves no garbage in reference cycles behind.
+"""How group commits retry conflicts: the retry policy itself, and (against the real
+PostgreSQL) that a commit leaves no garbage in reference cycles behind.
 
 Garbage in cycles waits for the garbage collector, whose passes stop the event loop
 and every request on it: in a loadtest, where players' writes come in groups of a
@@ -24,19 +24,19 @@ COMMITS = 200
 
 
 def test_group_commits_leave_no_garbage_in_cycles(board: Cluster) -> None:
-    async def commit_many(store: Store) -> None:
+    async def commit_many(store: Store, phase: str) -> None:
         now = datetime.now(UTC)
         for n in range(COMMITS):
-            await store.apply_events([ScoreEvent(f"gc{n % 7}", f"gc-m{n}", month_start(now), "incr", 1, now)])
+            await store.apply_events([ScoreEvent(f"gc{n % 7}", f"gc-{phase}{n}", month_start(now), "incr", 1, now)])
 
     async def garbage_in_cycles(store: Store) -> int:
         # All in one event loop, as in the router: its worker threads stay alive, and
         # anything a commit left in their thread-local state is still there.
-        await commit_many(store)  # warm: connections, plans, worker threads
+        await commit_many(store, "warm")  # connections, plans, worker threads
         gc.collect()
         gc.disable()
         try:
-            await commit_many(store)
+            await commit_many(store, "counted")
             return gc.collect()
         finally:
             gc.enable()
