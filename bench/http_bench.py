@@ -8,8 +8,12 @@ noise hits all of them alike, and prints medians:
   (2) GET /v1/scores/{id} req/s  /  GET /healthz req/s
   (3) GET /v1/leaderboard/top?limit=10 req/s  /  GET /healthz req/s
   (4) batch ingest: events/s through POST /v1/scores/batch (1,000 events a request)
-  (6) Redis memory per player: used_memory of all shards, minus what they used
-      before any player existed, divided by the players on them
+  (5) GET /v1/scores/{id} p50 latency with 1M players on the board / with 10k: the
+      same 10k players read at 8 connections, before the rounds (when they are the
+      whole board) and after them, once the board has been grown to --large players
+      in PostgreSQL and rebuilt onto the shards
+  (6) Redis memory per player: the board's keys over all shards (sorted sets and
+      version hashes, tombstones included) after the rounds, divided by its players
 
 and (1) again at other numbers of client connections (--sweep), each against healthz
 at the same connections: single writes wait on a group commit, so with few
@@ -20,6 +24,7 @@ and, per scenario, the CPU that the router, PostgreSQL, Redis and the load gener
 each spent per request (per event for batches): where the time goes.
 
 Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32] [--sweep 8,64,128]
+                                  [--large 1000000]
 """
 
 from __future__ import annotations
@@ -33,19 +38,24 @@ import statistics
 import sys
 import tempfile
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import redis
 
 from bench import loadgen
 from bench.cpu_time import cpu_seconds, per_request_us
+from bench.population import add_players
 from router.members import state_key, zset_key
 from router.settings import Settings
 from shard_manager.launcher import LocalCluster
+from shard_manager.layout import read_layout
 from shard_manager.processes import free_port
+from shard_manager.rebuild import rebuild_month
 
 PLAYERS = 100_000
+SEEDED_PLAYERS = 10_000  # p0..p9999: the whole board when (5) is first measured
+RANK_LATENCY_CONNECTIONS = 8  # few enough that the p50 is a read's own path, not a queue
 TOKEN = "bench-token-0123456789abcdef"
 
 
@@ -81,6 +91,22 @@ def board_memory(shard_clients: list[redis.Redis], month_label: str) -> tuple[in
         for key in (zset_key(month_label), state_key(month_label))
     )
     return board_bytes, sum(c.zcard(zset_key(month_label)) for c in shard_clients)
+
+
+def rank_requests(host: str, players: int, prefix: str) -> list[bytes]:
+    """4,096 `GET /v1/scores/{id}` requests for random players <prefix>0..<players - 1>."""
+    rng = random.Random(3)
+    return [loadgen.build_request("GET", f"/v1/scores/{prefix}{rng.randrange(players)}", host) for _ in range(4096)]
+
+
+async def rank_read_p50(port: int, requests: list[bytes], seconds: float) -> float:
+    """p50 latency in seconds of the given rank reads at RANK_LATENCY_CONNECTIONS."""
+    result = await loadgen.run(
+        "127.0.0.1", port, lambda n: requests[n % len(requests)], connections=RANK_LATENCY_CONNECTIONS, seconds=seconds
+    )
+    if result.errors:
+        raise SystemExit(f"{result.errors} failed rank reads")
+    return result.percentile(50)
 
 
 def single_scores(host: str, run_id: str, *, players: int = PLAYERS, prefix: str = "p", seed: int = 1):
@@ -137,18 +163,20 @@ async def _measure(
         "rank_ratio": [],
         "top": [],
         "top_ratio": [],
+        "rank_p50_small": [],
     }
     sweep: dict[int, dict[str, list[float]]] = {c: defaultdict(list) for c in [args.connections, *args.sweep]}
     # Warm-up: players p0..p9999 certainly exist (the reads ask for them), then more.
-    for chunk in range(10):
+    for chunk in range(SEEDED_PLAYERS // 1000):
         events = [{"user_id": f"p{chunk * 1000 + i}", "match_id": "seed", "score": (i * 7) % 2000} for i in range(1000)]
         seed = loadgen.build_request(
             "POST", "/v1/scores/batch", host, json.dumps({"events": events}).encode(), {"X-Game-Service-Token": TOKEN}
         )
         await loadgen.run("127.0.0.1", port, lambda _, body=seed: body, connections=1, seconds=0.01)
+    reads = rank_requests(host, SEEDED_PLAYERS, "p")
+    for _ in range(args.rounds):
+        results["rank_p50_small"].append(await rank_read_p50(port, reads, args.seconds))
     await loadgen.run("127.0.0.1", port, _post_batch(host, "warm"), connections=2, seconds=3)
-    rng = random.Random(3)
-    rank_requests = [loadgen.build_request("GET", f"/v1/scores/p{rng.randrange(10_000)}", host) for _ in range(4096)]
     top_request = loadgen.build_request("GET", "/v1/leaderboard/top?limit=10", host)
     for round_no in range(args.rounds):
         health = await scenario("GET /healthz", lambda _: healthz, args.connections)
@@ -163,7 +191,7 @@ async def _measure(
         results["ratio"].append(post.rate / health.rate)
         results["batch_events"].append(batch.rate * 1000)
         results["post_p50_ms"].append(post.median_latency * 1000)
-        rank = await scenario("GET /v1/scores/{id}", lambda n: rank_requests[n % 4096], args.connections)
+        rank = await scenario("GET /v1/scores/{id}", lambda n: reads[n % 4096], args.connections)
         top = await scenario("GET top-10", lambda _: top_request, args.connections)
         if rank.errors or top.errors:
             raise SystemExit(f"errors during the run: rank {rank.errors}, top {top.errors}")
@@ -191,6 +219,20 @@ async def _measure(
             flush=True,
         )
     return results, sweep, cpu
+
+
+def _grow_board(cluster: LocalCluster, shard_clients: list[redis.Redis], month: date, players: int, target: int) -> int:
+    """Adds players to this month's board in PostgreSQL until it has `target`, puts them
+    on the shards with a rebuild (as an operator would after a bulk import), and
+    returns the players the shards then hold. (Not a board to weigh for (6): the
+    rebuild's catch-up tombstones each player written in its last 30 s on every shard
+    the player is not on.)"""
+    dsn = cluster.settings.database_url
+    if target <= players:
+        return players
+    add_players(dsn, 1, target - players, prefix="g")
+    rebuild_month(dsn, read_layout(dsn).shard_map, month)
+    return sum(c.zcard(zset_key(month.strftime("%Y-%m"))) for c in shard_clients)
 
 
 def _record_writes(into: dict[str, list[float]], health: loadgen.LoadResult, post: loadgen.LoadResult) -> None:
@@ -228,6 +270,12 @@ def main() -> int:
         default=[8, 64, 128],
         help="other client connection counts to measure (1) at, comma-separated; empty: none",
     )
+    parser.add_argument(
+        "--large",
+        type=_at_least_one(int),
+        default=1_000_000,
+        help="players on the board for the second rank-latency measurement of (5)",
+    )
     args = parser.parse_args()
     args.sweep = sorted(set(args.sweep) - {args.connections})
     try:
@@ -254,12 +302,19 @@ def main() -> int:
             "redis": [server.proc.pid for server in cluster.redis if server.proc is not None],
         }
         results, sweep, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
-        month = datetime.now(UTC).strftime("%Y-%m")
+        month = datetime.now(UTC).date().replace(day=1)
         # The board itself, and everything the shards gained, which also counts the
         # per-player rate-limit counters on s0.
-        board_bytes, players = board_memory(shard_clients, month)
+        board_bytes, players = board_memory(shard_clients, month.strftime("%Y-%m"))
         memory_per_player = board_bytes / players
         gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
+        if args.large > players:
+            print(f"growing the board from {players:,} to {args.large:,} players for (5)", flush=True)
+        large_players = _grow_board(cluster, shard_clients, month, players, args.large)
+        reads = rank_requests(f"127.0.0.1:{cluster.settings.http_port}", SEEDED_PLAYERS, "p")
+        rank_p50_large = [
+            asyncio.run(rank_read_p50(cluster.settings.http_port, reads, args.seconds)) for _ in range(args.rounds)
+        ]
     except BaseException:
         log = workdir / "router.log"
         if log.exists():
@@ -276,7 +331,13 @@ def main() -> int:
     print(f"  GET /v1/scores/{{id}}   {med['rank']:10.0f} req/s   ratio {med['rank_ratio']:.3f}")
     print(f"  GET top-10            {med['top']:10.0f} req/s   ratio {med['top_ratio']:.3f}")
     print(f"  batch ingest          {med['batch_events']:10.0f} events/s")
-    print(f"  Redis memory          {memory_per_player:10.1f} bytes per player in the board keys ({players} players)")
+    small_p50, large_p50 = med["rank_p50_small"], statistics.median(rank_p50_large)
+    print(
+        f"  rank read p50         {large_p50 * 1000:10.2f} ms with {large_players:,} players ÷ "
+        f"{small_p50 * 1000:.2f} ms with {SEEDED_PLAYERS:,}: ratio {large_p50 / small_p50:.2f} "
+        f"({RANK_LATENCY_CONNECTIONS} connections)"
+    )
+    print(f"  Redis memory          {memory_per_player:10.1f} bytes per player in the board keys ({players:,} players)")
     print(
         f"                        {gained_per_player:10.1f} bytes per player of used_memory growth "
         "(also rate-limit counters, AOF and client buffers)"

@@ -8,14 +8,14 @@ import psycopg2
 
 
 def add_players(dsn: str, first: int, last: int, prefix: str = "r") -> None:
-    """Players <prefix><first>..<prefix><last> (first >= 1: seq must be positive), scores
-    spread over [0, 2000), placed by the layout in force, last changed an hour ago (so a
-    rebuild's catch-up of recent changes has nothing to do)."""
+    """Players <prefix><first>..<prefix><last>, scores spread over [0, 2000), placed by
+    the layout in force, last changed an hour ago (so a rebuild's catch-up of recent
+    changes has nothing to do). Their tie-breaks come from score_seq, as a router's
+    do, so a board that routers have written to already gets no repeated ones."""
     month = datetime.now(UTC).date().replace(day=1)
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         cur.execute("SET synchronous_commit = off")
-        cur.execute("SELECT setval('score_seq', greatest(%s, (SELECT last_value FROM score_seq)))", (last + 1,))
         cur.execute(
             """
             WITH layout AS (
@@ -24,10 +24,10 @@ def add_players(dsn: str, first: int, last: int, prefix: str = "r") -> None:
                   FROM shard_layout, jsonb_array_elements(shards) WITH ORDINALITY AS e(s, o)
             )
             INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch, updated_at)
-            SELECT %(month)s, %(prefix)s || g, sc, 1, g, lb_layout_shard(%(month)s, sc, g, bounds, ids, NULL), 1,
+            SELECT %(month)s, %(prefix)s || g, sc, 1, seq, lb_layout_shard(%(month)s, sc, seq, bounds, ids, NULL), 1,
                    now() - interval '1 hour'
               FROM layout, generate_series(%(first)s, %(last)s) AS g,
-                   LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc) s
+                   LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc, nextval('score_seq') AS seq) s
             """,
             {"month": month, "first": first, "last": last, "prefix": prefix},
         )

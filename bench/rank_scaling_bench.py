@@ -2,11 +2,12 @@
 
 Starts a private cluster (3 shards, PostgreSQL, one router with 2 workers), puts
 10,000 players on the board (PostgreSQL, then `rebuild`), measures GET
-/v1/scores/{id} for random existing players in alternating rounds, grows the board
-to 1,000,000 players, and measures again. Prints the p50 of each and their ratio
-(the target is at most 1.3: a rank read should not care how big the board is), and
-the board's Redis memory per player at both sizes (a board just rebuilt from
-PostgreSQL: no tombstones).
+/v1/scores/{id} for random existing players in rounds, grows the board to 1,000,000
+players, and measures again. Prints the p50 of each and their ratio (the target is at
+most 1.3: a rank read should not care how big the board is), and the board's Redis
+memory per player at both sizes (a board just rebuilt from PostgreSQL, with no
+writes before it: no tombstones). `make bench` measures (5) the same way within its
+run; this is the minute-long version of it on its own, plus the memory.
 
 Usage: python -m bench.rank_scaling_bench [--small 10000] [--large 1000000] [--rounds 3]
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import shutil
 import statistics
 import tempfile
@@ -24,21 +24,10 @@ from pathlib import Path
 
 import redis
 
-from bench import loadgen
-from bench.http_bench import bench_cluster, board_memory
+from bench.http_bench import bench_cluster, board_memory, rank_read_p50, rank_requests
 from bench.population import add_players
 from shard_manager.layout import read_layout
 from shard_manager.rebuild import rebuild_month
-
-
-async def _measure(port: int, players: int, seconds: float) -> float:
-    host = f"127.0.0.1:{port}"
-    rng = random.Random(players)
-    requests = [loadgen.build_request("GET", f"/v1/scores/r{rng.randrange(players) + 1}", host) for _ in range(4096)]
-    result = await loadgen.run("127.0.0.1", port, lambda n: requests[n % 4096], connections=8, seconds=seconds)
-    if result.errors:
-        raise SystemExit(f"{result.errors} failed rank reads")
-    return result.percentile(50)
 
 
 def main() -> int:
@@ -57,14 +46,15 @@ def main() -> int:
         port = cluster.settings.http_port
         shard_clients = [redis.Redis.from_url(shard.address) for shard in cluster.shard_map.shards]
         label = month.strftime("%Y-%m")
-        add_players(dsn, 1, args.small)
+        reads = rank_requests(f"127.0.0.1:{port}", args.small, "r")
+        add_players(dsn, 0, args.small - 1)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
         small_memory = board_memory(shard_clients, label)
-        small = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
-        add_players(dsn, args.small + 1, args.large)
+        small = [asyncio.run(rank_read_p50(port, reads, args.seconds)) for _ in range(args.rounds)]
+        add_players(dsn, args.small, args.large - 1)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)
         large_memory = board_memory(shard_clients, label)
-        large = [asyncio.run(_measure(port, args.small, args.seconds)) for _ in range(args.rounds)]
+        large = [asyncio.run(rank_read_p50(port, reads, args.seconds)) for _ in range(args.rounds)]
         for client in shard_clients:
             client.close()
         # Reads of the first players only in both phases, so the router's user->shard
