@@ -286,6 +286,7 @@ def main() -> int:
         pass
     workdir = Path(tempfile.mkdtemp(prefix="lb-bench-"))
     cluster = bench_cluster(workdir, args.workers)
+    shard_clients: list[redis.Redis] = []
     try:
         cluster.start()
         print(
@@ -321,6 +322,8 @@ def main() -> int:
             print("router log, last lines:\n" + "\n".join(log.read_text().splitlines()[-20:]), file=sys.stderr)
         raise
     finally:
+        for client in shard_clients:
+            client.close()
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in results.items()}
