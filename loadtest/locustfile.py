@@ -13,8 +13,11 @@ are Locust's own options.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -38,9 +41,23 @@ _run = uuid.uuid4().hex[:8]
 
 
 @events.test_start.add_listener
-def _check_token(environment, **_):
+def _check_target(environment, **_):
+    """Refuse at once, and say why, rather than spend the whole run timing refusals."""
     if not TOKEN:
         raise SystemExit("no game token: set LB_GAME_TOKEN or start the cluster with `make up`")
+    ready = f"{(environment.host or '').rstrip('/')}/readyz"
+    try:
+        with urllib.request.urlopen(ready, timeout=5):
+            pass
+    except urllib.error.HTTPError as exc:
+        # It answers but is not ready (a shard or PostgreSQL down): a run against a
+        # degraded cluster can be the point, so go on, and say so.
+        logging.warning("%s answered %s: the cluster is degraded; running anyway", ready, exc.code)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"nothing answers at {ready} ({exc}): start the cluster with `make up`, or point --host "
+            "(LOADTEST_HOST for make loadtest) at one"
+        ) from None
 
 
 def player_id() -> str:

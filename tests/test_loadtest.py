@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shard_manager.processes import free_port
 from tests.cluster import GAME_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +53,37 @@ def test_locust_scenarios_run_clean(board, router, tmp_path):
         [sys.executable, str(ROOT / "loadtest" / "summary.py"), str(prefix)], capture_output=True, text=True
     )
     assert "failures: 0" in summary.stdout
+
+
+def test_locust_refuses_at_once_when_nothing_answers(tmp_path):
+    """Pointed at a port nobody listens on, the run stops before its first user and
+    says what to do, instead of timing refusals for its whole run time."""
+    host = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "LB_GAME_TOKEN": GAME_TOKEN}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless",
+            "-u",
+            "2",
+            "-t",
+            "60s",
+            "--host",
+            host,
+            "--csv",
+            str(tmp_path / "run"),
+            "--only-summary",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,  # well under the run time asked for: it must not run it
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert f"nothing answers at {host}/readyz" in result.stderr + result.stdout
+    assert "make up" in result.stderr + result.stdout
