@@ -47,7 +47,8 @@ def _check_target(environment, **_):
         raise SystemExit("no game token: set LB_GAME_TOKEN or start the cluster with `make up`")
     ready = f"{(environment.host or '').rstrip('/')}/readyz"
     try:
-        with urllib.request.urlopen(ready, timeout=5):
+        # No proxies: Locust's own client does not use them either.
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(ready, timeout=5):
             pass
     except urllib.error.HTTPError as exc:
         # It answers but is not ready (a shard or PostgreSQL down): a run against a
