@@ -46,7 +46,7 @@ import redis
 from bench import loadgen
 from bench.cpu_time import cpu_seconds, per_request_us
 from bench.population import add_players
-from router.members import state_key, zset_key
+from router.members import state_keys, zset_key
 from router.settings import Settings
 from shard_manager.launcher import LocalCluster
 from shard_manager.layout import read_layout
@@ -83,13 +83,16 @@ def bench_cluster(workdir: Path, workers: int) -> LocalCluster:
 
 
 def board_memory(shard_clients: list[redis.Redis], month_label: str) -> tuple[int, int]:
-    """(bytes, players) of one month's board over all shards: sorted sets and version
-    hashes, tombstones included, counted exactly (MEMORY USAGE with SAMPLES 0)."""
-    board_bytes = sum(
-        (c.memory_usage(key, samples=0) or 0)
-        for c in shard_clients
-        for key in (zset_key(month_label), state_key(month_label))
-    )
+    """(bytes, players) of one month's board over all shards: sorted sets and state
+    hashes, tombstones included, counted exactly (MEMORY USAGE with SAMPLES 0, which
+    counts each key's own overhead too)."""
+    keys = [zset_key(month_label), *state_keys(month_label)]
+    board_bytes = 0
+    for client in shard_clients:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        board_bytes += sum(used or 0 for used in pipe.execute())
     return board_bytes, sum(c.zcard(zset_key(month_label)) for c in shard_clients)
 
 

@@ -9,6 +9,9 @@ seq into the double score instead would lose precision long before 2^53.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable
+
 TIE_WIDTH = 12
 SEQ_LIMIT = 16**TIE_WIDTH - 1
 
@@ -31,6 +34,36 @@ def zset_key(month_label: str) -> str:
     return f"lb:{month_label}:z"
 
 
-def state_key(month_label: str) -> str:
-    """Hash user_id -> "version:tie" (on the board) or "version" (a tombstone)."""
+# A player's state lives in one of STATE_BUCKETS small hashes per month and shard,
+# chosen by a CRC of the user id, instead of one big hash. Redis keeps a hash of up to
+# hash-max-ziplist-entries (512 by default) short fields as one packed array: about 16
+# bytes an entry, against about 83 for an entry of a hash table (entry, field and
+# value each allocated on their own). 4096 buckets stay packed up to 2M entries per
+# shard and month (players plus tombstones); past that, full buckets turn into hash
+# tables one by one: correct, only no smaller. Changing the count moves every player's
+# bucket, so it takes a rebuild of every month on the board.
+STATE_BUCKETS = 4096
+
+
+def state_key(month_label: str, user_id: str) -> str:
+    """The hash holding this player's entry: user_id -> "version:tie" (on the board)
+    or "version" (a tombstone: the player left this shard at that version)."""
+    return f"lb:{month_label}:v:{zlib.crc32(user_id.encode()) % STATE_BUCKETS}"
+
+
+def state_keys(month_label: str) -> list[str]:
+    """Every state hash a month can have on a shard (most exist once it has players)."""
+    return [f"lb:{month_label}:v:{bucket}" for bucket in range(STATE_BUCKETS)]
+
+
+def legacy_state_key(month_label: str) -> str:
+    """The single state hash per month of boards written before the buckets."""
     return f"lb:{month_label}:v"
+
+
+LEGACY_STATE_PATTERN = "lb:[0-9][0-9][0-9][0-9]-[0-9][0-9]:v"
+
+
+def script_keys(month_label: str, user_ids: Iterable[str]) -> list[str]:
+    """KEYS for the apply and lookup scripts: the sorted set, then each user's state hash."""
+    return [zset_key(month_label), *(state_key(month_label, user) for user in user_ids)]

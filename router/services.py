@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import psycopg2
 
 from router.board_service import BoardService
+from router.errors import ShardUnavailable
 from router.layout_watcher import LayoutWatcher
 from router.page_cache import PageCache
 from router.ranking import Board
@@ -93,10 +94,34 @@ class Services:
     async def start(self) -> None:
         if not self.settings.game_tokens:
             log.warning("LB_GAME_TOKENS is empty: every write will be refused with 401")
+        await self._refuse_legacy_boards()
         await self.writes.start()
         self.reconciler.start()
         self.seasons.start()
         self.layout.start()
+
+    async def _refuse_legacy_boards(self) -> None:
+        """Players' states moved from one hash per month into buckets (members.STATE_BUCKETS).
+        A router writing to a board still in the old layout would not find their states,
+        and would add a second copy of each player it wrote: refuse to start instead,
+        and say what to run. A shard down now is not checked (it may be on its way)."""
+        found: dict[str, list[str]] = {}
+        for shard_id in self.shards.shard_map.ids:
+            try:
+                keys = await self.shards.legacy_state_hashes(shard_id)
+            except ShardUnavailable as exc:
+                log.warning("could not check %s for boards in the old layout: %s", shard_id, exc)
+                continue
+            if keys:
+                found[shard_id] = sorted(keys)
+        if found:
+            months = sorted({key.split(":")[1] for keys in found.values() for key in keys})
+            raise RuntimeError(
+                "the shards hold boards written before players' states moved into buckets ("
+                + "; ".join(f"{sid}: {', '.join(keys)}" for sid, keys in found.items())
+                + "): rebuild them from PostgreSQL before starting routers: "
+                + " ".join(f"`shard-manager rebuild --month {m}`" for m in months)
+            )
 
     async def stop(self) -> None:
         await self.writes.stop()

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.coalesce import Coalescer
 from router.errors import ShardUnavailable
-from router.members import state_key, zset_key
+from router.members import LEGACY_STATE_PATTERN, script_keys, state_key, zset_key
 from router.metrics import SHARD_ERRORS, SHARD_OPS
 from router.redis_packing import packed_by_hiredis
 from shard_manager.shardmap import ShardMap
@@ -135,7 +135,7 @@ class ShardClients:
         args: list[Any] = []
         for state, present in states:
             args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie]
-        keys = [zset_key(month), state_key(month)]
+        keys = script_keys(month, (state.user_id for state, _ in states))
 
         async def run(client: aioredis.Redis) -> list[int]:
             return await self._apply(keys=keys, args=args, client=client)
@@ -157,7 +157,7 @@ class ShardClients:
         users = list(dict.fromkeys(item for item in items if item is not None))
 
         async def run(client: aioredis.Redis) -> list[Any]:
-            return await self._lookup(keys=[zset_key(month), state_key(month)], args=users, client=client)
+            return await self._lookup(keys=script_keys(month, users), args=users, client=client)
 
         raw = await self._call(shard_id, run, "lookup" if users else "size")
         size = int(raw[0])
@@ -180,6 +180,14 @@ class ShardClients:
 
         return [(member, int(score)) for member, score in await self._call(shard_id, run, "range")]
 
+    async def legacy_state_hashes(self, shard_id: str) -> list[str]:
+        """Keys of the one-hash-per-month state layout (before the buckets) on a shard."""
+
+        async def run(client: aioredis.Redis) -> list[str]:
+            return [key async for key in client.scan_iter(match=LEGACY_STATE_PATTERN, count=1000)]
+
+        return await self._call(shard_id, run)
+
     async def ping(self, shard_id: str) -> None:
         await self._call(shard_id, lambda c: c.ping())
 
@@ -191,4 +199,11 @@ class ShardClients:
         """Raw state-hash entries ("version:tie", "version" or None) for several users."""
         if not user_ids:
             return []
-        return await self._call(shard_id, lambda c: c.hmget(state_key(month), list(user_ids)))
+
+        async def run(client: aioredis.Redis) -> list[str | None]:
+            pipe = client.pipeline(transaction=False)
+            for user in user_ids:
+                pipe.hget(state_key(month, user), user)
+            return await pipe.execute()
+
+        return await self._call(shard_id, run)

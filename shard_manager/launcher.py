@@ -26,6 +26,7 @@ from shard_manager.binaries import require_postgres, require_redis_server
 from shard_manager.layout import ensure_layout
 from shard_manager.migrations import migrate
 from shard_manager.processes import PostgresServer, RedisServer
+from shard_manager.rebuild import months_in_old_layout, rebuild_month
 from shard_manager.shardmap import ShardMap, load_shard_map
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -140,6 +141,10 @@ class LocalCluster:
                     f"{self.settings.shards_file}; `shard-manager plan` shows what `apply` would change",
                     flush=True,
                 )
+            for month in months_in_old_layout(layout.shard_map):
+                # Left by an earlier version of this project; routers refuse such boards.
+                print(f"  rebuild       {month:%Y-%m}: players' states into buckets (a board from before them)")
+                rebuild_month(self.settings.database_url, layout.shard_map, month)
             self._start_router()
             wait_ready(self.base_url + "/readyz", timeout=60, alive=lambda: self.router.poll() is None)
         except BaseException:

@@ -27,7 +27,7 @@ from importlib import resources
 import psycopg2
 import redis
 
-from router.members import state_key, tie_prefix, zset_key
+from router.members import script_keys, tie_prefix
 from shard_manager.layout import Layout, load_layout, shards_json
 from shard_manager.seasons import unarchived_months
 from shard_manager.shardmap import MAX_SCORE, ShardMap
@@ -351,7 +351,7 @@ class Rebalancer:
         if not rows:
             return 0
         label = month.strftime("%Y-%m")
-        keys = [zset_key(label), state_key(label)]
+        keys = script_keys(label, (row[0] for row in rows))
         dest, source = rows[0][4], rows[0][5]
         # Add before remove, exactly as the routers do; if we die in between, the
         # outbox row written with the step lets the reconciler finish it.

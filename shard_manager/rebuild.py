@@ -22,13 +22,23 @@ from importlib import resources
 import psycopg2
 import redis
 
-from router.members import member, state_key, tie_prefix, zset_key
+from router.members import (
+    LEGACY_STATE_PATTERN,
+    legacy_state_key,
+    member,
+    script_keys,
+    state_key,
+    state_keys,
+    tie_prefix,
+    zset_key,
+)
 from router.periods import month_label
 from shard_manager.shardmap import ShardMap
 
 CATCH_UP_MARGIN = timedelta(seconds=30)
 """Longer than any write transaction may run (statement timeout 5 s, a few retries)."""
 CHUNK = 20_000
+SIDE = ":rebuild"
 APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
 
 
@@ -59,12 +69,17 @@ def rebuild_month(
     started = time.perf_counter()
     label = month_label(month)
     clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
-    side_z, side_v = zset_key(label) + ":rebuild", state_key(label) + ":rebuild"
+    side_z = zset_key(label) + SIDE
+    live_states = state_keys(label)
+    side_states = [key + SIDE for key in live_states]
     per_shard: dict[str, int] = dict.fromkeys(shard_map.ids, 0)
+    written: dict[str, set[str]] = {shard_id: set() for shard_id in shard_map.ids}
     conn = psycopg2.connect(dsn)
     try:
-        for client in clients.values():
-            client.delete(side_z, side_v)
+        for client in clients.values():  # an interrupted rebuild's side keys
+            client.delete(side_z)
+            for start in range(0, len(side_states), 1000):
+                client.unlink(*side_states[start : start + 1000])
         with conn, conn.cursor() as cur:
             cur.execute("SELECT now(), count(*) FROM player_scores WHERE month = %s", (month,))
             snapshot_at, total = cur.fetchone()
@@ -75,17 +90,19 @@ def rebuild_month(
             known = set(shard_map.ids)
             while rows := cur.fetchmany(CHUNK):
                 scores: dict[str, dict[str, int]] = defaultdict(dict)
-                states: dict[str, dict[str, str]] = defaultdict(dict)
+                states: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
                 for user_id, score, version, seq, placed_on in rows:
                     # PostgreSQL's placement wins (it follows a running rebalance's cursor).
                     shard_id = placed_on if placed_on in known else shard_map.shard_for_score(score).id
                     scores[shard_id][member(seq, user_id)] = score
-                    states[shard_id][user_id] = f"{version}:{tie_prefix(seq)}"
+                    states[shard_id][state_key(label, user_id) + SIDE][user_id] = f"{version}:{tie_prefix(seq)}"
                 for shard_id, mapping in scores.items():
                     pipe = clients[shard_id].pipeline(transaction=False)
                     pipe.zadd(side_z, mapping)
-                    pipe.hset(side_v, mapping=states[shard_id])
+                    for key, entries in states[shard_id].items():
+                        pipe.hset(key, mapping=entries)
                     pipe.execute()
+                    written[shard_id].update(states[shard_id])
                     per_shard[shard_id] += len(mapping)
                 done += len(rows)
                 if progress:
@@ -93,12 +110,18 @@ def rebuild_month(
         if progress and total == 0:
             progress(label, 0, 0)
         for shard_id, client in clients.items():
+            # One transaction per shard: readers see the old board or the new one.
             pipe = client.pipeline(transaction=True)
             if per_shard[shard_id]:
                 pipe.rename(side_z, zset_key(label))
-                pipe.rename(side_v, state_key(label))
             else:
-                pipe.delete(zset_key(label), state_key(label))
+                pipe.unlink(zset_key(label))
+            for live, side in zip(live_states, side_states, strict=True):
+                if side in written[shard_id]:
+                    pipe.rename(side, live)
+                else:
+                    pipe.unlink(live)
+            pipe.unlink(legacy_state_key(label))
             pipe.execute()
         caught_up = _catch_up(conn, clients, shard_map, month, snapshot_at - CATCH_UP_MARGIN)
     finally:
@@ -108,10 +131,23 @@ def rebuild_month(
     return RebuildReport(label, done, per_shard, caught_up, time.perf_counter() - started)
 
 
+def months_in_old_layout(shard_map: ShardMap) -> list[date]:
+    """Months whose states some shard still keeps in one hash (boards written before the
+    state buckets). Routers refuse to start on them; a rebuild converts them."""
+    months: set[date] = set()
+    for shard in shard_map.shards:
+        client = redis.Redis.from_url(shard.address, socket_timeout=10, decode_responses=True)
+        try:
+            for key in client.scan_iter(match=LEGACY_STATE_PATTERN, count=1000):
+                months.add(date.fromisoformat(key.split(":")[1] + "-01"))
+        finally:
+            client.close()
+    return sorted(months)
+
+
 def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month: date, since) -> int:
     """Apply, versioned, every state committed since `since`: the writes the snapshot may miss."""
     label = month_label(month)
-    keys = [zset_key(label), state_key(label)]
     scripts = {sid: client.register_script(APPLY_LUA) for sid, client in clients.items()}
     with conn, conn.cursor() as cur:
         cur.execute(
@@ -121,6 +157,7 @@ def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month:
         rows = cur.fetchall()
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
+        keys = script_keys(label, (row[0] for row in chunk))
         for shard in shard_map.shards:
             args: list = []
             for user_id, score, version, seq, placed_on in chunk:

@@ -17,7 +17,7 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.members import TIE_WIDTH, state_key, tie_prefix, zset_key
+from router.members import TIE_WIDTH, state_key, state_keys, tie_prefix, zset_key
 from shard_manager.shardmap import ShardMap
 
 SCAN = 50_000
@@ -78,9 +78,19 @@ def _shard_contents(
                 name = name.decode()
                 members[name[TIE_WIDTH:]].append((name[:TIE_WIDTH], int(score)))
             start += SCAN
-        states = {k.decode(): v.decode() for k, v in client.hscan_iter(state_key(label), count=SCAN)}
+        states = {}
+        keys = state_keys(label)
+        for start in range(0, len(keys), 256):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start : start + 256]:
+                pipe.hgetall(key)
+            for bucket in pipe.execute():
+                states.update((k.decode(), v.decode()) for k, v in bucket.items())
     else:
-        raw = client.hmget(state_key(label), users) if users else []
+        pipe = client.pipeline(transaction=False)
+        for user in users:
+            pipe.hget(state_key(label, user), user)
+        raw = pipe.execute() if users else []
         states = {u: v.decode() for u, v in zip(users, raw, strict=True) if v is not None}
         for user, entry in states.items():
             _, _, tie = entry.partition(":")

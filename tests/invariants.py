@@ -50,7 +50,7 @@ def assert_exact(
         shard_id, score = places[0]
         assert score == pg[user][0], f"{user}: shard has {score}, PostgreSQL {pg[user][0]}"
         assert shard_map.by_id(shard_id).range.contains(score), f"{user} ({score}) is on {shard_id}"
-        entry = clients[shard_id].hget(state_key(MONTH), user)
+        entry = clients[shard_id].hget(state_key(MONTH, user), user)
         assert entry is not None and ":" in entry
 
     order = sorted(pg, key=lambda u: (-pg[u][0], pg[u][1]))

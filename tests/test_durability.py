@@ -85,7 +85,7 @@ def test_rebuild_repairs_drift(api, board):
     fill(api)
     wait_outbox_empty(board, timeout=10)
     board.redis(2).zadd(zset_key(MONTH), {member(1, "intruder"): 5000})
-    board.redis(0).hset(state_key(MONTH), "f01", "99:000000000000")
+    board.redis(0).hset(state_key(MONTH, "f01"), "f01", "99:000000000000")
     report = rebuild_month(board.dsn, board.shard_map, first_day())
     assert report.players == 62
     assert verify_month(board.dsn, board.shard_map, first_day()).ok

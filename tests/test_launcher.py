@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import redis
 
+from router.members import legacy_state_key, state_key
 from shard_manager.launcher import _port_free
 from shard_manager.processes import free_port
 
@@ -77,6 +80,14 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
         )
         assert reply.status_code == 200, reply.text
 
+        # As an earlier version left boards: alice's state in the month's one hash.
+        shard = redis.Redis(port=ports[1], decode_responses=True)
+        month = datetime.now(UTC).strftime("%Y-%m")
+        entry = shard.hget(state_key(month, "alice"), "alice")
+        shard.hdel(state_key(month, "alice"), "alice")
+        shard.hset(legacy_state_key(month), "alice", entry)
+        shard.close()
+
         launcher_pid = int((data_dir / "cluster.pid").read_text())
         members = _session_members(launcher_pid)
         assert len(members) >= 5  # launcher, 3 redis-server, postgres, router
@@ -85,10 +96,16 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
         assert not _session_members(launcher_pid)
         assert all(_port_free(p) for p in [*ports, pg_port, http_port])
 
-        # Restart on the same data dir keeps the data and the token.
+        # Restart on the same data dir keeps the data and the token, and turns the old
+        # board into buckets before the router (which refuses old boards) starts.
         assert _manager("up", env).returncode == 0
         again = httpx.get(base + "/v1/scores/alice")
         assert again.status_code == 200 and again.json()["score"] == 150
+        assert f"rebuild       {month}" in (data_dir / "logs" / "cluster.log").read_text()
+        shard = redis.Redis(port=ports[1], decode_responses=True)
+        assert not shard.exists(legacy_state_key(month))
+        assert shard.hget(state_key(month, "alice"), "alice") == entry
+        shard.close()
     finally:
         _manager("down", env)
     assert all(_port_free(p) for p in [*ports, pg_port, http_port])

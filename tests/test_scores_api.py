@@ -23,7 +23,7 @@ def post(api, user, match, score=1, mode="incr", **extra):
 def shard_holding(cluster, user):
     holders = []
     for i in range(3):
-        entry = cluster.redis(i).hget(state_key(MONTH), user)
+        entry = cluster.redis(i).hget(state_key(MONTH, user), user)
         if entry and ":" in entry:
             holders.append(i)
     return holders

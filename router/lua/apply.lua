@@ -1,13 +1,15 @@
 -- Apply versioned player states to one shard, atomically.
--- KEYS[1] sorted set (score -> tie..user), KEYS[2] hash user -> "version:tie" | "version"
+-- KEYS[1] sorted set (score -> tie..user); KEYS[1 + k]: the state hash (user ->
+-- "version:tie" | "version") holding the k-th group's user (members.state_key).
 -- ARGV: groups of 5: user, version, present ("1"/"0"), score, tie
 -- A state is applied only if this shard has not seen an equal or newer version of
 -- that user, so late, repeated or reordered sends cannot move a player backwards.
 -- Returns, per group: applied (0/1), rank before (-1 if absent), rank after (-1 if
 -- absent), 0-based among this shard's members; then the shard's member count.
-local z, h = KEYS[1], KEYS[2]
+local z = KEYS[1]
 local out = {}
 for i = 1, #ARGV, 5 do
+  local h = KEYS[2 + (i - 1) / 5]
   local user, version = ARGV[i], tonumber(ARGV[i + 1])
   local cur = redis.call('HGET', h, user)
   local cur_version, cur_tie = -1, nil

@@ -1,11 +1,12 @@
 -- Where users stand on one shard, and its member count, in one round trip.
--- KEYS[1] sorted set, KEYS[2] state hash; ARGV: users (none: just the count).
+-- KEYS[1] sorted set, KEYS[1 + i] the state hash holding ARGV[i]; ARGV: users (none:
+-- just the count).
 -- Returns {member count, then per user: version (-1 if never seen), rank (0-based,
 --          -1 if not on this shard), score (string, or "" if not on this shard)}.
-local z, h = KEYS[1], KEYS[2]
+local z = KEYS[1]
 local out = {redis.call('ZCARD', z)}
 for i = 1, #ARGV do
-  local user = ARGV[i]
+  local user, h = ARGV[i], KEYS[1 + i]
   local version, rank, score = -1, -1, ''
   local cur = redis.call('HGET', h, user)
   if cur then
