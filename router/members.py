@@ -45,10 +45,14 @@ def zset_key(month_label: str) -> str:
 STATE_BUCKETS = 4096
 
 
+def state_bucket(user_id: str) -> int:
+    return zlib.crc32(user_id.encode()) % STATE_BUCKETS
+
+
 def state_key(month_label: str, user_id: str) -> str:
     """The hash holding this player's entry: user_id -> "version:tie" (on the board)
     or "version" (a tombstone: the player left this shard at that version)."""
-    return f"lb:{month_label}:v:{zlib.crc32(user_id.encode()) % STATE_BUCKETS}"
+    return f"lb:{month_label}:v:{state_bucket(user_id)}"
 
 
 def state_keys(month_label: str) -> list[str]:

@@ -25,9 +25,8 @@ import redis
 from router.members import (
     LEGACY_STATE_PATTERN,
     legacy_state_key,
-    member,
     script_keys,
-    state_key,
+    state_bucket,
     state_keys,
     tie_prefix,
     zset_key,
@@ -38,6 +37,10 @@ from shard_manager.shardmap import ShardMap
 CATCH_UP_MARGIN = timedelta(seconds=30)
 """Longer than any write transaction may run (statement timeout 5 s, a few retries)."""
 CHUNK = 20_000
+STATE_FLUSH = 500_000
+"""Players' states are held back until this many are pending, then written bucket by
+bucket: a chunk's 20,000 spread over 3 shards x 4,096 buckets would cost a command
+for every one or two entries."""
 SIDE = ":rebuild"
 APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
 
@@ -84,29 +87,41 @@ def rebuild_month(
             cur.execute("SELECT now(), count(*) FROM player_scores WHERE month = %s", (month,))
             snapshot_at, total = cur.fetchone()
         done = 0
+        pending: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+        pending_count = 0
+
+        def flush_states() -> None:
+            for shard_id, buckets in pending.items():
+                pipe = clients[shard_id].pipeline(transaction=False)
+                for bucket, entries in buckets.items():
+                    pipe.hset(side_states[bucket], mapping=entries)
+                pipe.execute()
+                written[shard_id].update(side_states[bucket] for bucket in buckets)
+            pending.clear()
+
         with conn, conn.cursor(name="rebuild") as cur:
             cur.itersize = CHUNK
             cur.execute("SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s", (month,))
             known = set(shard_map.ids)
             while rows := cur.fetchmany(CHUNK):
                 scores: dict[str, dict[str, int]] = defaultdict(dict)
-                states: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
                 for user_id, score, version, seq, placed_on in rows:
                     # PostgreSQL's placement wins (it follows a running rebalance's cursor).
                     shard_id = placed_on if placed_on in known else shard_map.shard_for_score(score).id
-                    scores[shard_id][member(seq, user_id)] = score
-                    states[shard_id][state_key(label, user_id) + SIDE][user_id] = f"{version}:{tie_prefix(seq)}"
+                    tie = tie_prefix(seq)
+                    scores[shard_id][tie + user_id] = score  # members.member(), its tie made once
+                    pending[shard_id][state_bucket(user_id)][user_id] = f"{version}:{tie}"
                 for shard_id, mapping in scores.items():
-                    pipe = clients[shard_id].pipeline(transaction=False)
-                    pipe.zadd(side_z, mapping)
-                    for key, entries in states[shard_id].items():
-                        pipe.hset(key, mapping=entries)
-                    pipe.execute()
-                    written[shard_id].update(states[shard_id])
+                    clients[shard_id].zadd(side_z, mapping)
                     per_shard[shard_id] += len(mapping)
+                pending_count += len(rows)
+                if pending_count >= STATE_FLUSH:
+                    flush_states()
+                    pending_count = 0
                 done += len(rows)
                 if progress:
                     progress(label, done, total)
+        flush_states()
         if progress and total == 0:
             progress(label, 0, 0)
         for shard_id, client in clients.items():
