@@ -14,10 +14,9 @@ from tests.cluster import GAME_TOKEN
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_locust_scenarios_run_clean(board, router, tmp_path):
-    env = {**os.environ, "LB_GAME_TOKEN": GAME_TOKEN, "LB_LOADTEST_PLAYERS": "500"}
-    prefix = tmp_path / "run"
-    result = subprocess.run(
+def _locust(host: str, prefix: Path, users: int, run_time: str, timeout: float, **env: str):
+    """Locust headless on the project's scenarios, CSV under `prefix`."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -26,23 +25,28 @@ def test_locust_scenarios_run_clean(board, router, tmp_path):
             str(ROOT / "loadtest" / "locustfile.py"),
             "--headless",
             "-u",
-            "8",
+            str(users),
             "-r",
-            "8",
+            str(users),
             "-t",
-            "6s",
+            run_time,
             "--host",
-            router.url,
+            host,
             "--csv",
             str(prefix),
             "--only-summary",
         ],
-        env=env,
+        env={**os.environ, "LB_GAME_TOKEN": GAME_TOKEN, **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=ROOT,
     )
+
+
+def test_locust_scenarios_run_clean(board, router, tmp_path):
+    prefix = tmp_path / "run"
+    result = _locust(router.url, prefix, users=8, run_time="6s", timeout=120, LB_LOADTEST_PLAYERS="500")
     assert result.returncode == 0, result.stderr[-3000:]
     with Path(f"{prefix}_stats.csv").open() as stats:
         rows = {row["Name"]: row for row in csv.DictReader(stats)}
@@ -59,31 +63,8 @@ def test_locust_refuses_at_once_when_nothing_answers(tmp_path):
     """Pointed at a port nobody listens on, the run stops before its first user and
     says what to do, instead of timing refusals for its whole run time."""
     host = f"http://127.0.0.1:{free_port()}"
-    env = {**os.environ, "LB_GAME_TOKEN": GAME_TOKEN}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(ROOT / "loadtest" / "locustfile.py"),
-            "--headless",
-            "-u",
-            "2",
-            "-t",
-            "60s",
-            "--host",
-            host,
-            "--csv",
-            str(tmp_path / "run"),
-            "--only-summary",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,  # well under the run time asked for: it must not run it
-        cwd=ROOT,
-    )
+    # A timeout well under the run time asked for: it must not run it.
+    result = _locust(host, tmp_path / "run", users=2, run_time="60s", timeout=50)
     assert result.returncode != 0
     assert f"nothing answers at {host}/readyz" in result.stderr + result.stdout
     assert "make up" in result.stderr + result.stdout
