@@ -17,7 +17,7 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.members import TIE_WIDTH, state_key, state_keys, tie_prefix, zset_key
+from router.members import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
 from shard_manager.shardmap import ShardMap
 
 SCAN = 50_000
@@ -167,6 +167,12 @@ def verify_month(
             pg_again = _pg_rows(dsn, month, users)
             contents = {sid: _shard_contents(c, label, users) for sid, c in clients.items()}
             _check(report, shard_map, moving, pg_again, contents, users)
+        for sid, client in clients.items():
+            if client.exists(legacy_state_key(label)):
+                # A board from before the state buckets: its players' states look
+                # missing above, and what fixes that is the conversion, so name it.
+                fix = f"`shard-manager rebuild --month {label}`"
+                report.add("old_layout", f"{sid} holds {legacy_state_key(label)}: {fix}")
         return report
     finally:
         for client in clients.values():

@@ -10,6 +10,7 @@ import pytest
 
 from router.members import legacy_state_key, state_key, state_keys, tie_prefix, zset_key
 from shard_manager.rebuild import rebuild_month
+from shard_manager.verify import verify_month
 from tests.cluster import GAME_TOKEN
 from tests.invariants import MONTH, assert_exact, wait_outbox_empty
 
@@ -58,13 +59,18 @@ def test_rebuild_turns_a_board_in_the_old_layout_into_buckets(api, board):
     board.redis(0).hset(legacy_state_key(MONTH), "r1", f"{version}:{tie_prefix(seq)}")
     board.redis(0).hset(state_key(MONTH, "nobody"), "nobody", "7")
 
-    report = rebuild_month(board.dsn, board.shard_map, date.fromisoformat(f"{MONTH}-01"))
+    month = date.fromisoformat(f"{MONTH}-01")
+    before = verify_month(board.dsn, board.shard_map, month, recheck_after_s=0)
+    assert before.problems["old_layout"] == 1 and f"rebuild --month {MONTH}" in before.render()
+
+    report = rebuild_month(board.dsn, board.shard_map, month)
 
     assert report.players == 300
     assert not board.redis(0).exists(legacy_state_key(MONTH))
     assert board.redis(0).hget(state_key(MONTH, "nobody"), "nobody") is None
     assert all(len(board.redis(i).keys(f"{zset_key(MONTH)}*")) == 1 for i in range(3))  # no side keys left
     assert all(not board.redis(i).keys("*:rebuild") for i in range(3))
+    assert verify_month(board.dsn, board.shard_map, month, recheck_after_s=0).ok
     assert_exact(board, api)
 
 
