@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,8 @@ def running_cluster(prefix: str, redis_servers: int = 3) -> Iterator[Cluster]:
         for server in servers:
             server.stop()
         postgres.stop()
+        # A PostgreSQL data directory per run: kept, they filled /tmp by gigabytes.
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def commit_directly(cluster: Cluster, month, events: list[tuple[str, str, int]], occurred_at=None) -> list[tuple]:
