@@ -233,6 +233,7 @@ def _grow_board(cluster: LocalCluster, shard_clients: list[redis.Redis], month: 
     dsn = cluster.settings.database_url
     if target <= players:
         return players
+    print(f"growing the board from {players:,} to {target:,} players for (5)", flush=True)
     add_players(dsn, 1, target - players, prefix="g")
     rebuild_month(dsn, read_layout(dsn).shard_map, month)
     return sum(c.zcard(zset_key(month.strftime("%Y-%m"))) for c in shard_clients)
@@ -312,8 +313,6 @@ def main() -> int:
         board_bytes, players = board_memory(shard_clients, month.strftime("%Y-%m"))
         memory_per_player = board_bytes / players
         gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
-        if args.large > players:
-            print(f"growing the board from {players:,} to {args.large:,} players for (5)", flush=True)
         large_players = _grow_board(cluster, shard_clients, month, players, args.large)
         reads = rank_requests(f"127.0.0.1:{cluster.settings.http_port}", SEEDED_PLAYERS, "p")
         rank_p50_large = [

@@ -49,23 +49,29 @@ def state_bucket(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % STATE_BUCKETS
 
 
+def state_keys(month_label: str) -> list[str]:
+    """Every state hash a month can have on a shard, by bucket (most exist once it has players)."""
+    return [f"{legacy_state_key(month_label)}:{bucket}" for bucket in range(STATE_BUCKETS)]
+
+
 def state_key(month_label: str, user_id: str) -> str:
     """The hash holding this player's entry: user_id -> "version:tie" (on the board)
     or "version" (a tombstone: the player left this shard at that version)."""
-    return f"lb:{month_label}:v:{state_bucket(user_id)}"
-
-
-def state_keys(month_label: str) -> list[str]:
-    """Every state hash a month can have on a shard (most exist once it has players)."""
-    return [f"lb:{month_label}:v:{bucket}" for bucket in range(STATE_BUCKETS)]
+    return f"{legacy_state_key(month_label)}:{state_bucket(user_id)}"
 
 
 def legacy_state_key(month_label: str) -> str:
-    """The single state hash per month of boards written before the buckets."""
+    """The single state hash per month of boards written before the buckets (and the
+    prefix of the buckets' names)."""
     return f"lb:{month_label}:v"
 
 
-LEGACY_STATE_PATTERN = "lb:[0-9][0-9][0-9][0-9]-[0-9][0-9]:v"
+LEGACY_STATE_PATTERN = legacy_state_key("[0-9][0-9][0-9][0-9]-[0-9][0-9]")
+
+
+def month_of_legacy_key(key: str) -> str:
+    """'YYYY-MM' of a key LEGACY_STATE_PATTERN matched."""
+    return key.split(":")[1]
 
 
 def script_keys(month_label: str, user_ids: Iterable[str]) -> list[str]:

@@ -13,6 +13,7 @@ import psycopg2
 from router.board_service import BoardService
 from router.errors import ShardUnavailable
 from router.layout_watcher import LayoutWatcher
+from router.members import month_of_legacy_key
 from router.page_cache import PageCache
 from router.ranking import Board
 from router.rate_limits import RateLimiter
@@ -115,7 +116,7 @@ class Services:
             if keys:
                 found[shard_id] = sorted(keys)
         if found:
-            months = sorted({key.split(":")[1] for keys in found.values() for key in keys})
+            months = sorted({month_of_legacy_key(key) for keys in found.values() for key in keys})
             raise RuntimeError(
                 "the shards hold boards written before players' states moved into buckets ("
                 + "; ".join(f"{sid}: {', '.join(keys)}" for sid, keys in found.items())

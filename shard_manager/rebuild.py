@@ -25,6 +25,7 @@ import redis
 from router.members import (
     LEGACY_STATE_PATTERN,
     legacy_state_key,
+    month_of_legacy_key,
     script_keys,
     state_bucket,
     state_keys,
@@ -154,7 +155,7 @@ def months_in_old_layout(shard_map: ShardMap) -> list[date]:
         client = redis.Redis.from_url(shard.address, socket_timeout=10, decode_responses=True)
         try:
             for key in client.scan_iter(match=LEGACY_STATE_PATTERN, count=1000):
-                months.add(date.fromisoformat(key.split(":")[1] + "-01"))
+                months.add(date.fromisoformat(month_of_legacy_key(key) + "-01"))
         finally:
             client.close()
     return sorted(months)
