@@ -24,6 +24,7 @@ import redis
 from shard_manager.binaries import PostgresBinaries
 
 PG_SYSTEM_USERS = ("postgres", "lbpostgres")
+_SOCKET_PATH_MAX = 107  # sockaddr_un's sun_path on Linux, less its terminating NUL
 
 
 class ServerStartError(RuntimeError):
@@ -215,6 +216,14 @@ class PostgresServer:
         if result.returncode != 0:
             raise ServerStartError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
 
+    def socket_directory(self) -> str:
+        """Where PostgreSQL puts its Unix socket: in the data directory, or nowhere when
+        that path is too long for one (a socket's path holds at most 107 bytes, and a
+        project checked out a few folders deep reaches that). Nothing of ours uses the
+        socket; every connection goes over TCP on 127.0.0.1."""
+        socket_path = self.pgdata / f".s.PGSQL.{self.port}"
+        return str(self.pgdata) if len(os.fsencode(socket_path)) <= _SOCKET_PATH_MAX else ""
+
     def start(self, timeout: float = 60.0) -> None:
         self._prepare_dirs()
         self.initdb()
@@ -227,7 +236,7 @@ class PostgresServer:
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
-            f"unix_socket_directories={self.pgdata}",
+            f"unix_socket_directories={self.socket_directory()}",
             "-c",
             "max_connections=200",
             "-c",
