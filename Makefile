@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync loadtest clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor loadtest clean
 
 install: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-rank-scaling: install  ## rank-read p50 with 1M players vs with 10k, same 
 
 bench-fsync: install  ## fdatasync latency of the disk under the data directory, tail included
 	$(PY) -m bench.fsync_tail $(BENCH_ARGS)
+
+bench-write-floor: install  ## PostgreSQL's and Redis's CPU per written event vs the least the protocol needs
+	$(PY) -m bench.write_floor $(BENCH_ARGS)
 
 LOADTEST_USERS ?= 40
 LOADTEST_TIME  ?= 60s
