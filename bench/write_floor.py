@@ -49,6 +49,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from bench.cpu_time import threads_cpu_seconds
 from bench.population import add_players
 from router.members import member, script_keys, state_key, tie_prefix, zset_key
 from router.store import array_literal
@@ -104,16 +105,10 @@ class Backend:
         (self.pid,) = self.cur.fetchone()
 
     def cpu(self) -> float:
-        return process_cpu(self.pid)
+        return threads_cpu_seconds(self.pid)
 
     def close(self) -> None:
         self.conn.close()
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of every thread of the process (Redis fsyncs its AOF from a thread of
-    its own), in nanoseconds from the scheduler rather than /proc/<pid>/stat's 10 ms ticks."""
-    return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
 
 
 def make_floor_tables(cur, month, *, secondary_indexes: bool, suffix: str) -> tuple[str, str]:
@@ -297,7 +292,7 @@ def main() -> int:
 
         def redis_cpu() -> float:
             assert shard.proc is not None
-            return process_cpu(shard.proc.pid)
+            return threads_cpu_seconds(shard.proc.pid)
 
         redis_variants = {
             "apply script": _timed(redis_cpu, boards.apply),
