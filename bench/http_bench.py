@@ -11,7 +11,8 @@ noise hits all of them alike, and prints medians:
   (5) GET /v1/scores/{id} p50 latency with 1M players on the board / with 10k: the
       same 10k players read at 8 connections, before the rounds (when they are the
       whole board) and after them, once the board has been grown to --large players
-      in PostgreSQL and rebuilt onto the shards
+      in PostgreSQL and rebuilt onto the shards; healthz's p50 is timed beside every
+      round, since the two phases are minutes apart and the machine's speed drifts
   (6) Redis memory per player: the board's keys over all shards (sorted sets and
       version hashes, tombstones included) after the rounds, divided by its players
 
@@ -102,14 +103,36 @@ def rank_requests(host: str, players: int, prefix: str) -> list[bytes]:
     return [loadgen.build_request("GET", f"/v1/scores/{prefix}{rng.randrange(players)}", host) for _ in range(4096)]
 
 
-async def rank_read_p50(port: int, requests: list[bytes], seconds: float) -> float:
-    """p50 latency in seconds of the given rank reads at RANK_LATENCY_CONNECTIONS."""
-    result = await loadgen.run(
-        "127.0.0.1", port, lambda n: requests[n % len(requests)], connections=RANK_LATENCY_CONNECTIONS, seconds=seconds
-    )
-    if result.errors:
-        raise SystemExit(f"{result.errors} failed rank reads")
-    return result.percentile(50)
+async def rank_read_latency(port: int, requests: list[bytes], seconds: float) -> tuple[float, float]:
+    """p50 latencies in seconds of the given rank reads and, just before them, of healthz,
+    both at RANK_LATENCY_CONNECTIONS. (5) compares p50s measured minutes apart, on a
+    board before and after it grows; healthz beside each says how fast the machine ran
+    meanwhile, which on a shared machine moves by more than the board's size does."""
+    healthz = loadgen.build_request("GET", "/healthz", f"127.0.0.1:{port}")
+    latencies = []
+    for make in (lambda _: healthz, lambda n: requests[n % len(requests)]):
+        result = await loadgen.run("127.0.0.1", port, make, connections=RANK_LATENCY_CONNECTIONS, seconds=seconds / 2)
+        if result.errors:
+            raise SystemExit(f"{result.errors} failed requests while timing rank reads")
+        latencies.append(result.percentile(50))
+    healthz_p50, rank_p50 = latencies
+    return rank_p50, healthz_p50
+
+
+def rank_scaling_lines(
+    small: list[tuple[float, float]], large: list[tuple[float, float]], players: tuple[int, int]
+) -> list[str]:
+    """(5) from rounds of `rank_read_latency` on the small board and on the large one: the
+    rank reads' p50s and their ratio, then healthz's beside them."""
+    rank_small, healthz_small = (statistics.median(x) for x in zip(*small, strict=True))
+    rank_large, healthz_large = (statistics.median(x) for x in zip(*large, strict=True))
+    adjusted = statistics.median(r / h for r, h in large) / statistics.median(r / h for r, h in small)
+    return [
+        f"{rank_large * 1000:.2f} ms with {players[1]:,} players ÷ {rank_small * 1000:.2f} ms with "
+        f"{players[0]:,}: ratio {rank_large / rank_small:.2f} ({RANK_LATENCY_CONNECTIONS} connections)",
+        f"healthz p50 beside them {healthz_large * 1000:.2f} ÷ {healthz_small * 1000:.2f} ms (the machine's speed);"
+        f" rank ÷ healthz p50, large board ÷ small: {adjusted:.2f}",
+    ]
 
 
 def single_scores(host: str, run_id: str, *, players: int = PLAYERS, prefix: str = "p", seed: int = 1):
@@ -143,7 +166,7 @@ Cpu = dict[str, list[dict[str, float]]]  # scenario -> per round, part -> µs of
 
 async def _measure(
     args: argparse.Namespace, port: int, parts: dict[str, list[int]]
-) -> tuple[dict[str, list[float]], Cpu]:
+) -> tuple[dict[str, list[float]], list[tuple[float, float]], dict[int, dict[str, list[float]]], Cpu]:
     host = f"127.0.0.1:{port}"
     cpu: Cpu = defaultdict(list)
 
@@ -166,8 +189,8 @@ async def _measure(
         "rank_ratio": [],
         "top": [],
         "top_ratio": [],
-        "rank_p50_small": [],
     }
+    rank_small: list[tuple[float, float]] = []
     sweep: dict[int, dict[str, list[float]]] = {c: defaultdict(list) for c in [args.connections, *args.sweep]}
     # Warm-up: players p0..p9999 certainly exist (the reads ask for them), then more.
     for chunk in range(SEEDED_PLAYERS // 1000):
@@ -178,7 +201,7 @@ async def _measure(
         await loadgen.run("127.0.0.1", port, lambda _, body=seed: body, connections=1, seconds=0.01)
     reads = rank_requests(host, SEEDED_PLAYERS, "p")
     for _ in range(args.rounds):
-        results["rank_p50_small"].append(await rank_read_p50(port, reads, args.seconds))
+        rank_small.append(await rank_read_latency(port, reads, args.seconds))
     await loadgen.run("127.0.0.1", port, _post_batch(host, "warm"), connections=2, seconds=3)
     top_request = loadgen.build_request("GET", "/v1/leaderboard/top?limit=10", host)
     for round_no in range(args.rounds):
@@ -221,7 +244,7 @@ async def _measure(
             f"rank {rank.rate / health.rate:.3f} | top {top.rate / health.rate:.3f}",
             flush=True,
         )
-    return results, sweep, cpu
+    return results, rank_small, sweep, cpu
 
 
 def _grow_board(cluster: LocalCluster, shard_clients: list[redis.Redis], month: date, players: int, target: int) -> int:
@@ -306,7 +329,7 @@ def main() -> int:
             "postgres": [cluster.postgres.proc.pid],
             "redis": [server.proc.pid for server in cluster.redis if server.proc is not None],
         }
-        results, sweep, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
+        results, rank_small, sweep, cpu = asyncio.run(_measure(args, cluster.settings.http_port, parts))
         month = datetime.now(UTC).date().replace(day=1)
         # The board itself, and everything the shards gained, which also counts the
         # per-player rate-limit counters on s0.
@@ -315,8 +338,8 @@ def main() -> int:
         gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
         large_players = _grow_board(cluster, shard_clients, month, players, args.large)
         reads = rank_requests(f"127.0.0.1:{cluster.settings.http_port}", SEEDED_PLAYERS, "p")
-        rank_p50_large = [
-            asyncio.run(rank_read_p50(cluster.settings.http_port, reads, args.seconds)) for _ in range(args.rounds)
+        rank_large = [
+            asyncio.run(rank_read_latency(cluster.settings.http_port, reads, args.seconds)) for _ in range(args.rounds)
         ]
     except BaseException:
         log = workdir / "router.log"
@@ -336,12 +359,9 @@ def main() -> int:
     print(f"  GET /v1/scores/{{id}}   {med['rank']:10.0f} req/s   ratio {med['rank_ratio']:.3f}")
     print(f"  GET top-10            {med['top']:10.0f} req/s   ratio {med['top_ratio']:.3f}")
     print(f"  batch ingest          {med['batch_events']:10.0f} events/s")
-    small_p50, large_p50 = med["rank_p50_small"], statistics.median(rank_p50_large)
-    print(
-        f"  rank read p50         {large_p50 * 1000:10.2f} ms with {large_players:,} players ÷ "
-        f"{small_p50 * 1000:.2f} ms with {SEEDED_PLAYERS:,}: ratio {large_p50 / small_p50:.2f} "
-        f"({RANK_LATENCY_CONNECTIONS} connections)"
-    )
+    first, second = rank_scaling_lines(rank_small, rank_large, (SEEDED_PLAYERS, large_players))
+    print(f"  {'rank read p50':22}{first}")
+    print(f"  {'':22}{second}")
     print(f"  Redis memory          {memory_per_player:10.1f} bytes per player in the board keys ({players:,} players)")
     print(
         f"                        {gained_per_player:10.1f} bytes per player of used_memory growth "

@@ -48,5 +48,8 @@ def test_bench_prints_every_figure_from_one_run() -> None:
     # (5)'s second board is the grown one: at least --large players, counted on the shards
     assert number(r"rank read p50\s+[\d.]+ ms with ([\d,]+) players") >= 120_000
     assert number(r"rank read p50 .* ÷ [\d.]+ ms with ([\d,]+)") == 10_000
+    # beside (5), how fast the machine ran in each phase: healthz timed in the same rounds
+    assert number(r"healthz p50 beside them ([\d.]+) ÷ [\d.]+ ms") > 0
+    assert number(r"large board ÷ small: ([\d.]+)") > 0
     assert number(r"Redis memory\s+([\d.]+) bytes per player in the board keys") > 0  # (6)
     assert re.search(r"^\s+64\s+\d+\s+\d+\s+[\d.]+", out, re.MULTILINE), out  # the sweep's row
