@@ -121,18 +121,18 @@ async def rank_read_latency(port: int, requests: list[bytes], seconds: float) ->
 
 def rank_scaling_lines(
     small: list[tuple[float, float]], large: list[tuple[float, float]], players: tuple[int, int]
-) -> list[str]:
+) -> tuple[str, str]:
     """(5) from rounds of `rank_read_latency` on the small board and on the large one: the
     rank reads' p50s and their ratio, then healthz's beside them."""
     rank_small, healthz_small = (statistics.median(x) for x in zip(*small, strict=True))
     rank_large, healthz_large = (statistics.median(x) for x in zip(*large, strict=True))
     adjusted = statistics.median(r / h for r, h in large) / statistics.median(r / h for r, h in small)
-    return [
+    return (
         f"{rank_large * 1000:.2f} ms with {players[1]:,} players ÷ {rank_small * 1000:.2f} ms with "
         f"{players[0]:,}: ratio {rank_large / rank_small:.2f} ({RANK_LATENCY_CONNECTIONS} connections)",
         f"healthz p50 beside them {healthz_large * 1000:.2f} ÷ {healthz_small * 1000:.2f} ms (the machine's speed);"
         f" rank ÷ healthz p50, large board ÷ small: {adjusted:.2f}",
-    ]
+    )
 
 
 def single_scores(host: str, run_id: str, *, players: int = PLAYERS, prefix: str = "p", seed: int = 1):
