@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.rate_limits import player_counters_key
 from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess
 from tests.invariants import assert_exact, wait_outbox_empty
 
@@ -98,6 +99,36 @@ def test_rate_limits_hold_across_router_processes(custom_router):
         ).json()
         assert [r["status"] for r in batch["results"]] == ["refused", "applied"]
         assert "rate limited" in batch["results"][0]["reason"]
+
+
+def test_player_counters_are_small_packed_hashes_that_expire_with_the_hour(board, custom_router):
+    # A player's count for the hour lives in one of PLAYER_COUNTER_BUCKETS small hashes
+    # on the counter store (packed by Redis: about 16 bytes a player), not in one hash
+    # table holding every player of the hour (about 90).
+    router = custom_router(LB_RATE_LIMIT_PLAYER_PER_HOUR="100", LB_RATE_LIMIT_TOKEN_PER_S="0")
+    with router.client() as api:
+        events = [{"user_id": f"p{n}", "match_id": "m"} for n in range(600)]
+        assert api.post("/v1/scores/batch", json={"events": events}, headers=AUTH).json()["applied"] == 600
+        assert api.post("/v1/scores", json={"user_id": "p0", "match_id": "m2"}, headers=AUTH).status_code == 200
+    store = board.redis(0)  # LB_RATE_LIMIT_REDIS_URL's default: the first shard
+    counts: dict[str, str] = {}
+    keys = list(store.scan_iter("rl:p:*"))
+    assert len(keys) > 400  # 600 players spread over the buckets (about 558 expected)
+    for key in keys:
+        assert store.object("encoding", key) in ("ziplist", "listpack")
+        assert 0 < store.ttl(key) <= 3601  # gone when its hour is over
+        hour = int(key.split(":")[2])
+        for user, count in store.hgetall(key).items():
+            assert player_counters_key(hour, user) == key
+            counts[user] = count
+    assert counts == {f"p{n}": "2" if n == 0 else "1" for n in range(600)}
+
+
+def test_no_player_counters_when_the_player_limit_is_off(board, custom_router):
+    router = custom_router(LB_RATE_LIMIT_PLAYER_PER_HOUR="0")
+    with router.client() as api:
+        assert api.post("/v1/scores", json={"user_id": "free", "match_id": "m"}, headers=AUTH).status_code == 200
+    assert list(board.redis(0).scan_iter("rl:p:*")) == []
 
 
 def test_concurrent_requests_are_each_counted_exactly(custom_router):
