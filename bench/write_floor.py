@@ -16,7 +16,8 @@ PostgreSQL, groups of --group events for distinct players, one transaction each:
   bare writes       only the event row (its primary key being the duplicate check)
                     and the player's row (score, version, a tie-break from
                     score_seq, updated_at), one statement, tables with the same
-                    indexes; nothing read back but the new rows
+                    indexes; no row read first (so the event's score_after is
+                    left 0) and only a count sent back
   bare writes, primary keys only
                     the same on tables with no secondary index: what the rows
                     themselves cost
