@@ -45,8 +45,15 @@ def zset_key(month_label: str) -> str:
 STATE_BUCKETS = 4096
 
 
+def user_bucket(user_id: str, buckets: int) -> int:
+    """Which of `buckets` small hashes keeps this user's entry: a CRC, the same in every
+    router process and release (Python's hash() is not). Players' states and the rate
+    limiter's hourly counters are both spread this way, to stay packed."""
+    return zlib.crc32(user_id.encode()) % buckets
+
+
 def state_bucket(user_id: str) -> int:
-    return zlib.crc32(user_id.encode()) % STATE_BUCKETS
+    return user_bucket(user_id, STATE_BUCKETS)
 
 
 def state_keys(month_label: str) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,16 +24,17 @@ from redis.exceptions import RedisError
 
 from router.coalesce import Coalescer
 from router.errors import RateLimited
+from router.members import user_bucket
 from router.metrics import RATE_LIMITED
 from router.redis_packing import packed_by_hiredis
 
 log = logging.getLogger(__name__)
 
-# Per-player counters of an hour live in PLAYER_COUNTER_BUCKETS small hashes, chosen by
-# a CRC of the user id, not in one hash (nor a key per player): a hash of up to 512
-# short fields is one packed array in Redis, about 12 bytes a counter, against 73-91
-# for an entry of one big hash table (measured with 60,000 and 9,197 players).
-# 4,096 stay packed up to about 2M players an hour.
+# Per-player counters of an hour live in PLAYER_COUNTER_BUCKETS small hashes, chosen
+# as players' states are (members.user_bucket), not in one hash (nor a key per
+# player): a hash of up to 512 short fields is one packed array in Redis, about 12
+# bytes a counter, against 73-91 for an entry of one big hash table (measured with
+# 60,000 and 9,197 players). 4,096 stay packed up to about 2M players an hour.
 PLAYER_COUNTER_BUCKETS = 4096
 
 # KEYS: every key the call touches, in the order first named: each token's counter of
@@ -87,7 +87,7 @@ return out
 
 def player_counters_key(hour: int, user_id: str) -> str:
     """The hash holding this player's event count for the hour (hours since the epoch)."""
-    return f"rl:p:{hour}:{zlib.crc32(user_id.encode()) % PLAYER_COUNTER_BUCKETS}"
+    return f"rl:p:{hour}:{user_bucket(user_id, PLAYER_COUNTER_BUCKETS)}"
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,8 @@ def test_rate_limits_hold_across_router_processes(custom_router):
 
 def test_player_counters_are_small_packed_hashes_that_expire_with_the_hour(board, custom_router):
     # A player's count for the hour lives in one of PLAYER_COUNTER_BUCKETS small hashes
-    # on the counter store (packed by Redis: about 16 bytes a player), not in one hash
-    # table holding every player of the hour (about 90).
+    # on the counter store (packed by Redis: about 12 bytes a player), not in one hash
+    # table holding every player of the hour (73-91).
     router = custom_router(LB_RATE_LIMIT_PLAYER_PER_HOUR="100", LB_RATE_LIMIT_TOKEN_PER_S="0")
     with router.client() as api:
         events = [{"user_id": f"p{n}", "match_id": "m"} for n in range(600)]
