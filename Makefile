@@ -34,6 +34,8 @@ lint: install
 	$(PY) -m ruff format --check router shard_manager tests bench loadtest
 
 bench: install   ## throughput ratios against a private cluster started for the run
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		echo "wrk is not installed (Debian package wrk; installing needs root): the Python load generator runs"
 	$(PY) -m bench.http_bench $(BENCH_ARGS)
 
 bench-rebuild: install  ## rebuild of 1M players from PostgreSQL vs a plain bulk load, same run

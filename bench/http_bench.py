@@ -24,8 +24,12 @@ not yet the write path's capacity (healthz is CPU-bound at any of them).
 and, per scenario, the CPU that the router, PostgreSQL, Redis and the load generator
 each spent per request (per event for batches): where the time goes.
 
-Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 32] [--sweep 8,64,128]
-                                  [--large 1000000]
+The HTTP load for healthz, single writes, rank and top reads comes from wrk (a C
+generator, `bench/wrk.py`) when it is installed, so the cores measure the server, not
+the client; the output says which generator ran.
+
+Usage: python -m bench.http_bench [--rounds 5] [--seconds 5] [--connections 64] [--sweep 8,32,128]
+                                  [--large 1000000] [--generator auto|wrk|python]
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from pathlib import Path
 
 import redis
 
-from bench import loadgen
+from bench import loadgen, wrk
 from bench.cpu_time import cpu_seconds, per_request_us
 from bench.population import add_players
 from router.members import state_keys, zset_key
@@ -170,11 +174,17 @@ async def _measure(
     host = f"127.0.0.1:{port}"
     cpu: Cpu = defaultdict(list)
 
-    async def scenario(name: str, make, connections: int, units: int = 1) -> loadgen.LoadResult:
+    async def scenario(name: str, make, connections: int, units: int = 1, script: str | None = None):
         """One timed run, and the CPU each part of the cluster spent per request (or per
-        event: `units` per request) meanwhile."""
+        event: `units` per request) meanwhile. With `script` and wrk installed, wrk
+        sends the load (`bench/wrk.py`); otherwise the Python generator, with `make`."""
         before = cpu_seconds(parts)
-        result = await loadgen.run("127.0.0.1", port, make, connections=connections, seconds=args.seconds)
+        if script is not None and args.generator == "wrk":
+            result = await asyncio.to_thread(
+                wrk.run, f"http://{host}", script, connections=connections, seconds=args.seconds
+            )
+        else:
+            result = await loadgen.run("127.0.0.1", port, make, connections=connections, seconds=args.seconds)
         cpu[name].append(per_request_us(before, cpu_seconds(parts), max(1, result.requests * units)))
         return result
 
@@ -205,8 +215,13 @@ async def _measure(
     await loadgen.run("127.0.0.1", port, _post_batch(host, "warm"), connections=2, seconds=3)
     top_request = loadgen.build_request("GET", "/v1/leaderboard/top?limit=10", host)
     for round_no in range(args.rounds):
-        health = await scenario("GET /healthz", lambda _: healthz, args.connections)
-        post = await scenario("POST /v1/scores", single_scores(host, f"r{round_no}"), args.connections)
+        health = await scenario("GET /healthz", lambda _: healthz, args.connections, script=wrk.get_script("/healthz"))
+        post = await scenario(
+            "POST /v1/scores",
+            single_scores(host, f"r{round_no}"),
+            args.connections,
+            script=wrk.score_script(TOKEN, f"r{round_no}", PLAYERS),
+        )
         batch = await scenario("batch, per event", _post_batch(host, f"b{round_no}"), 4, units=1000)
         if health.errors or post.errors or batch.errors:
             raise SystemExit(
@@ -217,8 +232,15 @@ async def _measure(
         results["ratio"].append(post.rate / health.rate)
         results["batch_events"].append(batch.rate * 1000)
         results["post_p50_ms"].append(post.median_latency * 1000)
-        rank = await scenario("GET /v1/scores/{id}", lambda n: reads[n % 4096], args.connections)
-        top = await scenario("GET top-10", lambda _: top_request, args.connections)
+        rank = await scenario(
+            "GET /v1/scores/{id}",
+            lambda n: reads[n % 4096],
+            args.connections,
+            script=wrk.rank_script(SEEDED_PLAYERS, "p"),
+        )
+        top = await scenario(
+            "GET top-10", lambda _: top_request, args.connections, script=wrk.get_script("/v1/leaderboard/top?limit=10")
+        )
         if rank.errors or top.errors:
             raise SystemExit(f"errors during the run: rank {rank.errors}, top {top.errors}")
         results["rank"].append(rank.rate)
@@ -226,9 +248,14 @@ async def _measure(
         results["top"].append(top.rate)
         results["top_ratio"].append(top.rate / health.rate)
         for connections in args.sweep:
-            health_at = await scenario(f"GET /healthz, {connections} conns", lambda _: healthz, connections)
+            health_at = await scenario(
+                f"GET /healthz, {connections} conns", lambda _: healthz, connections, script=wrk.get_script("/healthz")
+            )
             post_at = await scenario(
-                f"POST /v1/scores, {connections} conns", single_scores(host, f"r{round_no}c{connections}"), connections
+                f"POST /v1/scores, {connections} conns",
+                single_scores(host, f"r{round_no}c{connections}"),
+                connections,
+                script=wrk.score_script(TOKEN, f"r{round_no}c{connections}", PLAYERS),
             )
             if health_at.errors or post_at.errors:
                 raise SystemExit(
@@ -289,12 +316,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=_at_least_one(int), default=5)
     parser.add_argument("--seconds", type=_at_least_one(float), default=5.0)
-    parser.add_argument("--connections", type=_at_least_one(int), default=32)
+    parser.add_argument("--connections", type=_at_least_one(int), default=64)
     parser.add_argument("--workers", type=_at_least_one(int), default=2)
     parser.add_argument(
         "--sweep",
         type=_connection_counts,
-        default=[8, 64, 128],
+        default=[8, 32, 128],
         help="other client connection counts to measure (1) at, comma-separated; empty: none",
     )
     parser.add_argument(
@@ -303,8 +330,19 @@ def main() -> int:
         default=1_000_000,
         help="players on the board for the second rank-latency measurement of (5)",
     )
+    parser.add_argument(
+        "--generator",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="who sends the HTTP load: wrk (a C generator, measures the server) if installed, else the Python one",
+    )
     args = parser.parse_args()
     args.sweep = sorted(set(args.sweep) - {args.connections})
+    wrk_version = wrk.available()
+    if args.generator == "wrk" and wrk_version is None:
+        parser.error("--generator wrk: wrk is not installed (Debian package wrk)")
+    if args.generator == "auto":
+        args.generator = "wrk" if wrk_version else "python"
     try:
         import uvloop
 
@@ -319,6 +357,14 @@ def main() -> int:
         print(
             f"bench: router with {args.workers} workers, {args.connections} connections, "
             f"{args.rounds} rounds x {args.seconds:.0f} s per scenario",
+            flush=True,
+        )
+        generator = (
+            f"{wrk_version}, one thread" if args.generator == "wrk" else "the Python generator (bench/loadgen.py)"
+        )
+        print(
+            f"load generator: {generator} for healthz, single writes, rank and top reads; "
+            "the Python generator for batches and (5)'s latencies",
             flush=True,
         )
         shard_clients = [redis.Redis.from_url(s.address) for s in cluster.shard_map.shards]

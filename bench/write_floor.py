@@ -44,7 +44,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 import psycopg2
@@ -53,6 +52,7 @@ import redis
 from bench.cpu_time import threads_cpu_seconds
 from bench.population import add_players
 from router.members import member, script_keys, state_key, tie_prefix, zset_key
+from router.shard_scripts import APPLY_LUA
 from router.store import array_literal
 from shard_manager.binaries import require_postgres, require_redis_server
 from shard_manager.layout import ensure_layout
@@ -62,7 +62,6 @@ from shard_manager.shardmap import shard_map_from_dict
 
 BUDGET_US = 2 * 1e6 / 30_000
 """CPU per event two cores have at 30,000 events/s, for every part together."""
-APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
 PREFIX = "f"
 
 APPLY_EVENTS = (

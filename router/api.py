@@ -30,8 +30,8 @@ from router.errors import (
     ShardUnavailable,
     StoreUnavailable,
 )
-from router.metrics import render
-from router.page_cache import query_key
+from router.metrics import TOP_PAGES, render
+from router.page_cache import TopQuery
 from router.periods import month_label
 from router.ranking import Entry
 from router.schemas import (
@@ -393,17 +393,40 @@ async def get_top(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     month: MonthQuery = None,
 ) -> Response:
-    label, _, _ = await svc.service.resolve_month(month)
-    key = (label, offset, limit)
-    body = svc.top_pages.get(key)
-    if body is None:
-        _, total, entries = await svc.service.top(label, offset, limit)
-        body = BoardOut(month=label, total_players=total, entries=_entries(entries)).model_dump_json().encode()
-        svc.top_pages.put(key, body)
-        # Also under this exact query string, for ServeCachedTopPages; only when freshly
-        # rendered, so a page is never kept past its TTL under a second key.
-        svc.top_pages.put(query_key(request.scope["query_string"]), body)
-    return Response(body, media_type="application/json")
+    # This exact query string is now known to validate: `router.shortcuts` may answer
+    # it before routing from here on, with the same function.
+    svc.top_queries.learn(request.scope["query_string"], TopQuery(month, offset, limit))
+    return Response(await top_body(svc, TopQuery(month, offset, limit)), media_type="application/json")
+
+
+async def top_body(svc: Services, query: TopQuery) -> bytes:
+    """The answer of `GET /v1/leaderboard/top`; also used by `router.shortcuts`.
+
+    A live page rendered before is served again only if the board's fingerprint, read
+    after this request arrived, is the one it was rendered from (`router.page_cache`).
+    """
+    label, _, archived = await svc.service.resolve_month(query.month)
+    if archived:
+        _, total, entries = await svc.service.top(label, query.offset, query.limit)
+        return BoardOut(month=label, total_players=total, entries=_entries(entries)).model_dump_json().encode()
+    key = (label, query.offset, query.limit)
+    body = svc.top_pages.recent(key)
+    if body is not None:
+        TOP_PAGES.labels("stale_ok").inc()
+        return body
+    counts = await svc.board.counts(label)
+    body = svc.top_pages.get(key, counts.fingerprint)
+    if body is not None:
+        TOP_PAGES.labels("reused").inc()
+        return body
+    page = await svc.board.top(label, query.offset, query.limit, counts)
+    out = BoardOut(month=label, total_players=page.counts.total, entries=_entries(page.entries))
+    body = out.model_dump_json().encode()
+    if page.consistent:
+        # Under the counts it was read with (a shard that changed meanwhile was counted anew).
+        svc.top_pages.put(key, page.counts.fingerprint, body)
+    TOP_PAGES.labels("rendered").inc()
+    return body
 
 
 @router.get(

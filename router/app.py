@@ -20,7 +20,7 @@ from router.errors import LeaderboardError
 from router.observability import RequestContext, configure_logging
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
-from router.shortcuts import AcceptSingleScores, AnswerPlainRankReads, ServeCachedTopPages
+from router.shortcuts import AcceptSingleScores, AnswerKnownTopPages, AnswerPlainRankReads
 
 log = logging.getLogger("router")
 
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Innermost of the middlewares: CORS headers, request ids, metrics, the access log
     # and the body size limit still apply to what these three answer before routing.
-    app.add_middleware(ServeCachedTopPages)
+    app.add_middleware(AnswerKnownTopPages)
     app.add_middleware(AnswerPlainRankReads)
     app.add_middleware(AcceptSingleScores)
     if settings.cors_origins:

@@ -75,21 +75,21 @@ class BoardService:
         if found is None:
             raise PlayerNotFound(user_id, label)
         rank, score = found
-        return label, Standing(user_id, score, rank, self._archived[first_day], "archive", {})
+        return label, Standing(user_id, score, rank, self._archived[first_day], "archive", None)
 
     async def top(self, month: str | None, offset: int, limit: int) -> tuple[str, int, list[Entry]]:
         label, first_day, archived = await self.resolve_month(month)
         if not archived:
-            total, entries = await self.board.top(label, offset, limit)
-            return label, total, entries
+            page = await self.board.top(label, offset, limit)
+            return label, page.counts.total, page.entries
         rows = await self.store.archived_range(first_day, offset, limit)
         return label, self._archived[first_day], [Entry(*row) for row in rows]
 
     async def around(self, user_id: str, month: str | None, radius: int) -> tuple[str, int, list[Entry]]:
         label, first_day, archived = await self.resolve_month(month)
         if not archived:
-            total, entries = await self.board.around(label, user_id, radius)
-            return label, total, entries
+            page = await self.board.around(label, user_id, radius)
+            return label, page.counts.total, page.entries
         _, me = await self.standing(user_id, label)
         offset = max(0, me.rank - 1 - radius)
         rows = await self.store.archived_range(first_day, offset, me.rank + radius - offset)

@@ -34,6 +34,11 @@ def zset_key(month_label: str) -> str:
     return f"lb:{month_label}:z"
 
 
+def generation_key(month_label: str) -> str:
+    """Changes with every change to the month's sorted set on a shard (lua/generation.lua)."""
+    return f"lb:{month_label}:g"
+
+
 # A player's state lives in one of STATE_BUCKETS small hashes per month and shard,
 # chosen by a CRC of the user id, instead of one big hash. Redis keeps a hash of up to
 # hash-max-ziplist-entries (512 by default) short fields as one packed array: about 16
@@ -82,5 +87,6 @@ def month_of_legacy_key(key: str) -> str:
 
 
 def script_keys(month_label: str, user_ids: Iterable[str]) -> list[str]:
-    """KEYS for the apply and lookup scripts: the sorted set, then each user's state hash."""
-    return [zset_key(month_label), *(state_key(month_label, user) for user in user_ids)]
+    """KEYS for the apply and lookup scripts: the sorted set, the generation, then each
+    user's state hash."""
+    return [zset_key(month_label), generation_key(month_label), *(state_key(month_label, user) for user in user_ids)]

@@ -39,6 +39,12 @@ GROUP_LINGER_SECONDS = Histogram(
     "How long a group-commit flusher waited for the writers it had just answered to send again",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05),
 )
+TOP_PAGES = Counter(
+    "lb_top_pages_total",
+    "Live top pages answered: reused (checked current against the shards), rendered, or stale_ok "
+    "(served unchecked under the LB_TOP_CACHE_TTL_S opt-in)",
+    ["outcome"],
+)
 PLAYERS_MOVED = Counter("lb_players_moved_total", "Players a write moved to another shard")
 RECONCILER_BACKLOG = Gauge(
     "lb_reconciler_backlog",

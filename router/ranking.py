@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 from router.errors import PlayerNotFound
 from router.members import user_of
-from router.shard_clients import Lookup, ShardClients
+from router.shard_clients import Lookup, ShardClients, ShardCount
 from router.user_cache import UserShardCache
+
+# Tries at reading a page from shards that did not change since they were counted.
+PAGE_READS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,19 +28,49 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class BoardCounts:
+    """Every shard's member count and generation for one month, under one layout: what a
+    page is computed from, and what a rendered page is checked against before it is
+    served again (equal fingerprints: no shard's sorted set changed in between)."""
+
+    ids: tuple[str, ...]  # the layout, lowest range first
+    counts: Mapping[str, ShardCount]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {sid: count.size for sid, count in self.counts.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(count.size for count in self.counts.values())
+
+    @property
+    def fingerprint(self) -> tuple[tuple[str, int, str], ...]:
+        return tuple((sid, self.counts[sid].size, self.counts[sid].generation) for sid in self.ids)
+
+
+@dataclass(frozen=True, slots=True)
 class Standing:
     user_id: str
     score: int
     rank: int
     total_players: int
     shard_id: str
-    sizes: Mapping[str, int]
-    shard_order: tuple[str, ...] = ()  # the layout the sizes were read under, lowest range first
+    counts: BoardCounts | None  # what the rank was computed from; None for an archived month
 
     @property
     def percentile(self) -> float:
         """Share of players this one is level with or ahead of, in percent (rank 1 -> 100)."""
         return round(100.0 * (self.total_players - self.rank + 1) / self.total_players, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    counts: BoardCounts  # the shards' counts the page was read under
+    entries: list[Entry]
+    # False if every read found a shard changed since it was counted: the page is then
+    # not known to be one moment's board, and must not be kept (ranking.Board._page).
+    consistent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +118,14 @@ class Board:
         if hint in ids:
             others = [sid for sid in ids if sid != hint]
             found, *counts = await asyncio.gather(
-                self.shards.lookup(hint, month, user_id), *(self.shards.size(sid, month) for sid in others)
+                self.shards.lookup(hint, month, user_id), *(self.shards.count(sid, month) for sid in others)
             )
             if found.rank >= 0:
-                sizes = dict(zip(others, counts, strict=True))
-                return self._standing(ids, user_id, hint, found, {**sizes, hint: found.size})
+                read = dict(zip(others, counts, strict=True))
+                return self._standing(user_id, hint, found, BoardCounts(ids, {**read, hint: found.count}))
             self.cache.forget(month, user_id)
         lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid in ids))
-        sizes = {sid: lk.size for sid, lk in zip(ids, lookups, strict=True)}
+        counts = BoardCounts(ids, {sid: lk.count for sid, lk in zip(ids, lookups, strict=True)})
         # Mid-move a player can briefly sit on two shards (add before remove); the
         # newer version is the one being moved to.
         present = [(lk.version, sid, lk) for sid, lk in zip(ids, lookups, strict=True) if lk.rank >= 0]
@@ -100,32 +133,80 @@ class Board:
             raise PlayerNotFound(user_id, month)
         _, shard_id, found = max(present)
         self.cache.put(month, user_id, shard_id)
-        return self._standing(ids, user_id, shard_id, found, sizes)
+        return self._standing(user_id, shard_id, found, counts)
 
-    def _standing(
-        self, ids: Sequence[str], user_id: str, shard_id: str, found: Lookup, sizes: Mapping[str, int]
-    ) -> Standing:
+    def _standing(self, user_id: str, shard_id: str, found: Lookup, counts: BoardCounts) -> Standing:
         assert found.score is not None
-        rank = found.rank + 1 + players_above(ids, sizes, shard_id)
-        return Standing(user_id, found.score, rank, sum(sizes.values()), shard_id, sizes, tuple(ids))
+        rank = found.rank + 1 + players_above(counts.ids, counts.sizes, shard_id)
+        return Standing(user_id, found.score, rank, counts.total, shard_id, counts)
 
-    async def top(self, month: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
+    async def counts(self, month: str) -> BoardCounts:
         ids = self.shard_ids
-        sizes = await self.shards.sizes(month, ids)
-        return sum(sizes.values()), await self._entries(month, ids, sizes, offset, limit)
+        return BoardCounts(ids, await self.shards.counts(month, ids))
 
-    async def around(self, month: str, user_id: str, radius: int) -> tuple[int, list[Entry]]:
+    async def top(self, month: str, offset: int, limit: int, counts: BoardCounts | None = None) -> Page:
+        """`counts`: as read by `counts(month)` just before, if the caller has them."""
+        return await self._page(month, counts or await self.counts(month), offset, limit)
+
+    async def around(self, month: str, user_id: str, radius: int) -> Page:
         me = await self.standing(month, user_id)
+        assert me.counts is not None
         offset = max(0, me.rank - 1 - radius)
-        limit = me.rank - 1 + radius + 1 - offset
-        return me.total_players, await self._entries(month, me.shard_order, me.sizes, offset, limit)
+        return await self._page(month, me.counts, offset, me.rank + radius - offset)
 
-    async def _entries(
-        self, month: str, ids: Sequence[str], sizes: Mapping[str, int], offset: int, limit: int
-    ) -> list[Entry]:
-        slices = window(ids, sizes, offset, limit)
-        ranges = await asyncio.gather(*(self.shards.range_desc(s.shard_id, month, s.start, s.stop) for s in slices))
-        entries = []
-        for s, members in zip(slices, ranges, strict=True):
-            entries += [Entry(s.first_rank + i, user_of(member), score) for i, (member, score) in enumerate(members)]
-        return entries
+    async def _page(self, month: str, counts: BoardCounts, offset: int, limit: int) -> Page:
+        """Global positions [offset, offset + limit), each player once, ranks consecutive.
+
+        The member counts decide which stretch of which shard holds those positions.
+        Each stretch is read with its shard's count and generation: if a shard changed
+        after it was counted, the stretches are read again under the new counts (at
+        most PAGE_READS times, one round trip each), so that every stretch comes from
+        its shard as it was counted, all at one moment between two reads. At such a
+        moment a player moving between shards is on one or both of them, never on
+        neither (the add lands before the removal); if on both, the copy on the shard
+        with the newer version stays and the page is filled from the entries after it.
+        So a page neither lists a player twice nor skips one. Under writes so frequent
+        that every read finds a shard changed, the last read is served, deduplicated:
+        it may then lack a player who was moving between two shards at that moment.
+        """
+        want = limit
+        reads_left = PAGE_READS
+        while True:
+            reads_left -= 1
+            slices = window(counts.ids, counts.sizes, offset, want)
+            reads = await asyncio.gather(*(self.shards.range_desc(s.shard_id, month, s.start, s.stop) for s in slices))
+            recounted = {s.shard_id: count for s, (count, _) in zip(slices, reads, strict=True)}
+            changed = any(count != counts.counts[sid] for sid, count in recounted.items())
+            consistent = not changed
+            if changed:
+                counts = BoardCounts(counts.ids, {**counts.counts, **recounted})
+                if reads_left > 0:
+                    continue
+            rows = [
+                (s.shard_id, user_of(member), score)
+                for s, (_, members) in zip(slices, reads, strict=True)
+                for member, score in members
+            ]
+            seen: dict[str, list[str]] = {}
+            for shard_id, user_id, _ in rows:
+                seen.setdefault(user_id, []).append(shard_id)
+            twice = {user_id: shard_ids for user_id, shard_ids in seen.items() if len(shard_ids) > 1}
+            if twice:
+                stale = await self._stale_copies(month, twice)
+                rows = [row for row in rows if (row[0], row[1]) not in stale]
+            if len(rows) >= limit or offset + want >= counts.total or not twice or reads_left <= 0:
+                entries = [Entry(offset + 1 + i, user_id, score) for i, (_, user_id, score) in enumerate(rows[:limit])]
+                return Page(counts, entries, consistent)
+            want += limit - len(rows)
+
+    async def _stale_copies(self, month: str, twice: Mapping[str, Sequence[str]]) -> set[tuple[str, str]]:
+        """(shard, user) pairs of the older copies of players listed on several shards."""
+        pairs = [(sid, user_id) for user_id, shard_ids in twice.items() for sid in shard_ids]
+        lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid, user_id in pairs))
+        newest: dict[str, tuple[int, str]] = {}
+        for (sid, user_id), found in zip(pairs, lookups, strict=True):
+            if found.rank >= 0 and (user_id not in newest or found.version > newest[user_id][0]):
+                newest[user_id] = (found.version, sid)
+        # A copy whose shard no longer holds the player (the removal landed since) is
+        # stale too: no lookup found it there.
+        return {(sid, user_id) for sid, user_id in pairs if newest.get(user_id, (0, None))[1] != sid}

@@ -14,7 +14,7 @@ from router.board_service import BoardService
 from router.errors import ShardUnavailable
 from router.layout_watcher import LayoutWatcher
 from router.members import month_of_legacy_key
-from router.page_cache import PageCache
+from router.page_cache import KnownQueries, PageCache
 from router.ranking import Board
 from router.rate_limits import RateLimiter
 from router.reconciler import Reconciler
@@ -43,6 +43,7 @@ class Services:
     layout: LayoutWatcher
     limiter: RateLimiter
     top_pages: PageCache
+    top_queries: KnownQueries
 
     @property
     def shard_map(self) -> ShardMap:
@@ -90,7 +91,20 @@ class Services:
         watcher = LayoutWatcher(store, shards, interval_s=settings.layout_poll_s)
         writes.on_unknown_shard = watcher.refresh
         top_pages = PageCache(settings.top_cache_ttl_s)
-        return cls(settings, shards, store, board, writes, reconciler, service, seasons, watcher, limiter, top_pages)
+        return cls(
+            settings,
+            shards,
+            store,
+            board,
+            writes,
+            reconciler,
+            service,
+            seasons,
+            watcher,
+            limiter,
+            top_pages,
+            KnownQueries(),
+        )
 
     async def start(self) -> None:
         if not self.settings.game_tokens:

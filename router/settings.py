@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     )
     user_cache_size: int = Field(200_000, ge=0)
     top_cache_ttl_s: float = Field(
-        0.25, ge=0, description="Top pages may be served from memory this long (0: always exact)"
+        0.0,
+        ge=0,
+        description="Opt-in, off by default: top pages may be served unchecked from memory this long, and may then "
+        "miss acknowledged writes. 0: a kept page is served only after checking it is current (exact)",
     )
     layout_poll_s: float = Field(1.0, gt=0, description="How often a router checks for a new shard layout epoch")
 

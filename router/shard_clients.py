@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -24,15 +23,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.coalesce import Coalescer
 from router.errors import ShardUnavailable
-from router.members import LEGACY_STATE_PATTERN, script_keys, state_key, zset_key
+from router.members import LEGACY_STATE_PATTERN, generation_key, script_keys, state_key, zset_key
 from router.metrics import SHARD_ERRORS, SHARD_OPS
 from router.redis_packing import packed_by_hiredis
+from router.shard_scripts import APPLY_LUA, LOOKUP_LUA, RANGE_LUA
 from shard_manager.shardmap import ShardMap
 
 T = TypeVar("T")
-
-APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
-LOOKUP_LUA = (resources.files("router") / "lua" / "lookup.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +50,20 @@ class ApplyResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardCount:
+    """A shard's member count for a month, and the generation of its sorted set
+    (lua/generation.lua; "" if it was never written), read in one step."""
+
+    size: int
+    generation: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lookup:
     version: int  # -1: the shard never saw this user
     rank: int  # 0-based within the shard, -1: not on this shard
     score: int | None
-    size: int
+    count: ShardCount  # read in the same step
 
 
 class ShardClients:
@@ -72,8 +78,9 @@ class ShardClients:
         any_client = next(iter(self._clients.values()))
         self._apply = any_client.register_script(APPLY_LUA)
         self._lookup = any_client.register_script(LOOKUP_LUA)
-        # Items are user ids to look up, or None for just the member count.
-        self._reads: Coalescer[tuple[str, str], str | None, Lookup | int] = Coalescer(self._read_many)
+        self._range = any_client.register_script(RANGE_LUA)
+        # Items are user ids to look up, or None for just the count and generation.
+        self._reads: Coalescer[tuple[str, str], str | None, Lookup | ShardCount] = Coalescer(self._read_many)
 
     def _connect_missing(self) -> None:
         for shard in self.shard_map.shards:
@@ -149,10 +156,13 @@ class ShardClients:
     def lookup(self, shard_id: str, month: str, user_id: str) -> asyncio.Future[Lookup]:
         return self._reads.enqueue((shard_id, month), user_id)  # type: ignore[return-value]
 
-    def size(self, shard_id: str, month: str) -> asyncio.Future[int]:
+    def count(self, shard_id: str, month: str) -> asyncio.Future[ShardCount]:
         return self._reads.enqueue((shard_id, month), None)  # type: ignore[return-value]
 
-    async def _read_many(self, key: tuple[str, str], items: Sequence[str | None]) -> list[Lookup | int]:
+    async def size(self, shard_id: str, month: str) -> int:
+        return (await self.count(shard_id, month)).size
+
+    async def _read_many(self, key: tuple[str, str], items: Sequence[str | None]) -> list[Lookup | ShardCount]:
         shard_id, month = key
         users = list(dict.fromkeys(item for item in items if item is not None))
 
@@ -160,25 +170,33 @@ class ShardClients:
             return await self._lookup(keys=script_keys(month, users), args=users, client=client)
 
         raw = await self._call(shard_id, run, "lookup" if users else "size")
-        size = int(raw[0])
+        count = ShardCount(int(raw[0]), raw[1])
         found = {
-            user: Lookup(int(raw[i]), int(raw[i + 1]), int(float(raw[i + 2])) if raw[i + 2] != "" else None, size)
-            for user, i in zip(users, range(1, len(raw), 3), strict=True)
+            user: Lookup(int(raw[i]), int(raw[i + 1]), int(float(raw[i + 2])) if raw[i + 2] != "" else None, count)
+            for user, i in zip(users, range(2, len(raw), 3), strict=True)
         }
-        return [size if item is None else found[item] for item in items]
+        return [count if item is None else found[item] for item in items]
 
-    async def sizes(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, int]:
+    async def counts(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, ShardCount]:
         ids = list(shard_ids) if shard_ids is not None else list(self.shard_map.ids)
-        counts = await asyncio.gather(*(self.size(sid, month) for sid in ids))
+        counts = await asyncio.gather(*(self.count(sid, month) for sid in ids))
         return dict(zip(ids, counts, strict=True))
 
-    async def range_desc(self, shard_id: str, month: str, start: int, stop: int) -> list[tuple[str, int]]:
-        """Members at 0-based positions start..stop (inclusive), highest first, with scores."""
+    async def sizes(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, int]:
+        return {sid: count.size for sid, count in (await self.counts(month, shard_ids)).items()}
 
-        async def run(client: aioredis.Redis) -> list[tuple[str, float]]:
-            return await client.zrevrange(zset_key(month), start, stop, withscores=True)
+    async def range_desc(
+        self, shard_id: str, month: str, start: int, stop: int
+    ) -> tuple[ShardCount, list[tuple[str, int]]]:
+        """The shard's count and generation, and the members at 0-based positions
+        start..stop (inclusive), highest first, with scores, read in one step."""
 
-        return [(member, int(score)) for member, score in await self._call(shard_id, run, "range")]
+        async def run(client: aioredis.Redis) -> list[Any]:
+            return await self._range(keys=[zset_key(month), generation_key(month)], args=[start, stop], client=client)
+
+        generation, size, *flat = await self._call(shard_id, run, "range")
+        members = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return ShardCount(int(size), generation), members
 
     async def legacy_state_hashes(self, shard_id: str) -> list[str]:
         """Keys of the one-hash-per-month state layout (before the buckets) on a shard."""

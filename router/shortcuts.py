@@ -3,9 +3,9 @@
 Profiles of a cached top page, a player's rank read and a single score write showed
 FastAPI's routing, dependency solving and body handling costing as much CPU as the
 work behind them, or more. These middlewares answer the plain, valid form of each
-request with what the route itself uses (`api.player_body`, `api.score_body`, the
-pages `api.get_top` rendered), the same token checks and the same error answers.
-Anything else — a query string not rendered moments ago, a malformed id, a body that
+request with what the route itself uses (`api.player_body`, `api.score_body`,
+`api.top_body`), the same token checks and the same error answers. Anything else — a
+top-page query string the route has not validated yet, a malformed id, a body that
 does not validate, another content type — goes on to the route, which validates it,
 answers it and documents it in the OpenAPI schema.
 """
@@ -17,10 +17,9 @@ import re
 
 from pydantic import ValidationError
 
-from router.api import Unauthorized, error_response, player_body, score_body
+from router.api import Unauthorized, error_response, player_body, score_body, top_body
 from router.asgi import header, send_json
 from router.errors import LeaderboardError
-from router.page_cache import query_key
 from router.schemas import USER_ID_PATTERN, ScoreIn
 
 TOP_PATH = "/v1/leaderboard/top"
@@ -53,11 +52,11 @@ class _Shortcut:
         raise NotImplementedError
 
 
-class ServeCachedTopPages(_Shortcut):
-    """`GET /v1/leaderboard/top` whose exact query string this process rendered within the TTL.
+class AnswerKnownTopPages(_Shortcut):
+    """`GET /v1/leaderboard/top` with a query string the route has validated before.
 
-    Only pages that went through the route's validation once are served, so nothing
-    unvalidated gets through; the read-token check is repeated here.
+    Answered with the route's own `api.top_body` (which serves a kept page only after
+    checking it is current); the read-token check is the route's too.
     """
 
     def takes(self, scope) -> bool:
@@ -65,10 +64,15 @@ class ServeCachedTopPages(_Shortcut):
 
     async def answer(self, scope, receive, send) -> None:
         services = scope["app"].state.services
-        body = services.top_pages.get(query_key(scope["query_string"]))
-        tokens = header(scope, b"x-read-token"), header(scope, b"x-game-service-token")
-        if body is None or not services.may_read(*tokens):
+        query = services.top_queries.get(scope["query_string"])
+        if query is None:
             return await self.app(scope, receive, send)
+        try:
+            if not services.may_read(header(scope, b"x-read-token"), header(scope, b"x-game-service-token")):
+                raise Unauthorized("a valid X-Read-Token header is required")
+            body = await top_body(services, query)
+        except LeaderboardError as exc:
+            return await error_response(exc)(scope, receive, send)
         await send_json(send, body)
         return None
 

@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 
 import psycopg2
 import redis
 
 from router.members import script_keys, tie_prefix
+from router.shard_scripts import APPLY_LUA
 from shard_manager.layout import Layout, load_layout, shards_json
 from shard_manager.seasons import unarchived_months
 from shard_manager.shardmap import MAX_SCORE, ShardMap
@@ -38,7 +38,6 @@ STEP_PLAYERS = 200
 MOVE_RATE_ESTIMATE = 5_800
 """Players per second for `plan`'s time estimate: `make bench-rebalance` measured 5,834/s
 moving 225k of 1M players with writes flowing (2 cores, 2026-11-27)."""
-APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
 
 
 class RebalanceRefused(ValueError):

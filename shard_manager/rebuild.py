@@ -17,13 +17,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from importlib import resources
 
 import psycopg2
 import redis
 
 from router.members import (
     LEGACY_STATE_PATTERN,
+    generation_key,
     legacy_state_key,
     month_of_legacy_key,
     script_keys,
@@ -33,6 +33,7 @@ from router.members import (
     zset_key,
 )
 from router.periods import month_label
+from router.shard_scripts import APPLY_LUA, BUMP_GENERATION_LUA
 from shard_manager.shardmap import ShardMap
 
 CATCH_UP_MARGIN = timedelta(seconds=30)
@@ -43,7 +44,6 @@ STATE_FLUSH = 500_000
 bucket: a chunk's 20,000 spread over 3 shards x 4,096 buckets would cost a command
 for every one or two entries."""
 SIDE = ":rebuild"
-APPLY_LUA = (resources.files("router") / "lua" / "apply.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,8 @@ def rebuild_month(
                 else:
                     pipe.unlink(live)
             pipe.unlink(legacy_state_key(label))
+            # The board changed under any page a router rendered from it.
+            pipe.eval(BUMP_GENERATION_LUA, 1, generation_key(label))
             pipe.execute()
         caught_up = _catch_up(conn, clients, shard_map, month, snapshot_at - CATCH_UP_MARGIN)
     finally:

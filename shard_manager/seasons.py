@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 import psycopg2
 import redis
 
-from router.members import legacy_state_key, state_keys, zset_key
+from router.members import generation_key, legacy_state_key, state_keys, zset_key
 from router.periods import month_label, month_start, previous_month
 from shard_manager.shardmap import ShardMap
 
@@ -107,7 +107,7 @@ def drop_redis_keys(dsn: str, shard_map: ShardMap, now: datetime, retention: tim
             due = [row[0] for row in cur.fetchall()]
         for month in due:
             label = month_label(month)
-            keys = [zset_key(label), legacy_state_key(label), *state_keys(label)]
+            keys = [zset_key(label), generation_key(label), legacy_state_key(label), *state_keys(label)]
             for shard in shard_map.shards:
                 client = redis.Redis.from_url(shard.address, socket_timeout=10)
                 try:

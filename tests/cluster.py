@@ -67,7 +67,6 @@ class RouterProcess:
             "LB_RECONCILE_INTERVAL_S": "0.2",
             "LB_RECONCILE_SETTLE_S": "0.5",
             "LB_ENV": "dev",  # the test tokens are short on purpose
-            "LB_TOP_CACHE_TTL_S": "0",  # tests compare every answer with a model, right after each write
             **self.extra_env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it

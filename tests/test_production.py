@@ -350,7 +350,7 @@ def test_grafana_dashboard_uses_only_metrics_the_router_exports(api):
 
 
 def test_pages_served_from_memory_still_need_a_read_token_and_are_counted(custom_router):
-    router = custom_router(LB_TOP_CACHE_TTL_S="30", LB_READ_TOKENS="reader-token-0123456789")
+    router = custom_router(LB_READ_TOKENS="reader-token-0123456789")
     reader = {"X-Read-Token": "reader-token-0123456789"}
     with router.client() as api:
         api.post("/v1/scores", json={"user_id": "solo", "match_id": "m", "score": 3}, headers=AUTH)
@@ -458,7 +458,7 @@ def test_single_score_writes_answered_before_routing_match_the_route(custom_rout
     assert counted and float(counted[0].removeprefix(label)) == 15.0  # 3 x (plain, routed, chunked, 2 with a charset)
 
 
-def test_top_pages_are_cached_for_at_most_the_configured_time(custom_router):
+def test_the_stale_tolerant_opt_in_serves_pages_unchecked_for_at_most_its_time(custom_router):
     router = custom_router(LB_TOP_CACHE_TTL_S="1.0")
     with router.client() as api:
         api.post("/v1/scores", json={"user_id": "first", "match_id": "m", "score": 10}, headers=AUTH)

@@ -1,5 +1,6 @@
 -- Apply versioned player states to one shard, atomically.
--- KEYS[1] sorted set (score -> tie..user); KEYS[1 + k]: the state hash (user ->
+-- KEYS[1] sorted set (score -> tie..user); KEYS[2] the month's generation
+-- (generation.lua, prepended to this script); KEYS[2 + k]: the state hash (user ->
 -- "version:tie" | "version") holding the k-th group's user (members.state_key).
 -- ARGV: groups of 5: user, version, present ("1"/"0"), score, tie
 -- A state is applied only if this shard has not seen an equal or newer version of
@@ -8,8 +9,9 @@
 -- absent), 0-based among this shard's members; then the shard's member count.
 local z = KEYS[1]
 local out = {}
+local changed = false
 for i = 1, #ARGV, 5 do
-  local h = KEYS[2 + (i - 1) / 5]
+  local h = KEYS[3 + (i - 1) / 5]
   local user, version = ARGV[i], tonumber(ARGV[i + 1])
   local cur = redis.call('HGET', h, user)
   local cur_version, cur_tie = -1, nil
@@ -27,8 +29,12 @@ for i = 1, #ARGV, 5 do
   if cur_version >= version then
     out[#out + 1] = 0; out[#out + 1] = old_rank; out[#out + 1] = old_rank
   else
-    if cur_tie then redis.call('ZREM', z, cur_tie .. user) end
+    if cur_tie then
+      redis.call('ZREM', z, cur_tie .. user)
+      changed = true
+    end
     if ARGV[i + 2] == '1' then
+      changed = true
       local tie = ARGV[i + 4]
       redis.call('ZADD', z, ARGV[i + 3], tie .. user)
       redis.call('HSET', h, user, ARGV[i + 1] .. ':' .. tie)
@@ -40,5 +46,6 @@ for i = 1, #ARGV, 5 do
     end
   end
 end
+if changed then bump_generation(KEYS[2]) end
 out[#out + 1] = redis.call('ZCARD', z)
 return out

@@ -1,12 +1,14 @@
--- Where users stand on one shard, and its member count, in one round trip.
--- KEYS[1] sorted set, KEYS[1 + i] the state hash holding ARGV[i]; ARGV: users (none:
--- just the count).
--- Returns {member count, then per user: version (-1 if never seen), rank (0-based,
---          -1 if not on this shard), score (string, or "" if not on this shard)}.
+-- Where users stand on one shard, its member count and the board's generation
+-- (generation.lua), in one round trip.
+-- KEYS[1] sorted set, KEYS[2] the generation, KEYS[2 + i] the state hash holding
+-- ARGV[i]; ARGV: users (none: just the count and generation).
+-- Returns {member count, generation ("" if never written), then per user: version
+--          (-1 if never seen), rank (0-based, -1 if not on this shard), score
+--          (string, or "" if not on this shard)}.
 local z = KEYS[1]
-local out = {redis.call('ZCARD', z)}
+local out = {redis.call('ZCARD', z), redis.call('GET', KEYS[2]) or ''}
 for i = 1, #ARGV do
-  local user, h = ARGV[i], KEYS[1 + i]
+  local user, h = ARGV[i], KEYS[2 + i]
   local version, rank, score = -1, -1, ''
   local cur = redis.call('HGET', h, user)
   if cur then
