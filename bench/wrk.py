@@ -68,7 +68,9 @@ def available() -> str | None:
     if path is None:
         return None
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "wrk"
+    text = (out.stdout or out.stderr).strip()
+    # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) ...": the name and version are enough.
+    return " ".join(text.split()[:2]) if text else "wrk"
 
 
 def get_script(path: str) -> str:

@@ -78,7 +78,6 @@ class Slice:
     shard_id: str
     start: int  # 0-based positions inside the shard, inclusive
     stop: int
-    first_rank: int  # global rank of the member at `start`
 
 
 def players_above(shard_ids: Sequence[str], sizes: Mapping[str, int], shard_id: str) -> int:
@@ -96,7 +95,7 @@ def window(shard_ids: Sequence[str], sizes: Mapping[str, int], offset: int, limi
         lo = max(offset, first)
         hi = min(offset + limit, first + size)
         if lo < hi:
-            slices.append(Slice(shard_id, lo - first, hi - first - 1, lo + 1))
+            slices.append(Slice(shard_id, lo - first, hi - first - 1))
         first += size
         if first >= offset + limit:
             break
@@ -187,20 +186,23 @@ class Board:
                 for s, (_, members) in zip(slices, reads, strict=True)
                 for member, score in members
             ]
-            seen: dict[str, list[str]] = {}
-            for shard_id, user_id, _ in rows:
-                seen.setdefault(user_id, []).append(shard_id)
-            twice = {user_id: shard_ids for user_id, shard_ids in seen.items() if len(shard_ids) > 1}
-            if twice:
-                stale = await self._stale_copies(month, twice)
-                rows = [row for row in rows if (row[0], row[1]) not in stale]
-            if len(rows) >= limit or offset + want >= counts.total or not twice or reads_left <= 0:
+            listed = len(rows)
+            rows = await self._without_stale_copies(month, rows)
+            dropped = len(rows) < listed
+            if len(rows) >= limit or offset + want >= counts.total or not dropped or reads_left <= 0:
                 entries = [Entry(offset + 1 + i, user_id, score) for i, (_, user_id, score) in enumerate(rows[:limit])]
                 return Page(counts, entries, consistent)
             want += limit - len(rows)
 
-    async def _stale_copies(self, month: str, twice: Mapping[str, Sequence[str]]) -> set[tuple[str, str]]:
-        """(shard, user) pairs of the older copies of players listed on several shards."""
+    async def _without_stale_copies(self, month: str, rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+        """`rows` ((shard, user, score) in page order) without the older copies of players
+        listed on several shards."""
+        seen: dict[str, list[str]] = {}
+        for shard_id, user_id, _ in rows:
+            seen.setdefault(user_id, []).append(shard_id)
+        twice = {user_id: shard_ids for user_id, shard_ids in seen.items() if len(shard_ids) > 1}
+        if not twice:
+            return rows
         pairs = [(sid, user_id) for user_id, shard_ids in twice.items() for sid in shard_ids]
         lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid, user_id in pairs))
         newest: dict[str, tuple[int, str]] = {}
@@ -209,4 +211,5 @@ class Board:
                 newest[user_id] = (found.version, sid)
         # A copy whose shard no longer holds the player (the removal landed since) is
         # stale too: no lookup found it there.
-        return {(sid, user_id) for sid, user_id in pairs if newest.get(user_id, (0, None))[1] != sid}
+        stale = {(sid, user_id) for sid, user_id in pairs if newest.get(user_id, (0, None))[1] != sid}
+        return [row for row in rows if (row[0], row[1]) not in stale]

@@ -7,7 +7,7 @@ import time
 
 from router.members import generation_key
 from router.page_cache import KnownQueries, PageCache, TopQuery
-from router.ranking import BoardCounts
+from router.ranking import BoardCounts, Slice, window
 from router.shard_clients import ShardCount
 from router.shard_scripts import BUMP_GENERATION_LUA
 from tests.cluster import Cluster
@@ -58,3 +58,11 @@ def test_a_generation_never_returns_to_an_earlier_value_after_the_shard_loses_it
     shard.flushall()  # an empty replacement, or a lost AOF tail
     shard.eval(BUMP_GENERATION_LUA, 1, key)
     assert int(shard.get(key)) > seen[-1]
+
+
+def test_a_window_spans_shards_from_the_highest_and_skips_empty_ones():
+    ids, sizes = ("s0", "s1", "s2"), {"s0": 5, "s1": 0, "s2": 3}
+    assert window(ids, sizes, 0, 2) == [Slice("s2", 0, 1)]
+    assert window(ids, sizes, 2, 4) == [Slice("s2", 2, 2), Slice("s0", 0, 2)]
+    assert window(ids, sizes, 7, 10) == [Slice("s0", 4, 4)]
+    assert window(ids, sizes, 8, 10) == []
