@@ -150,6 +150,14 @@ def error_response(exc: Exception) -> JSONResponse:
                 "when it returns; resending the same match_id is safe.",
                 **{"Retry-After": "1"},
             )
+        case StoreUnavailable(outcome_unknown=True):
+            return _error(
+                503,
+                "store_unavailable",
+                f"PostgreSQL is unavailable ({exc.cause or 'no answer'}); whether a write was recorded is "
+                "unknown: resend the same match_id (it is never counted twice).",
+                **{"Retry-After": "1"},
+            )
         case StoreUnavailable():
             return _error(
                 503,

@@ -48,11 +48,14 @@ class ShardUnavailable(LeaderboardError):
 
 
 class StoreUnavailable(LeaderboardError):
-    """PostgreSQL cannot be reached or did not answer in time; nothing was committed."""
+    """PostgreSQL cannot be reached or did not answer in time. `outcome_unknown`: the
+    statement may have been committed (the connection broke or the deadline passed
+    after it was sent); otherwise nothing was."""
 
-    def __init__(self, cause: str = "") -> None:
+    def __init__(self, cause: str = "", *, outcome_unknown: bool = False) -> None:
         super().__init__("PostgreSQL is unavailable" + (f": {cause}" if cause else ""))
         self.cause = cause
+        self.outcome_unknown = outcome_unknown
 
 
 class RateLimited(LeaderboardError):

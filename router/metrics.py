@@ -53,6 +53,26 @@ RECONCILER_BACKLOG = Gauge(
 )
 RECONCILER_REPAIRED = Counter("lb_reconciler_repaired_total", "Players the reconciler put right")
 RATE_LIMITED = Counter("lb_rate_limited_total", "Requests refused by a rate limit", ["limit"])
+CIRCUIT_OPEN = Gauge(
+    "lb_circuit_open",
+    "1 while calls to this server fail fast because it stopped answering (shard:<id>, rate_limits)",
+    ["target"],
+    multiprocess_mode="max",
+)
+CIRCUITS_OPENED = Counter(
+    "lb_circuit_opened_total", "Times a server stopped answering and its breaker opened", ["target"]
+)
+SHARD_REPAIRS = Counter(
+    "lb_shard_repairs_total",
+    "Self-healing repairs of a shard from PostgreSQL, by why they ran (restarted, lost_data) and how they ended",
+    ["shard", "reason", "outcome"],
+)
+SHARD_REPAIR_PLAYERS = Counter(
+    "lb_shard_repair_players_total", "Players a self-healing repair checked against PostgreSQL", ["shard"]
+)
+SHARD_REPAIRING = Gauge(
+    "lb_shard_repairing", "1 while this router repairs the shard from PostgreSQL", ["shard"], multiprocess_mode="max"
+)
 LAYOUT_EPOCH = Gauge("lb_layout_epoch", "Shard layout epoch this router serves", multiprocess_mode="min")
 
 

@@ -2,8 +2,10 @@
 
 Two limits: write requests per second per game token (a runaway client), and
 events per player per hour (a client reporting impossible numbers of wins). If the
-counter store cannot be reached, requests are let through and the failure is
-logged: an outage of the limiter must not become an outage of the game.
+counter store cannot be reached or does not answer within its deadline, requests are
+let through and the failure is logged: an outage of the limiter must not become an
+outage of the game, nor a frozen counter store a stall of every write (its breaker
+then lets them through at once, router.circuit_breaker).
 
 Single writes are counted by the write pipeline, one script call for each group it
 commits (`admit`); other checks that arrive while one is in flight are counted
@@ -12,6 +14,7 @@ together in the next call. Under load one round trip serves many requests.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -20,8 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.circuit_breaker import CircuitBreaker
 from router.coalesce import Coalescer
 from router.errors import RateLimited
 from router.members import user_bucket
@@ -103,18 +109,25 @@ class _Check:
 
 
 class RateLimiter:
-    def __init__(self, url: str, *, token_per_s: int, player_per_hour: int, timeout_s: float) -> None:
+    def __init__(self, url: str, *, token_per_s: int, player_per_hour: int, deadline_s: float) -> None:
         self.token_per_s = token_per_s
         self.player_per_hour = player_per_hour
+        self.deadline_s = deadline_s
         self._client = packed_by_hiredis(
-            aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            aioredis.Redis.from_url(url, socket_timeout=deadline_s * 2, socket_connect_timeout=deadline_s * 2)
         )
+        self._breaker = CircuitBreaker("rate_limits", self._probe)
         self._count = self._client.register_script(_COUNT)
         self._checks: Coalescer[None, _Check, Verdict] = Coalescer(self._count_or_let_through)
 
     async def close(self) -> None:
         await self._checks.drain()
+        await self._breaker.close()
         await self._client.aclose()
+
+    async def _probe(self) -> None:
+        async with asyncio.timeout(self.deadline_s):
+            await self._client.ping()
 
     async def check(self, token: str, players: Sequence[str]) -> Verdict:
         if not self.token_per_s and not self.player_per_hour:
@@ -143,11 +156,18 @@ class RateLimiter:
         return RateLimited(f"at most {self.player_per_hour} events per player per hour", retry_after)
 
     async def _count_or_let_through(self, _: None, checks: Sequence[_Check]) -> list[Verdict]:
-        try:
-            return await self._count_all(checks)
-        except RedisError as exc:
-            log.warning("rate limits not enforced: counter store unavailable (%s)", exc)
+        if self._breaker.is_open:
             return [Verdict(0, {}) for _ in checks]
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                verdicts = await self._count_all(checks)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, RedisError) or isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                self._breaker.record_failure()
+            log.warning("rate limits not enforced: counter store unavailable (%s)", type(exc).__name__)
+            return [Verdict(0, {}) for _ in checks]
+        self._breaker.record_success()
+        return verdicts
 
     async def _count_all(self, checks: Sequence[_Check]) -> list[Verdict]:
         now = int(time.time())

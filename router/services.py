@@ -58,15 +58,26 @@ class Services:
         except psycopg2.Error as exc:
             log.warning("PostgreSQL unavailable at start (%s); using %s until it answers", exc, settings.shards_file)
             shard_map = file_map
-        shards = ShardClients(shard_map, settings.redis_timeout_s)
-        store = Store(settings.database_url, settings.pg_pool_size, settings.pg_statement_timeout_ms)
+        shards = ShardClients(
+            shard_map,
+            read_deadline_s=settings.shard_read_deadline_s,
+            write_deadline_s=settings.shard_write_deadline_s,
+            failures_to_open=settings.shard_failures_to_open,
+            probe_interval_s=settings.shard_probe_interval_s,
+        )
+        store = Store(
+            settings.database_url,
+            settings.pg_pool_size,
+            settings.pg_statement_timeout_ms,
+            deadline_s=settings.pg_deadline_s,
+        )
         cache = UserShardCache(settings.user_cache_size)
         board = Board(shards, cache)
         limiter = RateLimiter(
             settings.rate_limit_redis_url or shard_map.shards[0].address,
             token_per_s=settings.rate_limit_token_per_s,
             player_per_hour=settings.rate_limit_player_per_hour,
-            timeout_s=settings.redis_timeout_s,
+            deadline_s=settings.shard_read_deadline_s,
         )
         writes = WritePipeline(
             store,

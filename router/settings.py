@@ -70,8 +70,30 @@ class Settings(BaseSettings):
         "(0: never waits); it stops waiting as soon as they are all in",
     )
     pg_pool_size: int = Field(8, ge=2, le=100)
-    pg_statement_timeout_ms: int = Field(5000, ge=100)
-    redis_timeout_s: float = Field(2.0, gt=0)
+    pg_statement_timeout_ms: int = Field(
+        2000, ge=100, description="PostgreSQL cancels a router's statement that runs longer (server side)"
+    )
+    pg_deadline_s: float = Field(
+        3.0,
+        gt=0,
+        description="Longest a request waits for PostgreSQL, enforced by the router (a frozen server cannot "
+        "enforce its own statement timeout): past it the request answers 503 store_unavailable",
+    )
+    shard_read_deadline_s: float = Field(
+        0.25, gt=0, description="Longest a read waits for one shard before it answers 503 shard_unavailable"
+    )
+    shard_write_deadline_s: float = Field(
+        0.5,
+        gt=0,
+        description="Longest a committed write waits for one shard's apply; past it the write is answered "
+        "(503 or rank null) and the reconciler finishes it on that shard",
+    )
+    shard_failures_to_open: int = Field(
+        2, ge=1, description="Calls in a row a shard must miss before its calls fail fast (circuit open)"
+    )
+    shard_probe_interval_s: float = Field(
+        0.5, gt=0, description="How often a router probes a shard whose circuit is open"
+    )
 
     reconcile_interval_s: float = Field(
         1.0, gt=0, description="How often the reconciler looks for unfinished Redis writes"
@@ -79,9 +101,10 @@ class Settings(BaseSettings):
     reconcile_settle_s: float = Field(
         1.0, ge=0, description="Age a change must reach before the reconciler repairs it, to let its router finish"
     )
-    reconcile_lookback_s: float = Field(
-        3600.0, gt=0, description="How far back a freshly started reconciler looks for unfinished writes"
+    heal_check_s: float = Field(
+        1.0, gt=0, description="How often a router checks every shard for a restart or lost data (self-healing)"
     )
+    heal_chunk: int = Field(2000, ge=100, le=50_000, description="Players per step of a self-healing repair")
     user_cache_size: int = Field(200_000, ge=0)
     top_cache_ttl_s: float = Field(
         0.0,

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.circuit_breaker import CircuitBreaker
 from router.coalesce import Coalescer
 from router.errors import ShardUnavailable
 from router.members import LEGACY_STATE_PATTERN, generation_key, script_keys, state_key, zset_key
@@ -67,13 +68,35 @@ class Lookup:
 
 
 class ShardClients:
-    def __init__(self, shard_map: ShardMap, timeout_s: float, max_connections: int = 64) -> None:
+    """`read_deadline_s` bounds every read of a shard, `write_deadline_s` every apply:
+    a shard that does not answer within it counts as unavailable for that call, and
+    after `failures_to_open` such calls in a row its breaker (router.circuit_breaker)
+    fails its calls at once until a background probe gets an answer again."""
+
+    def __init__(
+        self,
+        shard_map: ShardMap,
+        *,
+        read_deadline_s: float,
+        write_deadline_s: float,
+        failures_to_open: int = 2,
+        probe_interval_s: float = 0.5,
+        max_connections: int = 64,
+    ) -> None:
         self.shard_map = shard_map
-        self._timeout_s = timeout_s
+        self.read_deadline_s = read_deadline_s
+        self.write_deadline_s = write_deadline_s
+        self._failures_to_open = failures_to_open
+        self._probe_interval_s = probe_interval_s
         self._max_connections = max_connections
         self._clients: dict[str, aioredis.Redis] = {}
         self._addresses: dict[str, str] = {}
         self._retired: dict[str, aioredis.Redis] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        # Shards whose reads are refused, and why: one found without its data is being
+        # refilled from PostgreSQL (router.self_healing), and until then its counts
+        # would make every rank below it wrong. Applies still go to it.
+        self.unready: dict[str, str] = {}
         self._connect_missing()
         any_client = next(iter(self._clients.values()))
         self._apply = any_client.register_script(APPLY_LUA)
@@ -83,16 +106,18 @@ class ShardClients:
         self._reads: Coalescer[tuple[str, str], str | None, Lookup | ShardCount] = Coalescer(self._read_many)
 
     def _connect_missing(self) -> None:
+        # The socket timeouts are a backstop; each call's own deadline is shorter.
+        socket_timeout = max(self.read_deadline_s, self.write_deadline_s) * 2
         for shard in self.shard_map.shards:
             if self._addresses.get(shard.id) == shard.address:
                 continue
             if shard.id in self._clients:
                 self._retired[f"{shard.id}@{self._addresses[shard.id]}"] = self._clients[shard.id]
-            self._clients[shard.id] = packed_by_hiredis(
+            client = packed_by_hiredis(
                 aioredis.Redis.from_url(
                     shard.address,
-                    socket_timeout=self._timeout_s,
-                    socket_connect_timeout=self._timeout_s,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_timeout,
                     decode_responses=True,
                     max_connections=self._max_connections,
                     health_check_interval=30,
@@ -103,7 +128,21 @@ class ShardClients:
                     retry_on_error=[RedisConnectionError],
                 )
             )
+            self._clients[shard.id] = client
             self._addresses[shard.id] = shard.address
+            self.breakers[shard.id] = CircuitBreaker(
+                f"shard:{shard.id}",
+                self._prober(client),
+                failures_to_open=self._failures_to_open,
+                probe_interval_s=self._probe_interval_s,
+            )
+
+    def _prober(self, client: aioredis.Redis) -> Callable[[], Awaitable[object]]:
+        async def probe() -> object:
+            async with asyncio.timeout(self.read_deadline_s):
+                return await client.ping()
+
+        return probe
 
     async def update(self, shard_map: ShardMap) -> None:
         """Switch to a new layout: connect new shards first, then publish the map."""
@@ -117,23 +156,51 @@ class ShardClients:
             self._addresses.pop(shard_id, None)
 
     async def close(self) -> None:
+        for breaker in self.breakers.values():
+            await breaker.close()
         clients = list(self._clients.values()) + list(self._retired.values())
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
-    async def _call(self, shard_id: str, fn: Callable[[aioredis.Redis], Awaitable[T]], op: str = "other") -> T:
+    async def _call(
+        self,
+        shard_id: str,
+        fn: Callable[[aioredis.Redis], Awaitable[T]],
+        op: str = "other",
+        *,
+        deadline_s: float | None = None,
+        reads: bool = True,
+    ) -> T:
         client = self._clients.get(shard_id) or self._retired.get(shard_id)
         if client is None:
             raise ShardUnavailable(shard_id, "not in the shard layout")
+        if reads and shard_id in self.unready:
+            raise ShardUnavailable(shard_id, self.unready[shard_id])
+        breaker = self.breakers.get(shard_id)
+        if breaker is not None and breaker.is_open:
+            SHARD_ERRORS.labels(shard_id, op).inc()
+            raise ShardUnavailable(shard_id, f"not answering for {breaker.open_for_s():.1f} s")
         SHARD_OPS.labels(shard_id, op).inc()
+        deadline_s = self.read_deadline_s if deadline_s is None else deadline_s
         try:
-            return await fn(client)
+            async with asyncio.timeout(deadline_s):
+                result = await fn(client)
+        except TimeoutError as exc:
+            SHARD_ERRORS.labels(shard_id, op).inc()
+            if breaker is not None:
+                breaker.record_failure()
+            raise ShardUnavailable(shard_id, f"no answer within {deadline_s:g} s") from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             SHARD_ERRORS.labels(shard_id, op).inc()
+            if breaker is not None:
+                breaker.record_failure()
             raise ShardUnavailable(shard_id, type(exc).__name__) from exc
         except RedisError as exc:
             # LOADING, MISCONF, READONLY...: the server answers but cannot serve us.
             SHARD_ERRORS.labels(shard_id, op).inc()
             raise ShardUnavailable(shard_id, str(exc)) from exc
+        if breaker is not None:
+            breaker.record_success()
+        return result
 
     async def apply(
         self, shard_id: str, month: str, states: Sequence[tuple[PlayerState, bool]]
@@ -147,7 +214,7 @@ class ShardClients:
         async def run(client: aioredis.Redis) -> list[int]:
             return await self._apply(keys=keys, args=args, client=client)
 
-        raw = await self._call(shard_id, run, "apply")
+        raw = await self._call(shard_id, run, "apply", deadline_s=self.write_deadline_s, reads=False)
         results = [ApplyResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw) - 1, 3)]
         return results, int(raw[-1])
 
@@ -204,7 +271,8 @@ class ShardClients:
         async def run(client: aioredis.Redis) -> list[str]:
             return [key async for key in client.scan_iter(match=LEGACY_STATE_PATTERN, count=1000)]
 
-        return await self._call(shard_id, run)
+        # A scan of the whole keyspace, once at start: not a request's read.
+        return await self._call(shard_id, run, deadline_s=max(10.0, self.write_deadline_s))
 
     async def ping(self, shard_id: str) -> None:
         await self._call(shard_id, lambda c: c.ping())
@@ -224,4 +292,4 @@ class ShardClients:
                 pipe.hget(state_key(month, user), user)
             return await pipe.execute()
 
-        return await self._call(shard_id, run)
+        return await self._call(shard_id, run, "states", deadline_s=self.write_deadline_s)

@@ -1,15 +1,21 @@
 """PostgreSQL: the durable truth. Blocking psycopg2 calls, run in worker threads.
 
-Every statement runs under a statement timeout; a lost connection or a timeout
-becomes `StoreUnavailable`, and since each group of events is one transaction,
-such a failure commits nothing.
+Every statement runs under a statement timeout, which the server enforces, and every
+call under a deadline, which we enforce (`_Call`): a frozen server or a black-holed
+network cannot cancel its own statements, and a request must not wait on it past
+the deadline. A lost connection, a timeout or a passed deadline becomes
+`StoreUnavailable`. Each group of events is one transaction, so such a failure
+either committed all of the group or none of it; when we cannot tell which, the
+error says so (`outcome_unknown`) and the client resends the same match_ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +29,11 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from router.errors import StoreUnavailable
 from shard_manager.layout import Layout, load_layout
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def array_literal(values: Iterable[object]) -> str:
@@ -95,6 +106,53 @@ class PlayerRow:
     shard: str
 
 
+class _Call:
+    """One call's claim on a worker thread and the connection it uses, so the event
+    loop can give up on it at its deadline: shutting the socket down wakes the thread
+    from its wait on the server (psycopg2 then raises, and the pool drops the
+    connection), and a call abandoned before it got a connection never starts."""
+
+    _current = threading.local()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: psycopg2.extensions.connection | None = None
+        self.abandoned = False
+
+    @classmethod
+    def current(cls) -> _Call | None:
+        return getattr(cls._current, "call", None)
+
+    def run(self, fn: Callable[..., T], args: tuple) -> T:
+        self._current.call = self
+        try:
+            return fn(*args)
+        finally:
+            self._current.call = None
+
+    def attach(self, conn: psycopg2.extensions.connection) -> None:
+        with self._lock:
+            if self.abandoned:
+                raise StoreUnavailable("deadline passed before a connection was free")
+            self._conn = conn
+
+    def detach(self) -> None:
+        with self._lock:
+            self._conn = None
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.abandoned = True
+            conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(OSError):
+                sock = socket.socket(fileno=os.dup(conn.fileno()))
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                finally:
+                    sock.close()
+
+
 class _Retryable(Exception):
     """Serialization failure or deadlock: the transaction rolled back and may simply run again."""
 
@@ -106,14 +164,16 @@ class ConnectionPool:
     under real concurrency every request would reconnect; this one never does.
     """
 
-    def __init__(self, dsn: str, size: int, statement_timeout_ms: int) -> None:
+    def __init__(self, dsn: str, size: int, statement_timeout_ms: int, wait_s: float = 10.0) -> None:
         self._dsn = dsn
+        self._wait_s = wait_s
         self._options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms}"
         self._idle: queue.LifoQueue[psycopg2.extensions.connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
     def _connect(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(self._dsn, connect_timeout=3, options=self._options)
+        # 2 s is libpq's smallest connect timeout; the call's deadline may be shorter.
+        conn = psycopg2.connect(self._dsn, connect_timeout=2, options=self._options)
         # Every call here is one statement (a group is one function call), and a
         # statement is its own transaction: without BEGIN and COMMIT each call is one
         # round trip instead of three, and one hand-off of the GIL instead of three.
@@ -122,26 +182,37 @@ class ConnectionPool:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        if not self._slots.acquire(timeout=10):
-            raise StoreUnavailable("no free PostgreSQL connection within 10 s")
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise StoreUnavailable(f"no free PostgreSQL connection within {self._wait_s:g} s")
+        call = _Call.current()
         conn = None
+        in_use = False
         try:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = self._connect()
+                try:
+                    conn = self._connect()
+                except psycopg2.OperationalError as exc:
+                    # Nothing was sent: whatever the caller meant to do, it did not happen.
+                    raise StoreUnavailable(_first_line(exc)) from exc
+            if call is not None:
+                call.attach(conn)
+            in_use = True
             yield conn
         except psycopg2.OperationalError as exc:
             if conn is not None:
                 conn.close()
                 conn = None
-            raise StoreUnavailable(str(exc).strip().splitlines()[0] if str(exc).strip() else "") from exc
+            raise StoreUnavailable(_first_line(exc) or "connection lost", outcome_unknown=in_use) from exc
         except psycopg2.InterfaceError as exc:
             if conn is not None:
                 conn.close()
                 conn = None
-            raise StoreUnavailable("connection lost") from exc
+            raise StoreUnavailable("connection lost", outcome_unknown=in_use) from exc
         finally:
+            if call is not None:
+                call.detach()
             if conn is not None:
                 if conn.closed or conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
                     with contextlib.suppress(Exception):
@@ -180,11 +251,26 @@ def with_conflict_retries(fn: Callable[..., T], *args: object) -> T:
 
 
 class Store:
-    def __init__(self, dsn: str, pool_size: int, statement_timeout_ms: int) -> None:
-        self.pool = ConnectionPool(dsn, pool_size, statement_timeout_ms)
+    """`deadline_s` bounds every call, from the request's side (`_Call`)."""
+
+    def __init__(self, dsn: str, pool_size: int, statement_timeout_ms: int, *, deadline_s: float = 10.0) -> None:
+        self.deadline_s = deadline_s
+        self.pool = ConnectionPool(dsn, pool_size, statement_timeout_ms, wait_s=deadline_s)
 
     def close(self) -> None:
         self.pool.close()
+
+    async def _run(self, fn: Callable[..., T], *args: object, deadline_s: float | None = None) -> T:
+        deadline_s = self.deadline_s if deadline_s is None else deadline_s
+        call = _Call()
+        future = asyncio.get_running_loop().run_in_executor(None, call.run, fn, args)
+        try:
+            async with asyncio.timeout(deadline_s):
+                # Shielded: at the deadline the thread is woken by abandon(), not cancelled.
+                return await asyncio.shield(future)
+        except TimeoutError:
+            call.abandon()
+            raise StoreUnavailable(f"no answer within {deadline_s:g} s", outcome_unknown=True) from None
 
     # -- writes -------------------------------------------------------------------
 
@@ -224,7 +310,7 @@ class Store:
         Arrival order decides each player's order of events and the tie order within
         the group; PostgreSQL takes the players' locks in its own fixed order.
         """
-        return await asyncio.to_thread(self._apply_events_sync, events)
+        return await self._run(self._apply_events_sync, events)
 
     def _ack_sync(self, outbox_ids: Sequence[int]) -> int:
         with self.pool.connection() as conn, conn.cursor() as cur:
@@ -236,7 +322,7 @@ class Store:
         """Forget outbox rows whose every state the shards now hold."""
         if not outbox_ids:
             return 0
-        return await asyncio.to_thread(self._ack_sync, outbox_ids)
+        return await self._run(self._ack_sync, outbox_ids)
 
     # -- reads --------------------------------------------------------------------
 
@@ -275,7 +361,7 @@ class Store:
         """Outbox rows older than `settle_s`, oldest first, up to about `players` players in all:
         each row's id and the current state of its players in live months (a player with no
         state, only refused events, or in an archived month, needs nothing on the shards)."""
-        return await asyncio.to_thread(self._outbox_sync, settle_s, players)
+        return await self._run(self._outbox_sync, settle_s, players)
 
     async def outbox_backlog(self) -> int:
         return (await self._fetch("SELECT count(*) FROM redis_outbox"))[0][0]
@@ -285,7 +371,7 @@ class Store:
             return load_layout(conn)
 
     async def layout(self) -> Layout | None:
-        return await asyncio.to_thread(self._layout_sync)
+        return await self._run(self._layout_sync)
 
     async def layout_epoch(self) -> int | None:
         rows = await self._fetch("SELECT epoch FROM shard_layout WHERE id = 1")
@@ -303,7 +389,7 @@ class Store:
         return rows
 
     async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
-        return await asyncio.to_thread(self._fetch_sync, sql, params)
+        return await self._run(self._fetch_sync, sql, params)
 
     async def archived_players(self, month: date) -> int | None:
         """Players in an archived month, or None if the month is not archived."""

@@ -31,7 +31,7 @@ from router.metrics import GROUP_EVENTS, GROUP_LINGER_SECONDS, GROUP_SECONDS, PL
 from router.periods import month_label
 from router.ranking import players_above
 from router.shard_clients import ApplyResult, PlayerState, ShardClients
-from router.store import EventRow, ScoreEvent, Store
+from router.store import EventRow, GroupCommit, ScoreEvent, Store
 from router.user_cache import UserShardCache
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,14 @@ class _Queued:
     event: ScoreEvent
     sender: str
     future: asyncio.Future[WriteOutcome]
+
+
+def _fail(batch: Sequence[_Queued], exc: Exception) -> None:
+    if not isinstance(exc, LeaderboardError):
+        log.error("group commit failed", exc_info=exc)
+    for queued in batch:
+        if not queued.future.done():
+            queued.future.set_exception(exc)
 
 
 @dataclass(eq=False)  # identity: players are dict keys within one group
@@ -149,6 +157,7 @@ class WritePipeline:
         linger_s: float = 0.0,
         ack_interval_s: float = 0.1,
         admit: Admission | None = None,
+        max_groups_on_shards: int = 64,
     ) -> None:
         self.store = store
         self.shards = shards
@@ -158,6 +167,9 @@ class WritePipeline:
         self.linger_s = linger_s
         self.ack_interval_s = ack_interval_s
         self.admit = admit
+        self.max_groups_on_shards = max_groups_on_shards
+        # Committed groups whose states are on their way to the shards.
+        self._on_shards: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         # While a flusher lingers: resolved once the queue holds `_wanted` writes.
         self._enough: asyncio.Future[None] | None = None
@@ -177,6 +189,8 @@ class WritePipeline:
         while not self._queue.empty():
             await asyncio.sleep(0.01)
         await self._queue.join()
+        while self._on_shards:
+            await asyncio.wait(self._on_shards)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -259,6 +273,10 @@ class WritePipeline:
             batch.append(self._queue.get_nowait())
 
     async def _commit_queued(self, batch: list[_Queued]) -> None:
+        """Commits the group, then hands its shard work to a task of its own and returns:
+        the next group commits while this one's states go to the shards, so a shard
+        that is slow to answer (up to its write deadline) holds up only the writers of
+        the groups that need it, never the group commits behind them."""
         try:
             if self.admit is not None:
                 # Before the commit, so a refused write changes nothing; one call for
@@ -270,24 +288,39 @@ class WritePipeline:
                 batch = [queued for queued, refusal in zip(batch, refusals, strict=True) if refusal is None]
                 if not batch:
                     return
-            outcomes = await self.commit_group([queued.event for queued in batch])
+            events = [queued.event for queued in batch]
+            commit = await self._commit(events)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
-            if not isinstance(exc, LeaderboardError):
-                log.exception("group commit failed")
-            for queued in batch:
-                if not queued.future.done():
-                    queued.future.set_exception(exc)
-        else:
-            for queued, outcome in zip(batch, outcomes, strict=True):
-                if not queued.future.done():
-                    queued.future.set_result(outcome)
+            _fail(batch, exc)
+            return
+        while len(self._on_shards) >= self.max_groups_on_shards:
+            await asyncio.wait(self._on_shards, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._finish_queued(batch, events, commit))
+        self._on_shards.add(task)
+        task.add_done_callback(self._on_shards.discard)
+
+    async def _finish_queued(self, batch: list[_Queued], events: Sequence[ScoreEvent], commit: GroupCommit) -> None:
+        try:
+            outcomes = await self._to_shards(events, commit)
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            _fail(batch, exc)
+            return
+        for queued, outcome in zip(batch, outcomes, strict=True):
+            if not queued.future.done():
+                queued.future.set_result(outcome)
 
     async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+        return await self._to_shards(events, await self._commit(events))
+
+    async def _commit(self, events: Sequence[ScoreEvent]) -> GroupCommit:
         started = time.perf_counter()
         commit = await self.store.apply_events(events)
-        rows = commit.rows
         GROUP_SECONDS.observe(time.perf_counter() - started)
         GROUP_EVENTS.observe(len(events))
+        return commit
+
+    async def _to_shards(self, events: Sequence[ScoreEvent], commit: GroupCommit) -> list[WriteOutcome]:
+        rows = commit.rows
         if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
             # PostgreSQL placed a player on a shard this process has not heard of yet:
             # a rebalance added it. Catch up before touching the shards.

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from router.periods import month_start
 from router.shard_clients import ShardClients
-from router.store import ScoreEvent, Store
+from router.store import GroupCommit, ScoreEvent, Store
 from router.user_cache import UserShardCache
 from router.writes import WriteOutcome, WritePipeline
 from tests.cluster import Cluster, shard_map_for
@@ -30,9 +30,9 @@ class RecordingPipeline(WritePipeline):
         super().__init__(*args, **kwargs)
         self.groups: list[int] = []
 
-    async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+    async def _commit(self, events: Sequence[ScoreEvent]) -> GroupCommit:
         self.groups.append(len(events))
-        return await super().commit_group(events)
+        return await super()._commit(events)
 
 
 def event(user: str, n: int, score: int = 10) -> ScoreEvent:
@@ -43,7 +43,7 @@ def event(user: str, n: int, score: int = 10) -> ScoreEvent:
 def run_with_pipeline(cluster: Cluster, linger_s: float, scenario) -> RecordingPipeline:
     async def main() -> RecordingPipeline:
         store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000)
-        shards = ShardClients(cluster.shard_map, timeout_s=2)
+        shards = ShardClients(cluster.shard_map, read_deadline_s=2, write_deadline_s=2)
         pipeline = RecordingPipeline(store, shards, UserShardCache(1000), batch_max=500, flushers=1, linger_s=linger_s)
         await pipeline.start()
         try:
@@ -212,7 +212,7 @@ def test_a_write_placed_on_a_shard_this_router_has_not_heard_of_is_unavailable_n
 
     async def main() -> None:
         store = Store(board.dsn, pool_size=2, statement_timeout_ms=5000)
-        shards = ShardClients(shard_map_for(board.shards[:2], bounds=(0, 100)), timeout_s=2)
+        shards = ShardClients(shard_map_for(board.shards[:2], bounds=(0, 100)), read_deadline_s=2, write_deadline_s=2)
         pipeline = WritePipeline(store, shards, UserShardCache(1000), batch_max=500, flushers=1)
         await pipeline.start()
         try:
