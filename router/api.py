@@ -210,7 +210,12 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
         name: "ok" if not isinstance(res, BaseException) else f"down: {res or type(res).__name__}"
         for name, res in zip(names, results, strict=True)
     }
-    ready = all(v == "ok" for v in checks.values())
+    for sid, repair in svc.healer.readiness().items():
+        if checks.get(f"shard:{sid}") == "ok":
+            checks[f"shard:{sid}"] = f"ok; {repair}"
+    for sid, why in svc.shards.unready.items():
+        checks[f"shard:{sid}"] = f"reads refused: {why}"
+    ready = all(v.startswith("ok") for v in checks.values())
     return JSONResponse(
         status_code=200 if ready else 503,
         content={"status": "ready" if ready else "unavailable", "checks": checks},

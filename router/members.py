@@ -90,3 +90,13 @@ def script_keys(month_label: str, user_ids: Iterable[str]) -> list[str]:
     """KEYS for the apply and lookup scripts: the sorted set, the generation, then each
     user's state hash."""
     return [zset_key(month_label), generation_key(month_label), *(state_key(month_label, user) for user in user_ids)]
+
+
+# Self-healing (router/self_healing.py). The marker names the server run (Redis's
+# run_id) whose contents were last known to match PostgreSQL: a restarted server has
+# a new run_id, and an emptied one (FLUSHALL, a replacement, a lost disk) has no
+# marker at all. The lease keeps several routers from repairing a shard at once; the
+# progress lets a router that takes over resume where the previous one stopped.
+SHARD_MARKER_KEY = "lb:shard:marker"
+REPAIR_LEASE_KEY = "lb:shard:repair"
+REPAIR_PROGRESS_KEY = "lb:shard:repair:progress"

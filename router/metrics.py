@@ -76,9 +76,24 @@ SHARD_REPAIRING = Gauge(
 LAYOUT_EPOCH = Gauge("lb_layout_epoch", "Shard layout epoch this router serves", multiprocess_mode="min")
 
 
+def _local_restarts() -> bytes:
+    """The local cluster supervisor's restart counts (shard_manager.supervision), if it runs us."""
+    from shard_manager.supervision import read_state
+
+    state = read_state()
+    if not state:
+        return b""
+    lines = [
+        "# HELP lb_local_restarts_total Restarts of the local cluster's processes by its supervisor",
+        "# TYPE lb_local_restarts_total counter",
+    ]
+    lines += [f'lb_local_restarts_total{{process="{name}"}} {proc["restarts"]}' for name, proc in state.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + _local_restarts(), CONTENT_TYPE_LATEST
+    return generate_latest() + _local_restarts(), CONTENT_TYPE_LATEST

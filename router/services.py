@@ -19,6 +19,7 @@ from router.ranking import Board
 from router.rate_limits import RateLimiter
 from router.reconciler import Reconciler
 from router.season_keeper import SeasonKeeper
+from router.self_healing import ShardHealer
 from router.settings import Settings
 from router.shard_clients import ShardClients
 from router.store import Store
@@ -44,6 +45,7 @@ class Services:
     limiter: RateLimiter
     top_pages: PageCache
     top_queries: KnownQueries
+    healer: ShardHealer
 
     @property
     def shard_map(self) -> ShardMap:
@@ -115,6 +117,7 @@ class Services:
             limiter,
             top_pages,
             KnownQueries(),
+            ShardHealer(store, shards, now, interval_s=settings.heal_check_s, chunk=settings.heal_chunk),
         )
 
     async def start(self) -> None:
@@ -123,6 +126,7 @@ class Services:
         await self._refuse_legacy_boards()
         await self.writes.start()
         self.reconciler.start()
+        self.healer.start()
         self.seasons.start()
         self.layout.start()
 
@@ -152,10 +156,12 @@ class Services:
     async def stop(self) -> None:
         await self.writes.stop()
         await self.reconciler.stop()
+        await self.healer.stop()
         await self.seasons.stop()
         await self.layout.stop()
         await self.limiter.close()
         await self.shards.close()
+        await self.store.breaker.close()
         await asyncio.to_thread(self.store.close)
 
     def is_game_token(self, token: str | None) -> bool:

@@ -24,13 +24,54 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from router.circuit_breaker import CircuitBreaker
 from router.coalesce import Coalescer
 from router.errors import ShardUnavailable
-from router.members import LEGACY_STATE_PATTERN, generation_key, script_keys, state_key, zset_key
+from router.members import (
+    LEGACY_STATE_PATTERN,
+    REPAIR_LEASE_KEY,
+    REPAIR_PROGRESS_KEY,
+    SHARD_MARKER_KEY,
+    generation_key,
+    script_keys,
+    state_key,
+    user_of,
+    zset_key,
+)
 from router.metrics import SHARD_ERRORS, SHARD_OPS
 from router.redis_packing import packed_by_hiredis
 from router.shard_scripts import APPLY_LUA, LOOKUP_LUA, RANGE_LUA
 from shard_manager.shardmap import ShardMap
 
 T = TypeVar("T")
+
+# Take the repair lease, or renew it if `owner` holds it already; refused once the
+# marker names this run (another router has just finished the repair).
+# KEYS lease, marker; ARGV owner, ttl ms, run_id.
+_TAKE_LEASE_LUA = """
+if redis.call('HGET', KEYS[2], 'run_id') == ARGV[3] then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+# A repair done: the marker names the run it checked; progress and lease go. Only the
+# lease's owner may finish. KEYS marker, progress, lease; ARGV owner, run_id, shard id.
+_FINISH_REPAIR_LUA = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'run_id', ARGV[2], 'shard', ARGV[3])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """Which run of redis-server answers for a shard, and which run its contents were
+    last checked against PostgreSQL in (None: never, or the data is gone)."""
+
+    run_id: str
+    checked_run_id: str | None
+
+    @property
+    def checked(self) -> bool:
+        return self.checked_run_id == self.run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +143,8 @@ class ShardClients:
         self._apply = any_client.register_script(APPLY_LUA)
         self._lookup = any_client.register_script(LOOKUP_LUA)
         self._range = any_client.register_script(RANGE_LUA)
+        self._take_lease = any_client.register_script(_TAKE_LEASE_LUA)
+        self._finish_repair = any_client.register_script(_FINISH_REPAIR_LUA)
         # Items are user ids to look up, or None for just the count and generation.
         self._reads: Coalescer[tuple[str, str], str | None, Lookup | ShardCount] = Coalescer(self._read_many)
 
@@ -275,7 +318,7 @@ class ShardClients:
         return await self._call(shard_id, run, deadline_s=max(10.0, self.write_deadline_s))
 
     async def ping(self, shard_id: str) -> None:
-        await self._call(shard_id, lambda c: c.ping())
+        await self._call(shard_id, lambda c: c.ping(), "ping", reads=False)
 
     async def memory_used(self, shard_id: str) -> int:
         info = await self._call(shard_id, lambda c: c.info("memory"))
@@ -293,3 +336,60 @@ class ShardClients:
             return await pipe.execute()
 
         return await self._call(shard_id, run, "states", deadline_s=self.write_deadline_s)
+
+    # -- self-healing (router/self_healing.py) -------------------------------------
+
+    async def identity(self, shard_id: str) -> ServerIdentity:
+        async def run(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.info("server")
+            pipe.hget(SHARD_MARKER_KEY, "run_id")
+            return await pipe.execute()
+
+        info, checked = await self._call(shard_id, run, "identity", reads=False)
+        return ServerIdentity(str(info["run_id"]), checked)
+
+    async def take_repair_lease(self, shard_id: str, owner: str, ttl_s: float, run_id: str) -> bool:
+        async def run(client: aioredis.Redis) -> int:
+            return await self._take_lease(
+                keys=[REPAIR_LEASE_KEY, SHARD_MARKER_KEY], args=[owner, int(ttl_s * 1000), run_id], client=client
+            )
+
+        return bool(await self._call(shard_id, run, "repair", reads=False))
+
+    async def repair_progress(self, shard_id: str) -> dict[str, str]:
+        return await self._call(shard_id, lambda c: c.hgetall(REPAIR_PROGRESS_KEY), "repair", reads=False)
+
+    async def save_repair_progress(self, shard_id: str, progress: dict[str, str]) -> None:
+        await self._call(shard_id, lambda c: c.hset(REPAIR_PROGRESS_KEY, mapping=progress), "repair", reads=False)
+
+    async def finish_repair(self, shard_id: str, owner: str, run_id: str) -> bool:
+        async def run(client: aioredis.Redis) -> int:
+            return await self._finish_repair(
+                keys=[SHARD_MARKER_KEY, REPAIR_PROGRESS_KEY, REPAIR_LEASE_KEY],
+                args=[owner, run_id, shard_id],
+                client=client,
+            )
+
+        return bool(await self._call(shard_id, run, "repair", reads=False))
+
+    async def scan_members(self, shard_id: str, month: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One step of a ZSCAN over the month's sorted set: the next cursor (0: done)
+        and the users of the members it returned (a scan may return one twice)."""
+
+        async def run(client: aioredis.Redis) -> tuple[int, list[str]]:
+            next_cursor, pairs = await client.zscan(zset_key(month), cursor, count=count)
+            return int(next_cursor), [user_of(name) for name, _ in pairs]
+
+        return await self._call(shard_id, run, "repair", reads=False, deadline_s=self.write_deadline_s)
+
+    async def member_total(self, shard_id: str, months: Iterable[str]) -> int:
+        """Members of these months' sorted sets on the shard, read even while its reads are refused."""
+
+        async def run(client: aioredis.Redis) -> list[int]:
+            pipe = client.pipeline(transaction=False)
+            for month in months:
+                pipe.zcard(zset_key(month))
+            return await pipe.execute()
+
+        return sum(await self._call(shard_id, run, "repair", reads=False))

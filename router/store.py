@@ -27,6 +27,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from router.circuit_breaker import CircuitBreaker
 from router.errors import StoreUnavailable
 from shard_manager.layout import Layout, load_layout
 
@@ -153,6 +154,10 @@ class _Call:
                     sock.close()
 
 
+class _DeadlinePassed(StoreUnavailable):
+    """The call's deadline passed: PostgreSQL is hung or unreachable, not just refusing."""
+
+
 class _Retryable(Exception):
     """Serialization failure or deadlock: the transaction rolled back and may simply run again."""
 
@@ -256,11 +261,25 @@ class Store:
     def __init__(self, dsn: str, pool_size: int, statement_timeout_ms: int, *, deadline_s: float = 10.0) -> None:
         self.deadline_s = deadline_s
         self.pool = ConnectionPool(dsn, pool_size, statement_timeout_ms, wait_s=deadline_s)
+        # One call past its deadline is enough: the next ones would each wait it out
+        # too, and writes queued behind them would wait for all of them.
+        self.breaker = CircuitBreaker("postgres", self._probe, failures_to_open=1)
 
     def close(self) -> None:
         self.pool.close()
 
     async def _run(self, fn: Callable[..., T], *args: object, deadline_s: float | None = None) -> T:
+        if self.breaker.is_open:
+            raise StoreUnavailable(f"not answering for {self.breaker.open_for_s():.1f} s")
+        try:
+            result = await self._run_unguarded(fn, *args, deadline_s=deadline_s)
+        except _DeadlinePassed:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        return result
+
+    async def _run_unguarded(self, fn: Callable[..., T], *args: object, deadline_s: float | None = None) -> T:
         deadline_s = self.deadline_s if deadline_s is None else deadline_s
         call = _Call()
         future = asyncio.get_running_loop().run_in_executor(None, call.run, fn, args)
@@ -270,7 +289,10 @@ class Store:
                 return await asyncio.shield(future)
         except TimeoutError:
             call.abandon()
-            raise StoreUnavailable(f"no answer within {deadline_s:g} s", outcome_unknown=True) from None
+            raise _DeadlinePassed(f"no answer within {deadline_s:g} s", outcome_unknown=True) from None
+
+    async def _probe(self) -> None:
+        await self._run_unguarded(self._fetch_sync, "SELECT 1", ())
 
     # -- writes -------------------------------------------------------------------
 
@@ -379,6 +401,32 @@ class Store:
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
+
+    # -- self-healing -------------------------------------------------------------
+
+    async def players_on_shard(self, month: date, shard_id: str, after_user: str, limit: int) -> list[PlayerRow]:
+        """The month's players PostgreSQL places on this shard, by user id after `after_user`."""
+        rows = await self._fetch(
+            "SELECT month, user_id, score, version, seq, shard FROM player_scores"
+            " WHERE month = %s AND user_id > %s AND shard = %s ORDER BY user_id LIMIT %s",
+            (month, after_user, shard_id, limit),
+        )
+        return [PlayerRow(*row) for row in rows]
+
+    async def players(self, month: date, user_ids: Sequence[str]) -> dict[str, PlayerRow]:
+        rows = await self._fetch(
+            "SELECT month, user_id, score, version, seq, shard FROM player_scores"
+            " WHERE month = %s AND user_id = ANY(%s::text[])",
+            (month, array_literal(user_ids)),
+        )
+        return {row[1]: PlayerRow(*row) for row in rows}
+
+    async def has_players_on_shard(self, months: Sequence[date], shard_id: str) -> bool:
+        rows = await self._fetch(
+            "SELECT EXISTS (SELECT 1 FROM player_scores WHERE month = ANY(%s::date[]) AND shard = %s)",
+            (array_literal(months), shard_id),
+        )
+        return bool(rows[0][0])
 
     # -- archived months ----------------------------------------------------------
 

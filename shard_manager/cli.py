@@ -173,8 +173,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
-    from router.members import zset_key
+    from router.members import REPAIR_PROGRESS_KEY, SHARD_MARKER_KEY, zset_key
     from shard_manager.layout import read_layout
+    from shard_manager.supervision import read_state
 
     settings = _settings()
     layout = read_layout(settings.database_url)
@@ -182,13 +183,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     month = args.month or datetime.now(UTC).strftime("%Y-%m")
     counts: dict[str, int | None] = {}
     memory: dict[str, int | None] = {}
+    healing: dict[str, str] = {}
     for shard in shard_map.shards:
-        client = redis.Redis.from_url(shard.address, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(shard.address, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
         try:
             counts[shard.id] = client.zcard(zset_key(month))
-            memory[shard.id] = client.info("memory")["used_memory"]
+            info = client.info("server") | client.info("memory")
+            memory[shard.id] = info["used_memory"]
+            checked = client.hget(SHARD_MARKER_KEY, "run_id")
+            progress = client.hgetall(REPAIR_PROGRESS_KEY)
+            if checked == info["run_id"]:
+                healing[shard.id] = "checked"
+            elif progress.get("run_id") == info["run_id"]:
+                healing[shard.id] = f"repairing: {progress.get('phase')} {progress.get('month') or ''}".rstrip()
+            else:
+                healing[shard.id] = "restarted, repair due" if checked else "no marker, repair due"
         except redis.RedisError:
             counts[shard.id] = memory[shard.id] = None
+            healing[shard.id] = "-"
         finally:
             client.close()
     total = sum(c for c in counts.values() if c)
@@ -197,7 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if layout and layout.move:
         mv = layout.move
         print(f"rebalance running: scores [{mv['lo']}, {mv['hi']}) {mv['source']} -> {mv['dest']}")
-    print(f"{'shard':<6} {'address':<28} {'range':<24} {'players':>10} {'share':>7} {'memory':>10}")
+    print(f"{'shard':<6} {'address':<28} {'range':<24} {'players':>10} {'share':>7} {'memory':>10}  self-healing")
     for shard in shard_map.shards:
         count, mem = counts[shard.id], memory[shard.id]
         share = count / total if total and count is not None else None
@@ -205,8 +217,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"{shard.id:<6} {shard.address:<28} {str(shard.range):<24} "
             f"{'DOWN' if count is None else count:>10} {'-' if share is None else f'{100 * share:.1f}%':>7} "
-            f"{'-' if mem is None else f'{mem / 2**20:.1f} MiB':>10}{skew}"
+            f"{'-' if mem is None else f'{mem / 2**20:.1f} MiB':>10}  {healing[shard.id]}{skew}"
         )
+    supervised = read_state(settings.data_dir.resolve() / "supervisor.json")
+    if supervised:
+        print("local cluster processes (restarted by the supervisor when they exit):")
+        for name, proc in supervised.items():
+            state = "running" if proc["running"] else "restarting"
+            last = f", last exit {proc['last_exit']}" if proc["last_exit"] is not None else ""
+            print(f"  {name:<10} {state:<10} restarts {proc['restarts']}{last}")
     return 0 if None not in counts.values() else 1
 
 

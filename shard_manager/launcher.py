@@ -1,7 +1,8 @@
 """The local cluster: one redis-server per shard, PostgreSQL and the router, on 127.0.0.1.
 
 `run` keeps everything in the foreground until Ctrl-C (or SIGTERM) and then stops
-every process it started. `up` starts `run` in the background and returns once the
+every process it started; a process that exits meanwhile is started again
+(shard_manager.supervision). `up` starts `run` in the background and returns once the
 router's /readyz answers 200; `down` stops it. Data lives under LB_DATA_DIR, so a
 restart keeps it and an empty directory gives a fresh cluster.
 """
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +30,7 @@ from shard_manager.migrations import migrate
 from shard_manager.processes import PostgresServer, RedisServer
 from shard_manager.rebuild import months_in_old_layout, rebuild_month
 from shard_manager.shardmap import ShardMap, load_shard_map
+from shard_manager.supervision import STATE_FILE_ENV, Supervisor
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -151,14 +154,22 @@ class LocalCluster:
             self.stop()
             raise
 
-    def _start_router(self) -> None:
+    @property
+    def supervisor_state(self) -> Path:
+        return self.data_dir / "supervisor.json"
+
+    def _start_router(self, *, restart: bool = False) -> None:
         self.game_token = ",".join(self.settings.game_tokens) or _stored_token(self.data_dir / "game_token")
         self.admin_token = self.settings.admin_token or _stored_token(self.data_dir / "admin_token")
         metrics_dir = self.data_dir / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)  # per-process files of a previous run would add up
-        metrics_dir.mkdir(parents=True)
+        if not restart:
+            # Per-process files of a previous run would add up; after a restart by the
+            # supervisor they are this run's, and its counters go on from them.
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
+            STATE_FILE_ENV: str(self.supervisor_state),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "LB_GAME_TOKENS": self.game_token,
             "LB_ADMIN_TOKEN": self.admin_token,
@@ -187,9 +198,35 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
+            # A group of its own: if the router's main process dies, its workers live on
+            # holding the port, and the whole group must go before it starts again.
+            process_group=0,
         )
         if output is not None:
             output.close()  # the router holds its own descriptor
+
+    def _restart_router(self) -> None:
+        if self.router is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.router.pid, signal.SIGKILL)
+            self.router.wait()
+        self._start_router(restart=True)
+
+    def supervise(self, stopping: Callable[[], bool]) -> Supervisor:
+        """A supervisor that restarts any of this cluster's processes that exits."""
+        supervisor = Supervisor(
+            self.supervisor_state, log=lambda line: print(line, file=sys.stderr, flush=True), stopping=stopping
+        )
+        for shard, server in zip(self.shard_map.shards, self.redis, strict=True):
+            supervisor.watch(f"redis {shard.id}", server.start, _exit_code_of(server))
+        if self.postgres is not None:
+            supervisor.watch("postgres", self.postgres.start, _exit_code_of(self.postgres))
+        supervisor.watch(
+            "router",
+            self._restart_router,
+            lambda: -1 if self.router is None else self.router.poll(),
+        )
+        return supervisor
 
     def stop(self) -> None:
         if self.router is not None and self.router.poll() is None:
@@ -201,6 +238,9 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 self.router.kill()
                 self.router.wait()
+        if self.router is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.router.pid, signal.SIGKILL)  # workers whose main process died
         for server in self.redis:
             server.stop()
         if self.postgres is not None:
@@ -244,24 +284,38 @@ def run_foreground(settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(cluster.banner() + "Press Ctrl-C to stop everything.\n", flush=True)
-    exit_code = 0
+    supervisor = cluster.supervise(lambda: stopping)
     try:
         while not stopping:
-            dead = [s for s in cluster.redis if not s.running]
-            if cluster.router is not None and cluster.router.poll() is not None:
-                print(f"error: the router exited with {cluster.router.returncode}", file=sys.stderr)
-                exit_code = 1
-                break
-            if dead or (cluster.postgres is not None and not cluster.postgres.running):
-                print("error: a server process exited; stopping the cluster", file=sys.stderr)
-                exit_code = 1
-                break
-            time.sleep(0.5)
+            supervisor.check()
+            time.sleep(0.2)
     finally:
         print("Stopping the local cluster...", flush=True)
         cluster.stop()
         print("Stopped.", flush=True)
+    return 0
+
+
+def _exit_code_of(server: RedisServer | PostgresServer):
+    def exit_code() -> int | None:
+        if server.proc is None:
+            return -1
+        return server.proc.poll()
+
     return exit_code
+
+
+def _session_members(session_id: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == session_id and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
 
 
 def _pid_file(settings: Settings) -> Path:
@@ -329,9 +383,11 @@ def down(settings: Settings) -> int:
         deadline = time.monotonic() + 60
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-    # The launcher leads its own session: anything left in its process group goes too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    # The launcher leads its own session: anything left in it goes too (the router
+    # runs in a process group of its own within that session).
+    for leftover in _session_members(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(leftover, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     print("Cluster stopped.")
     return 0

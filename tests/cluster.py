@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.errors
 import redis
 
+from router.members import SHARD_MARKER_KEY
 from shard_manager.binaries import require_postgres, require_redis_server
 from shard_manager.launcher import wait_ready
 from shard_manager.layout import ensure_layout
@@ -165,7 +166,18 @@ class Cluster:
             conn.close()
         for i, server in enumerate(self.shards):
             if server.running:
-                self.redis(i).flushall()
+                self.empty_shard(i)
+
+    def empty_shard(self, index: int) -> None:
+        """FLUSHALL, and in the same step the marker self-healing leaves on a shard it has
+        checked: PostgreSQL was emptied too, so there is nothing to restore, and a router
+        must not see a moment when the shard looks like it lost its data."""
+        client = self.redis(index)
+        run_id = client.info("server")["run_id"]
+        pipe = client.pipeline(transaction=True)
+        pipe.flushall()
+        pipe.hset(SHARD_MARKER_KEY, mapping={"run_id": run_id, "shard": f"s{index}"})
+        pipe.execute()
 
     def sql(self, query: str, params: tuple = ()) -> list[tuple]:
         conn = psycopg2.connect(self.dsn)

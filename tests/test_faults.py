@@ -51,8 +51,9 @@ def test_postgres_down_refuses_writes_and_keeps_reads(api, board):
         reply = post(api, "alice", "m1", 1000)
         assert reply.status_code == 503
         assert reply.json()["error"]["code"] == "store_unavailable"
-        assert "resend the same match_id" in reply.json()["error"]["message"] or "nothing was recorded" in (
-            reply.json()["error"]["message"]
+        assert (
+            "resend the same match_id" in reply.json()["error"]["message"]
+            or "nothing was recorded" in (reply.json()["error"]["message"])
         )
         # Once no connection is left, none can be opened: certainly nothing recorded.
         for _ in range(20):

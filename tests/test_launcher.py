@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +35,18 @@ def _session_members(sid: int) -> set[int]:
         if int(fields[3]) == sid and fields[0] != "Z":
             members.add(int(entry.name))
     return members
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def _manager(command: str, env: dict) -> subprocess.CompletedProcess:
@@ -80,6 +94,37 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
         )
         assert reply.status_code == 200, reply.text
 
+        # Supervision: a shard's server and the router's main process killed; both come
+        # back by themselves, counted, and the score is still there.
+        launcher_pid = int((data_dir / "cluster.pid").read_text())
+        for pid in _session_members(launcher_pid):
+            command = _command_line(pid)
+            # redis-server sets its own title: "redis-server 127.0.0.1:PORT".
+            shard_server = "redis-server" in command and f"127.0.0.1:{ports[0]}" in command
+            router_main = "router.app:create_app" in command and _parent(pid) == launcher_pid
+            if shard_server or router_main:
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz").status_code == 200 and redis.Redis(port=ports[0]).ping():
+                    break
+            except (httpx.TransportError, redis.ConnectionError):
+                pass
+            time.sleep(0.3)
+        assert httpx.get(base + "/v1/scores/alice").json()["score"] == 150
+        status = _manager("status", env)
+        assert "redis s0" in status.stdout and "router" in status.stdout, status.stdout
+        restarts = {
+            line.split()[0] + " " + line.split()[1]: line.split("restarts ")[1].split(",")[0]
+            for line in status.stdout.splitlines()
+            if "restarts" in line and line.startswith("  redis")
+        }
+        assert restarts["redis s0"] == "1", status.stdout
+        assert "  router     running    restarts 1" in status.stdout, status.stdout
+        metrics = httpx.get(base + "/metrics").text
+        assert 'lb_local_restarts_total{process="redis s0"} 1' in metrics
+
         # As an earlier version left boards: alice's state in the month's one hash.
         shard = redis.Redis(port=ports[1], decode_responses=True)
         month = datetime.now(UTC).strftime("%Y-%m")
@@ -88,7 +133,6 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
         shard.hset(legacy_state_key(month), "alice", entry)
         shard.close()
 
-        launcher_pid = int((data_dir / "cluster.pid").read_text())
         members = _session_members(launcher_pid)
         assert len(members) >= 5  # launcher, 3 redis-server, postgres, router
         stopped = _manager("down", env)
