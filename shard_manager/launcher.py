@@ -258,6 +258,7 @@ class LocalCluster:
                 f"  game token {first_token}",
                 f"  admin token {self.admin_token}",
                 f"  data       {self.data_dir}",
+                "A process that exits is restarted; `.venv/bin/shard-manager status` shows the restarts.",
                 "Try:",
                 f"  curl -s -X POST {self.base_url}/v1/scores -H 'X-Game-Service-Token: {first_token}' \\",
                 '       -H "Content-Type: application/json" -d \'{"user_id": "alice", "match_id": "m1", "score": 3}\'',

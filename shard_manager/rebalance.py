@@ -26,7 +26,7 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.members import script_keys, tie_prefix
+from router.members import SHARD_MARKER_KEY, script_keys, tie_prefix
 from router.shard_scripts import APPLY_LUA
 from shard_manager.layout import Layout, load_layout, shards_json
 from shard_manager.seasons import unarchived_months
@@ -176,6 +176,19 @@ def layout_after(layout_map: ShardMap, step: Step, order: list[tuple[str, str]] 
 # -- reading the cluster ----------------------------------------------------------
 
 
+def _mark_checked(shard_id: str, address: str) -> None:
+    """A shard joins empty, and PostgreSQL places nobody on it yet: its contents match, so
+    it gets self-healing's marker now (router/self_healing.py). Without it, a router that
+    looked only once the first players had moved in would take it for a shard that lost
+    its data, and refuse its reads until it had refilled it."""
+    client = redis.Redis.from_url(address, socket_timeout=10, decode_responses=True)
+    try:
+        if not client.exists(SHARD_MARKER_KEY):
+            client.hset(SHARD_MARKER_KEY, mapping={"run_id": client.info("server")["run_id"], "shard": shard_id})
+    finally:
+        client.close()
+
+
 def players_in_range(conn, months: list[date], lo: int, hi: int) -> dict[date, int]:
     with conn.cursor() as cur:
         cur.execute(
@@ -303,6 +316,8 @@ class Rebalancer:
     def _run(self, step: Step, target: ShardMap, progress: Progress) -> None:
         layout = self.layout()
         if isinstance(step, AddShards):
+            for shard_id, address in step.shards:
+                _mark_checked(shard_id, address)
             order = _union(layout.shard_map, target)
             after = layout_after(layout.shard_map, step, order)
             self._write_layout(after, target=target.to_dict()["shards"])
