@@ -164,6 +164,9 @@ def test_a_frozen_shard_costs_only_its_own_players(drill):
     start = min(r.sent for r in load.replies)
     before = load.rate(HEALTHY, start + 0.5, start + 3)
     during = load.rate(HEALTHY, start + 3.5, start + 7)
+    print(
+        f"healthy shards' writes/s before the freeze {before:.0f}, during {during:.0f}; slowest {load.slowest():.2f} s"
+    )
     assert during >= 0.5 * before, (before, during)
     assert load.slowest() < WRITE_DEADLINE_S + SLACK_S
     assert not load.unanswered()
