@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
-	$(PY) -m shard_manager.binaries ensure
+	$(PY) -m shard_manager.local.binaries ensure
 	@touch $(STAMP)
 
 run: install     ## start the whole local cluster in the foreground; Ctrl-C stops it

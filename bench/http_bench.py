@@ -51,11 +51,11 @@ import redis
 from bench import loadgen, wrk
 from bench.cpu_time import cpu_seconds, per_request_us
 from bench.population import add_players
-from router.members import state_keys, zset_key
 from router.settings import Settings
-from shard_manager.launcher import LocalCluster
-from shard_manager.layout import read_layout
-from shard_manager.processes import free_port
+from router.shards.keys import state_keys, zset_key
+from router.store.layout import read_layout
+from shard_manager.local.launcher import LocalCluster
+from shard_manager.local.processes import free_port
 from shard_manager.rebuild import rebuild_month
 
 PLAYERS = 100_000

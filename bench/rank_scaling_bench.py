@@ -27,7 +27,7 @@ import redis
 
 from bench.http_bench import bench_cluster, board_memory, rank_read_latency, rank_requests, rank_scaling_lines
 from bench.population import add_players
-from shard_manager.layout import read_layout
+from router.store.layout import read_layout
 from shard_manager.rebuild import rebuild_month
 
 

@@ -29,11 +29,11 @@ import psycopg2
 from bench import loadgen
 from bench.http_bench import bench_cluster, single_scores
 from bench.population import add_players
-from shard_manager.binaries import require_redis_server
-from shard_manager.processes import RedisServer, free_port
+from router.shardmap import shard_map_from_dict
+from shard_manager.local.binaries import require_redis_server
+from shard_manager.local.processes import RedisServer, free_port
 from shard_manager.rebalance import Rebalancer
 from shard_manager.rebuild import rebuild_month
-from shard_manager.shardmap import shard_map_from_dict
 
 
 def main() -> int:

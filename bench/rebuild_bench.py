@@ -25,12 +25,12 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from router.members import zset_key
-from shard_manager.binaries import require_postgres, require_redis_server
-from shard_manager.migrations import migrate
-from shard_manager.processes import PostgresServer, RedisServer, free_port
+from router.shardmap import shard_map_from_dict
+from router.shards.keys import zset_key
+from router.store.migrate import migrate
+from shard_manager.local.binaries import require_postgres, require_redis_server
+from shard_manager.local.processes import PostgresServer, RedisServer, free_port
 from shard_manager.rebuild import CHUNK, rebuild_month
-from shard_manager.shardmap import shard_map_from_dict
 
 
 def _populate(dsn: str, month: date, players: int, per_player: int) -> None:

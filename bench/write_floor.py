@@ -51,14 +51,14 @@ import redis
 
 from bench.cpu_time import threads_cpu_seconds
 from bench.population import add_players
-from router.members import member, script_keys, state_key, tie_prefix, zset_key
-from router.shard_scripts import APPLY_LUA
-from router.store import array_literal
-from shard_manager.binaries import require_postgres, require_redis_server
-from shard_manager.layout import ensure_layout
-from shard_manager.migrations import migrate
-from shard_manager.processes import PostgresServer, RedisServer, free_port
-from shard_manager.shardmap import shard_map_from_dict
+from router.shardmap import shard_map_from_dict
+from router.shards.keys import member, script_keys, state_key, tie_prefix, zset_key
+from router.shards.scripts import APPLY_LUA
+from router.store.layout import ensure_layout
+from router.store.migrate import migrate
+from router.store.postgres import array_literal
+from shard_manager.local.binaries import require_postgres, require_redis_server
+from shard_manager.local.processes import PostgresServer, RedisServer, free_port
 
 BUDGET_US = 2 * 1e6 / 30_000
 """CPU per event two cores have at 30,000 events/s, for every part together."""

@@ -14,13 +14,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.access_log import AccessLog
-from router.api import error_response, router, validation_response
+from router.api.routes import error_response, router, validation_response
+from router.asgi.access_log import AccessLog
+from router.asgi.observability import RequestContext, configure_logging
+from router.asgi.shortcuts import AcceptSingleScores, AnswerKnownTopPages, AnswerPlainRankReads
 from router.errors import LeaderboardError
-from router.observability import RequestContext, configure_logging
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
-from router.shortcuts import AcceptSingleScores, AnswerKnownTopPages, AnswerPlainRankReads
 
 log = logging.getLogger("router")
 

@@ -1,4 +1,4 @@
-"""Domain errors. They carry data, not prose; router.api maps them to HTTP in one place."""
+"""Domain errors. They carry data, not prose; router.api.routes maps them to HTTP in one place."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,11 +78,24 @@ SHARD_REPAIRING = Gauge(
 LAYOUT_EPOCH = Gauge("lb_layout_epoch", "Shard layout epoch this router serves", multiprocess_mode="min")
 
 
-def _local_restarts() -> bytes:
-    """The local cluster supervisor's restart counts (shard_manager.supervision), if it runs us."""
-    from shard_manager.supervision import read_state
+# Where the local cluster's supervisor (shard_manager/local/supervision.py) keeps its
+# restart counts, handed to the router it starts.
+SUPERVISOR_STATE_ENV = "LB_SUPERVISOR_STATE"
 
-    state = read_state()
+
+def supervisor_state(path: Path | None = None) -> dict[str, dict]:
+    """The supervisor's counts per process, or {} outside a local cluster."""
+    path = path or (Path(os.environ[SUPERVISOR_STATE_ENV]) if os.environ.get(SUPERVISOR_STATE_ENV) else None)
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _local_restarts() -> bytes:
+    state = supervisor_state()
     if not state:
         return b""
     lines = [

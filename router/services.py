@@ -10,23 +10,23 @@ from datetime import UTC, datetime
 
 import psycopg2
 
-from router.board_service import BoardService
+from router.background.layout_watcher import LayoutWatcher
+from router.background.reconciler import Reconciler
+from router.background.season_keeper import SeasonKeeper
+from router.background.self_healing import ShardHealer
+from router.core.board_service import BoardService
+from router.core.page_cache import KnownQueries, PageCache
+from router.core.ranking import Board
+from router.core.rate_limits import RateLimiter
+from router.core.user_cache import UserShardCache
+from router.core.write_pipeline import WritePipeline
 from router.errors import ShardUnavailable
-from router.layout_watcher import LayoutWatcher
-from router.members import month_of_legacy_key
-from router.page_cache import KnownQueries, PageCache
-from router.ranking import Board
-from router.rate_limits import RateLimiter
-from router.reconciler import Reconciler
-from router.season_keeper import SeasonKeeper
-from router.self_healing import ShardHealer
 from router.settings import Settings
-from router.shard_clients import ShardClients
-from router.store import Store
-from router.user_cache import UserShardCache
-from router.writes import WritePipeline
-from shard_manager.layout import ensure_layout
-from shard_manager.shardmap import ShardMap, load_shard_map
+from router.shardmap import ShardMap, load_shard_map
+from router.shards.client import ShardClients
+from router.shards.keys import month_of_legacy_key
+from router.store.layout import ensure_layout
+from router.store.postgres import Store
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shard_manager.shardmap import ShardMapError, load_shard_map
+from router.shardmap import ShardMapError, load_shard_map
 
 
 def _settings():
@@ -18,25 +18,25 @@ def _settings():
 
 
 def cmd_run(_: argparse.Namespace) -> int:
-    from shard_manager.launcher import run_foreground
+    from shard_manager.local.launcher import run_foreground
 
     return run_foreground(_settings())
 
 
 def cmd_up(_: argparse.Namespace) -> int:
-    from shard_manager.launcher import up
+    from shard_manager.local.launcher import up
 
     return up(_settings())
 
 
 def cmd_down(_: argparse.Namespace) -> int:
-    from shard_manager.launcher import down
+    from shard_manager.local.launcher import down
 
     return down(_settings())
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    from shard_manager.migrations import migrate
+    from router.store.migrate import migrate
 
     applied = migrate(_settings().database_url)
     print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
@@ -85,6 +85,7 @@ def _describe_counts(counts: dict) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     import psycopg2
 
+    from router.background.seasons import unarchived_months
     from shard_manager.rebalance import (
         MOVE_RATE_ESTIMATE,
         MoveBoundary,
@@ -92,7 +93,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         RebalanceRefused,
         players_in_range,
     )
-    from shard_manager.seasons import unarchived_months
 
     target = _load_target(args.file)
     if target is None:
@@ -173,9 +173,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
-    from router.members import REPAIR_PROGRESS_KEY, SHARD_MARKER_KEY, zset_key
-    from shard_manager.layout import read_layout
-    from shard_manager.supervision import read_state
+    from router.metrics import supervisor_state
+    from router.shards.keys import REPAIR_PROGRESS_KEY, SHARD_MARKER_KEY, zset_key
+    from router.store.layout import read_layout
 
     settings = _settings()
     layout = read_layout(settings.database_url)
@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{'DOWN' if count is None else count:>10} {'-' if share is None else f'{100 * share:.1f}%':>7} "
             f"{'-' if mem is None else f'{mem / 2**20:.1f} MiB':>10}  {healing[shard.id]}{skew}"
         )
-    supervised = read_state(settings.data_dir.resolve() / "supervisor.json")
+    supervised = supervisor_state(settings.data_dir.resolve() / "supervisor.json")
     if supervised:
         print("local cluster processes (restarted by the supervisor when they exit):")
         for name, proc in supervised.items():
@@ -232,7 +232,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_suggest(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from shard_manager.shardmap import dump_shard_map, shard_map_from_dict
+    from router.shardmap import dump_shard_map, shard_map_from_dict
 
     settings = _settings()
     current, _ = _layout(settings)
@@ -288,7 +288,7 @@ def _months(arg: str | None) -> list:
 
 def _layout(settings):
     """The layout in force (PostgreSQL), or the shard map file where there is none yet."""
-    from shard_manager.layout import read_layout
+    from router.store.layout import read_layout
 
     layout = read_layout(settings.database_url)
     if layout is None:
@@ -336,8 +336,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
+    from router.background.seasons import ArchiveRefused, archive_month, drop_redis_keys
     from router.periods import parse_month
-    from shard_manager.seasons import ArchiveRefused, archive_month, drop_redis_keys
 
     settings = _settings()
     now = datetime.now(UTC)

@@ -26,11 +26,11 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.members import SHARD_MARKER_KEY, script_keys, tie_prefix
-from router.shard_scripts import APPLY_LUA
-from shard_manager.layout import Layout, load_layout, shards_json
-from shard_manager.seasons import unarchived_months
-from shard_manager.shardmap import MAX_SCORE, ShardMap
+from router.background.seasons import unarchived_months
+from router.shardmap import MAX_SCORE, ShardMap
+from router.shards.keys import SHARD_MARKER_KEY, script_keys, tie_prefix
+from router.shards.scripts import APPLY_LUA
+from router.store.layout import Layout, load_layout, shards_json
 
 APPLY_LOCK = 0x6C62_7262  # one apply at a time, cluster-wide
 UNBOUNDED = MAX_SCORE + 1  # the lower bound of a shard that is empty at the very top
@@ -178,7 +178,7 @@ def layout_after(layout_map: ShardMap, step: Step, order: list[tuple[str, str]] 
 
 def _mark_checked(shard_id: str, address: str) -> None:
     """A shard joins empty, and PostgreSQL places nobody on it yet: its contents match, so
-    it gets self-healing's marker now (router/self_healing.py). Without it, a router that
+    it gets self-healing's marker now (router/background/self_healing.py). Without it, a router that
     looked only once the first players had moved in would take it for a shard that lost
     its data, and refuse its reads until it had refilled it."""
     client = redis.Redis.from_url(address, socket_timeout=10, decode_responses=True)

@@ -21,7 +21,9 @@ from datetime import date, timedelta
 import psycopg2
 import redis
 
-from router.members import (
+from router.periods import month_label
+from router.shardmap import ShardMap
+from router.shards.keys import (
     LEGACY_STATE_PATTERN,
     generation_key,
     legacy_state_key,
@@ -32,9 +34,7 @@ from router.members import (
     tie_prefix,
     zset_key,
 )
-from router.periods import month_label
-from router.shard_scripts import APPLY_LUA, BUMP_GENERATION_LUA
-from shard_manager.shardmap import ShardMap
+from router.shards.scripts import APPLY_LUA, BUMP_GENERATION_LUA
 
 CATCH_UP_MARGIN = timedelta(seconds=30)
 """Longer than any write transaction may run (statement timeout 5 s, a few retries)."""

@@ -17,8 +17,8 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.members import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
-from shard_manager.shardmap import ShardMap
+from router.shardmap import ShardMap
+from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
 
 SCAN = 50_000
 

@@ -19,13 +19,13 @@ import psycopg2
 import psycopg2.errors
 import redis
 
-from router.members import SHARD_MARKER_KEY
-from shard_manager.binaries import require_postgres, require_redis_server
-from shard_manager.launcher import wait_ready
-from shard_manager.layout import ensure_layout
-from shard_manager.migrations import migrate
-from shard_manager.processes import PostgresServer, RedisServer, free_port
-from shard_manager.shardmap import ShardMap, dump_shard_map
+from router.shardmap import ShardMap, dump_shard_map
+from router.shards.keys import SHARD_MARKER_KEY
+from router.store.layout import ensure_layout
+from router.store.migrate import migrate
+from shard_manager.local.binaries import require_postgres, require_redis_server
+from shard_manager.local.launcher import wait_ready
+from shard_manager.local.processes import PostgresServer, RedisServer, free_port
 
 GAME_TOKEN = "test-game-token"
 ADMIN_TOKEN = "test-admin-token"
@@ -33,7 +33,7 @@ BOUNDS = (0, 100, 1000)
 
 
 def shard_map_for(servers: list[RedisServer], bounds: tuple[int, ...] = BOUNDS, epoch: int = 1) -> ShardMap:
-    from shard_manager.shardmap import shard_map_from_dict
+    from router.shardmap import shard_map_from_dict
 
     shards = []
     for i, (server, start) in enumerate(zip(servers, bounds, strict=True)):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import redis
 
-from router.members import state_key, user_of, zset_key
+from router.shards.keys import state_key, user_of, zset_key
 from tests.cluster import Cluster
 
 MONTH = datetime.now(UTC).strftime("%Y-%m")

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from router.access_log import AccessLog, whole_line_chunks
+from router.asgi.access_log import AccessLog, whole_line_chunks
 
 FIELDS = {"request_id": "r1", "method": "POST", "path": "/v1/scores", "route": "/v1/scores", "status": 200, "ms": 1.5}
 

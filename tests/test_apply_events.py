@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
+from router.events import GroupCommit
 from router.periods import month_start
-from router.store import GroupCommit, Store, array_literal
+from router.store.postgres import Store, array_literal
 from tests.cluster import Cluster
 
 CALL = (

@@ -1,4 +1,4 @@
-"""Natural batching (router.coalesce): pure asyncio, no servers needed."""
+"""Natural batching (router.aio.coalesce): pure asyncio, no servers needed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from router.coalesce import Coalescer
+from router.aio.coalesce import Coalescer
 
 
 def test_calls_arriving_during_a_round_trip_share_the_next_one():

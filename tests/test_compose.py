@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from shard_manager.shardmap import load_shard_map
+from router.shardmap import load_shard_map
 
 ROOT = Path(__file__).resolve().parent.parent
 

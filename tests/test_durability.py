@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import UTC, date, datetime
 
-from router.members import member, state_key, zset_key
+from router.shards.keys import member, state_key, zset_key
 from shard_manager.rebuild import rebuild_month
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from router.shardmap import shard_map_from_dict
 from shard_manager.rebalance import Rebalancer
-from shard_manager.shardmap import shard_map_from_dict
 from tests.cluster import GAME_TOKEN, Cluster, RouterProcess, running_cluster
 from tests.invariants import assert_exact, wait_outbox_empty
 

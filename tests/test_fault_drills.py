@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.members import SHARD_MARKER_KEY
 from router.periods import month_start
+from router.shards.keys import SHARD_MARKER_KEY
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster, running_cluster
 from tests.drills import DrillLoad

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import redis
 
-from router.members import legacy_state_key, state_key
-from shard_manager.launcher import _port_free
-from shard_manager.processes import free_port
+from router.shards.keys import legacy_state_key, state_key
+from shard_manager.local.launcher import _port_free
+from shard_manager.local.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shard_manager.processes import free_port
+from shard_manager.local.processes import free_port
 from tests.cluster import GAME_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg2
 
-from shard_manager.migrations import available, migrate
+from router.store.migrate import available, migrate
 from tests.cluster import Cluster
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from router.members import generation_key
-from router.page_cache import KnownQueries, PageCache, TopQuery
-from router.ranking import BoardCounts, Slice, window
-from router.shard_clients import ShardCount
-from router.shard_scripts import BUMP_GENERATION_LUA
+from router.core.page_cache import KnownQueries, PageCache, TopQuery
+from router.core.ranking import BoardCounts, Slice, window
+from router.shards.client import ShardCount
+from router.shards.keys import generation_key
+from router.shards.scripts import BUMP_GENERATION_LUA
 from tests.cluster import Cluster
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import psycopg2
 
-from shard_manager.binaries import require_postgres
-from shard_manager.processes import PostgresServer, free_port
+from shard_manager.local.binaries import require_postgres
+from shard_manager.local.processes import PostgresServer, free_port
 
 
 def _answers(server: PostgresServer) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.rate_limits import player_counters_key
+from router.core.rate_limits import player_counters_key
 from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess
 from tests.invariants import assert_exact, wait_outbox_empty
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shard_manager.layout import read_layout
-from shard_manager.processes import free_port
+from router.shardmap import ShardMap, dump_shard_map, shard_map_from_dict
+from router.store.layout import read_layout
+from shard_manager.local.processes import free_port
 from shard_manager.rebalance import (
     AddShards,
     MoveBoundary,
@@ -25,7 +26,6 @@ from shard_manager.rebalance import (
     RemoveShards,
     plan_steps,
 )
-from shard_manager.shardmap import ShardMap, dump_shard_map, shard_map_from_dict
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster, running_cluster
 from tests.invariants import assert_exact, wait_outbox_empty
@@ -197,7 +197,7 @@ def test_boundary_move_split_and_drain_while_games_write(rb_cluster: Cluster):
         _, target = target_file(cluster, "c.yaml", [(0, 0), (3, 300), (2, 1000)])
         apply_during_load(cluster, routers, target, ledger)
         check_exact(cluster, routers, ledger)
-        from router.members import zset_key
+        from router.shards.keys import zset_key
 
         assert cluster.redis(1).zcard(zset_key(datetime.now(UTC).strftime("%Y-%m"))) == 0
     finally:
@@ -331,7 +331,7 @@ def test_suggest_splits_players_evenly(rb_cluster: Cluster):
     result = manager(cluster, "suggest", "--shards", "3", "--write", str(out_file))
     _, err = result.communicate(timeout=60)
     assert result.returncode == 0, err
-    from shard_manager.shardmap import load_shard_map
+    from router.shardmap import load_shard_map
 
     suggested = load_shard_map(out_file)
     starts = [s.range.start for s in suggested.shards]

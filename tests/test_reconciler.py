@@ -33,7 +33,7 @@ def test_a_stale_copy_on_another_shard_is_removed(api, board):
     # PostgreSQL, on two shards in Redis.
     commit_like_a_router_that_then_died(board, [("ghost", "m1", 100)])
     (version, seq) = board.sql("SELECT version, seq FROM player_scores WHERE user_id='ghost'")[0]
-    from router.members import member, state_key, tie_prefix, zset_key
+    from router.shards.keys import member, state_key, tie_prefix, zset_key
 
     board.redis(1).zadd(zset_key(MONTH), {member(seq, "ghost"): 150})
     board.redis(1).hset(state_key(MONTH, "ghost"), "ghost", f"{version}:{tie_prefix(seq)}")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from router.redis_packing import packed_by_hiredis
+from router.shards.redis_packing import packed_by_hiredis
 
 COMMANDS = [
     ("EVALSHA", "a" * 40, 2, "lb:2026-11:z", "lb:2026-11:v", "p1", 17, 1, 345, "0000ffffabcd"),

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from router.members import state_key, zset_key
-from router.schemas import BatchItemOut, BatchOut
+from router.api.schemas import BatchItemOut, BatchOut
+from router.shards.keys import state_key, zset_key
 from tests.cluster import GAME_TOKEN
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}

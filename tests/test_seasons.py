@@ -8,8 +8,8 @@ import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 
-from router.members import zset_key
-from shard_manager.seasons import archive_month
+from router.background.seasons import archive_month
+from router.shards.keys import zset_key
 from tests.cluster import Cluster, commit_directly
 from tests.invariants import wait_outbox_empty
 from tests.load import AUTH

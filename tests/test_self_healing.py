@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import REGISTRY
 
-from router.members import (
+from router.background.self_healing import LOST_DATA, ShardHealer
+from router.periods import month_start
+from router.shards.client import PlayerState, ShardClients
+from router.shards.keys import (
     REPAIR_LEASE_KEY,
     REPAIR_PROGRESS_KEY,
     SHARD_MARKER_KEY,
@@ -21,10 +24,7 @@ from router.members import (
     tie_prefix,
     zset_key,
 )
-from router.periods import month_start
-from router.self_healing import LOST_DATA, ShardHealer
-from router.shard_clients import PlayerState, ShardClients
-from router.store import Store
+from router.store.postgres import Store
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster, commit_directly, running_cluster
 

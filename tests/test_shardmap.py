@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shard_manager.shardmap import (
+from router.shardmap import (
     MAX_SCORE,
     ScoreRange,
     ShardMapError,

@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 
-from router.members import legacy_state_key, state_key, state_keys, tie_prefix, zset_key
+from router.shards.keys import legacy_state_key, state_key, state_keys, tie_prefix, zset_key
 from shard_manager.rebuild import rebuild_month
 from shard_manager.verify import verify_month
 from tests.cluster import GAME_TOKEN

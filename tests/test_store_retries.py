@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 import pytest
 
 from router.errors import StoreUnavailable
+from router.events import ScoreEvent
 from router.periods import month_start
-from router.store import ScoreEvent, Store, _Retryable, with_conflict_retries
+from router.store.postgres import Store, _Retryable, with_conflict_retries
 from tests.cluster import Cluster
 
 COMMITS = 200

@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
 
+from router.core.user_cache import UserShardCache
+from router.core.write_pipeline import WriteOutcome, WritePipeline
+from router.events import GroupCommit, ScoreEvent
 from router.periods import month_start
-from router.shard_clients import ShardClients
-from router.store import GroupCommit, ScoreEvent, Store
-from router.user_cache import UserShardCache
-from router.writes import WriteOutcome, WritePipeline
+from router.shards.client import ShardClients
+from router.store.postgres import Store
 from tests.cluster import Cluster, shard_map_for
 
 

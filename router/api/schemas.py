@@ -1,0 +1,146 @@
+"""Request and response bodies of the v1 API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+
+from router.shardmap import MAX_SCORE
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+MATCH_ID_PATTERN = r"^[A-Za-z0-9_.:\-/#]{1,128}$"
+MONTH_PATTERN = r"^\d{4}-\d{2}$"
+BATCH_MAX = 1000
+
+UserId = Field(pattern=USER_ID_PATTERN, description="1-64 characters of [A-Za-z0-9_.:-]", examples=["player_42"])
+
+
+class ScoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = UserId
+    match_id: str = Field(
+        pattern=MATCH_ID_PATTERN,
+        description="Identifies this result for this player; resending it never counts twice",
+        examples=["match-2026-11-27-0001"],
+    )
+    score: StrictInt = Field(
+        1,
+        ge=-MAX_SCORE,
+        le=MAX_SCORE,
+        description="incr: the delta to add (may be negative, the result may not); best: the candidate score (>= 0)",
+    )
+    mode: Literal["incr", "best"] = Field("incr", description="incr adds, best keeps the maximum")
+    occurred_at: AwareDatetime | None = Field(
+        None, description="When the match ended (with a time zone); decides the month. Default: now"
+    )
+
+
+class ScoreOut(BaseModel):
+    user_id: str
+    score: int
+    rank: int | None = Field(description="1-based; null if a shard needed to count it is unavailable")
+    previous_rank: int | None = Field(description="Rank before this event; null if the player was new")
+    month: str
+    duplicate: bool
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[dict] = Field(
+        description=f"Up to {BATCH_MAX} events shaped like POST /v1/scores bodies; each is validated on its own",
+    )
+
+
+class BatchItemOut(BaseModel):
+    index: int
+    status: Literal["applied", "duplicate", "refused", "conflict", "unavailable"]
+    user_id: str | None = None
+    score: int | None = None
+    rank: int | None = None
+    previous_rank: int | None = None
+    month: str | None = None
+    field: str | None = Field(None, description="For refused events: the field at fault")
+    reason: str | None = None
+
+
+class BatchOut(BaseModel):
+    applied: int
+    duplicates: int
+    refused: int
+    results: list[BatchItemOut]
+
+
+class PlayerOut(BaseModel):
+    user_id: str
+    score: int
+    rank: int
+    percentile: float = Field(description="Share of players at or below this one's rank, in percent; rank 1 is 100")
+    total_players: int
+    month: str
+
+
+class EntryOut(BaseModel):
+    rank: int
+    user_id: str
+    score: int
+
+
+class BoardOut(BaseModel):
+    month: str
+    total_players: int
+    entries: list[EntryOut]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class CheckOut(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]
+
+
+class ShardOut(BaseModel):
+    id: str
+    address: str
+    min_score: int
+    max_score: int | None
+    players: int | None
+    memory_bytes: int | None
+    error: str | None = None
+
+
+class RebalanceOut(BaseModel):
+    source: str
+    dest: str
+    min_score: int
+    max_score: int
+
+
+class ShardsOut(BaseModel):
+    epoch: int
+    month: str
+    shards: list[ShardOut]
+    outbox_backlog: int | None = Field(
+        description="Outbox rows: committed groups of writes not yet confirmed on the shards"
+    )
+    rebalance: RebalanceOut | None = Field(None, description="The boundary move running now, if any")
+
+
+class MonthOut(BaseModel):
+    month: str
+    status: Literal["live", "archived"]
+    players: int
+
+
+class MonthsOut(BaseModel):
+    months: list[MonthOut]

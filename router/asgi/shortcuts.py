@@ -1,0 +1,171 @@
+"""The hottest requests in their plain form, answered before FastAPI's routing.
+
+Profiles of a cached top page, a player's rank read and a single score write showed
+FastAPI's routing, dependency solving and body handling costing as much CPU as the
+work behind them, or more. These middlewares answer the plain, valid form of each
+request with what the route itself uses (`api.player_body`, `api.score_body`,
+`api.top_body`), the same token checks and the same error answers. Anything else — a
+top-page query string the route has not validated yet, a malformed id, a body that
+does not validate, another content type — goes on to the route, which validates it,
+answers it and documents it in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import ValidationError
+
+from router.api.routes import Unauthorized, error_response, player_body, score_body, top_body
+from router.api.schemas import USER_ID_PATTERN, ScoreIn
+from router.asgi.http import header, send_json
+from router.errors import LeaderboardError
+
+TOP_PATH = "/v1/leaderboard/top"
+RANK_PREFIX = "/v1/scores/"
+SCORES_PATH = "/v1/scores"
+_USER_ID = re.compile(USER_ID_PATTERN)
+
+
+class _Shortcut:
+    """Learns its route (the request metrics' label) from the first request routed the usual way."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._route = None
+
+    async def __call__(self, scope, receive, send):
+        if not self.takes(scope):
+            return await self.app(scope, receive, send)
+        if self._route is None:
+            await self.app(scope, receive, send)
+            self._route = scope.get("route")
+            return None
+        scope["route"] = self._route
+        return await self.answer(scope, receive, send)
+
+    def takes(self, scope) -> bool:
+        raise NotImplementedError
+
+    async def answer(self, scope, receive, send) -> None:
+        raise NotImplementedError
+
+
+class AnswerKnownTopPages(_Shortcut):
+    """`GET /v1/leaderboard/top` with a query string the route has validated before.
+
+    Answered with the route's own `api.top_body` (which serves a kept page only after
+    checking it is current); the read-token check is the route's too.
+    """
+
+    def takes(self, scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == TOP_PATH
+
+    async def answer(self, scope, receive, send) -> None:
+        services = scope["app"].state.services
+        query = services.top_queries.get(scope["query_string"])
+        if query is None:
+            return await self.app(scope, receive, send)
+        try:
+            if not services.may_read(header(scope, b"x-read-token"), header(scope, b"x-game-service-token")):
+                raise Unauthorized("a valid X-Read-Token header is required")
+            body = await top_body(services, query)
+        except LeaderboardError as exc:
+            return await error_response(exc)(scope, receive, send)
+        await send_json(send, body)
+        return None
+
+
+class AnswerPlainRankReads(_Shortcut):
+    """`GET /v1/scores/{user_id}` with a well-formed id and no query string."""
+
+    def takes(self, scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+            return False
+        path = scope["path"]
+        return path.startswith(RANK_PREFIX) and _USER_ID.match(path[len(RANK_PREFIX) :]) is not None
+
+    async def answer(self, scope, receive, send) -> None:
+        services = scope["app"].state.services
+        try:
+            if not services.may_read(header(scope, b"x-read-token"), header(scope, b"x-game-service-token")):
+                raise Unauthorized("a valid X-Read-Token header is required")
+            body = await player_body(services, scope["path"][len(RANK_PREFIX) :], None)
+        except LeaderboardError as exc:
+            return await error_response(exc)(scope, receive, send)
+        await send_json(send, body)
+        return None
+
+
+class AcceptSingleScores(_Shortcut):
+    """`POST /v1/scores` with no query string and a JSON body that validates.
+
+    The body is read here; if it does not validate, the route gets it replayed and
+    gives its usual 422. Bodies are parsed as FastAPI parses them (the json module,
+    then the model in Python mode), so both paths accept exactly the same bodies.
+    """
+
+    def takes(self, scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == SCORES_PATH
+            and not scope["query_string"]
+        )
+
+    async def answer(self, scope, receive, send) -> None:
+        raw = await _read_body(receive)
+        if raw is None:
+            return None  # the client went away before sending its body
+        body = _valid_score(scope, raw)
+        if body is None:
+            return await self.app(scope, _replay(raw, receive), send)
+        services = scope["app"].state.services
+        token = header(scope, b"x-game-service-token")
+        try:
+            if not services.is_game_token(token):
+                raise Unauthorized("a valid X-Game-Service-Token header is required")
+            assert token is not None
+            answer = await score_body(services, token, body)
+        except LeaderboardError as exc:
+            return await error_response(exc)(scope, receive, send)
+        await send_json(send, answer)
+        return None
+
+
+def _valid_score(scope, raw: bytes) -> ScoreIn | None:
+    # Only the plain JSON media type (parameters such as charset aside); the route
+    # decides what any other content type means.
+    media_type = (header(scope, b"content-type") or "application/json").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        return None
+    try:
+        return ScoreIn.model_validate(json.loads(raw))
+    except (ValueError, ValidationError):  # also UnicodeDecodeError and JSONDecodeError
+        return None
+
+
+async def _read_body(receive) -> bytes | None:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(raw: bytes, receive):
+    """A `receive` that hands the route the body already read, then the real channel."""
+    pending = True
+
+    async def replayed():
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replayed

@@ -1,0 +1,157 @@
+"""Finishes Redis work that a committed write left undone.
+
+A router that crashes between its PostgreSQL commit and its shard writes, or a
+shard that is down when a write lands, leaves the group's row in the outbox.
+Every router runs this loop; it takes outbox rows older than `settle_s` (so it
+does not race a healthy router still finishing them), checks what the shards
+hold for each of their players, re-applies the committed state where they
+differ, and acknowledges the rows whose players are all in place.
+Applying a versioned state twice is harmless, so several routers reconciling the
+same player at once cannot do damage, only repeat work.
+
+Bound: a change is on the shards within settle_s + interval_s (+ one cycle's work)
+of its commit, as long as the shards it needs are up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date
+
+from router.aio.periodic import Periodic
+from router.core.user_cache import UserShardCache
+from router.errors import ShardUnavailable
+from router.events import PlayerRow
+from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
+from router.periods import month_label
+from router.shards.client import PlayerState, ShardClients
+from router.shards.keys import tie_prefix
+from router.store.postgres import Store
+
+log = logging.getLogger(__name__)
+
+
+def _parse(entry: str | None) -> tuple[int, bool]:
+    """(version, on the board) from a state-hash entry."""
+    if entry is None:
+        return -1, False
+    version, _, tie = entry.partition(":")
+    return int(version), bool(tie)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        shards: ShardClients,
+        cache: UserShardCache,
+        *,
+        interval_s: float,
+        settle_s: float,
+        batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.shards = shards
+        self.cache = cache
+        self.interval_s = interval_s
+        self.settle_s = settle_s
+        self.batch = batch
+        self._loop = Periodic("reconciler", self.run_once, interval_s, first_now=True)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+    async def run_once(self) -> int:
+        """One pass over the outbox; returns how many players were repaired."""
+        work = await self.store.unfinished(self.settle_s, self.batch)
+        RECONCILER_BACKLOG.set(len(work))
+        if not work:
+            return 0
+        # A player named by several rows is checked once.
+        by_month: dict[str, dict[tuple[date, str], PlayerRow]] = defaultdict(dict)
+        for players in work.values():
+            for row in players:
+                by_month[month_label(row.month)][(row.month, row.user_id)] = row
+        repaired = 0
+        settled: set[tuple[date, str]] = set()
+        for month, month_rows in by_month.items():
+            fixed, in_place = await self._reconcile_month(month, list(month_rows.values()))
+            repaired += fixed
+            settled.update(in_place)
+        done = [
+            outbox_id
+            for outbox_id, players in work.items()
+            if all((row.month, row.user_id) in settled for row in players)
+        ]
+        await self.store.ack_outbox(done)
+        RECONCILER_REPAIRED.inc(repaired)
+        if repaired:
+            log.info("reconciler repaired %d player(s)", repaired)
+        return repaired
+
+    async def _reconcile_month(self, month: str, rows: Sequence[PlayerRow]) -> tuple[int, list[tuple[date, str]]]:
+        """Repairs what differs; returns how many were repaired and which players are now in place."""
+        ids = self.shards.shard_map.ids
+        rows = [r for r in rows if r.shard in ids]
+        users = [r.user_id for r in rows]
+        answers = await asyncio.gather(*(self.shards.states(sid, month, users) for sid in ids), return_exceptions=True)
+        down = {sid for sid, a in zip(ids, answers, strict=True) if isinstance(a, ShardUnavailable)}
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, ShardUnavailable):
+                raise answer
+        entries = {sid: a for sid, a in zip(ids, answers, strict=True) if sid not in down}
+
+        settled: list[tuple[date, str]] = []
+        broken: list[PlayerRow] = []
+        for i, row in enumerate(rows):
+            if down:
+                # Cannot see every shard: repair what we can next cycle, once they are back.
+                continue
+            target_version, _ = _parse(entries[row.shard][i])
+            strays = [
+                sid
+                for sid in ids
+                if sid != row.shard and _parse(entries[sid][i])[1] and _parse(entries[sid][i])[0] < row.version
+            ]
+            if target_version >= row.version and not strays:
+                settled.append((row.month, row.user_id))
+            else:
+                broken.append(row)
+        if not broken:
+            return 0, settled
+
+        states = {r.user_id: PlayerState(r.user_id, r.version, r.score, tie_prefix(r.seq)) for r in broken}
+        adds: dict[str, list[PlayerRow]] = defaultdict(list)
+        for row in broken:
+            adds[row.shard].append(row)
+        added = await asyncio.gather(
+            *(self.shards.apply(sid, month, [(states[r.user_id], True) for r in rs]) for sid, rs in adds.items()),
+            return_exceptions=True,
+        )
+        landed = [
+            r
+            for (sid, rs), res in zip(adds.items(), added, strict=True)
+            if not isinstance(res, BaseException)
+            for r in rs
+        ]
+        # Tombstones on every other shard, even ones that never held the player: a
+        # slow router's older add arriving later must find a newer version there.
+        removed = await asyncio.gather(
+            *(
+                self.shards.apply(sid, month, [(states[r.user_id], False) for r in landed if r.shard != sid])
+                for sid in ids
+            ),
+            return_exceptions=True,
+        )
+        if any(isinstance(res, BaseException) for res in removed):
+            return 0, settled
+        for row in landed:
+            self.cache.put(month, row.user_id, row.shard)
+            settled.append((row.month, row.user_id))
+        return len(landed), settled

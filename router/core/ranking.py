@@ -1,0 +1,215 @@
+"""Global ranks over score-range shards.
+
+Shard k holds lower scores than shard k+1, so a player's global rank is their rank
+inside their shard plus the members of every shard above it; top-N reads the
+highest shard first and spills downward. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from router.core.user_cache import UserShardCache
+from router.errors import PlayerNotFound
+from router.shards.client import Lookup, ShardClients, ShardCount
+from router.shards.keys import user_of
+
+# Tries at reading a page from shards that did not change since they were counted.
+PAGE_READS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    rank: int
+    user_id: str
+    score: int
+
+
+@dataclass(frozen=True, slots=True)
+class BoardCounts:
+    """Every shard's member count and generation for one month, under one layout: what a
+    page is computed from, and what a rendered page is checked against before it is
+    served again (equal fingerprints: no shard's sorted set changed in between)."""
+
+    ids: tuple[str, ...]  # the layout, lowest range first
+    counts: Mapping[str, ShardCount]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {sid: count.size for sid, count in self.counts.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(count.size for count in self.counts.values())
+
+    @property
+    def fingerprint(self) -> tuple[tuple[str, int, str], ...]:
+        return tuple((sid, self.counts[sid].size, self.counts[sid].generation) for sid in self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    user_id: str
+    score: int
+    rank: int
+    total_players: int
+    shard_id: str
+    counts: BoardCounts | None  # what the rank was computed from; None for an archived month
+
+    @property
+    def percentile(self) -> float:
+        """Share of players this one is level with or ahead of, in percent (rank 1 -> 100)."""
+        return round(100.0 * (self.total_players - self.rank + 1) / self.total_players, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    counts: BoardCounts  # the shards' counts the page was read under
+    entries: list[Entry]
+    # False if every read found a shard changed since it was counted: the page is then
+    # not known to be one moment's board, and must not be kept (ranking.Board._page).
+    consistent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    shard_id: str
+    start: int  # 0-based positions inside the shard, inclusive
+    stop: int
+
+
+def players_above(shard_ids: Sequence[str], sizes: Mapping[str, int], shard_id: str) -> int:
+    """Members of every shard above `shard_id` (shards are listed lowest range first)."""
+    k = shard_ids.index(shard_id)
+    return sum(sizes[sid] for sid in shard_ids[k + 1 :])
+
+
+def window(shard_ids: Sequence[str], sizes: Mapping[str, int], offset: int, limit: int) -> list[Slice]:
+    """Which shard positions hold global positions [offset, offset + limit)."""
+    slices = []
+    first = 0  # global 0-based position of the current shard's top member
+    for shard_id in reversed(shard_ids):
+        size = sizes[shard_id]
+        lo = max(offset, first)
+        hi = min(offset + limit, first + size)
+        if lo < hi:
+            slices.append(Slice(shard_id, lo - first, hi - first - 1))
+        first += size
+        if first >= offset + limit:
+            break
+    return slices
+
+
+class Board:
+    def __init__(self, shards: ShardClients, cache: UserShardCache) -> None:
+        self.shards = shards
+        self.cache = cache
+
+    @property
+    def shard_ids(self) -> tuple[str, ...]:
+        return self.shards.shard_map.ids
+
+    async def standing(self, month: str, user_id: str) -> Standing:
+        ids = self.shard_ids
+        hint = self.cache.get(month, user_id)
+        if hint in ids:
+            others = [sid for sid in ids if sid != hint]
+            found, *counts = await asyncio.gather(
+                self.shards.lookup(hint, month, user_id), *(self.shards.count(sid, month) for sid in others)
+            )
+            if found.rank >= 0:
+                read = dict(zip(others, counts, strict=True))
+                return self._standing(user_id, hint, found, BoardCounts(ids, {**read, hint: found.count}))
+            self.cache.forget(month, user_id)
+        lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid in ids))
+        counts = BoardCounts(ids, {sid: lk.count for sid, lk in zip(ids, lookups, strict=True)})
+        # Mid-move a player can briefly sit on two shards (add before remove); the
+        # newer version is the one being moved to.
+        present = [(lk.version, sid, lk) for sid, lk in zip(ids, lookups, strict=True) if lk.rank >= 0]
+        if not present:
+            raise PlayerNotFound(user_id, month)
+        _, shard_id, found = max(present)
+        self.cache.put(month, user_id, shard_id)
+        return self._standing(user_id, shard_id, found, counts)
+
+    def _standing(self, user_id: str, shard_id: str, found: Lookup, counts: BoardCounts) -> Standing:
+        assert found.score is not None
+        rank = found.rank + 1 + players_above(counts.ids, counts.sizes, shard_id)
+        return Standing(user_id, found.score, rank, counts.total, shard_id, counts)
+
+    async def counts(self, month: str) -> BoardCounts:
+        ids = self.shard_ids
+        return BoardCounts(ids, await self.shards.counts(month, ids))
+
+    async def top(self, month: str, offset: int, limit: int, counts: BoardCounts | None = None) -> Page:
+        """`counts`: as read by `counts(month)` just before, if the caller has them."""
+        return await self._page(month, counts or await self.counts(month), offset, limit)
+
+    async def around(self, month: str, user_id: str, radius: int) -> Page:
+        me = await self.standing(month, user_id)
+        assert me.counts is not None
+        offset = max(0, me.rank - 1 - radius)
+        return await self._page(month, me.counts, offset, me.rank + radius - offset)
+
+    async def _page(self, month: str, counts: BoardCounts, offset: int, limit: int) -> Page:
+        """Global positions [offset, offset + limit), each player once, ranks consecutive.
+
+        The member counts decide which stretch of which shard holds those positions.
+        Each stretch is read with its shard's count and generation: if a shard changed
+        after it was counted, the stretches are read again under the new counts (at
+        most PAGE_READS times, one round trip each), so that every stretch comes from
+        its shard as it was counted, all at one moment between two reads. At such a
+        moment a player moving between shards is on one or both of them, never on
+        neither (the add lands before the removal); if on both, the copy on the shard
+        with the newer version stays and the page is filled from the entries after it.
+        So a page neither lists a player twice nor skips one. Under writes so frequent
+        that every read finds a shard changed, the last read is served, deduplicated:
+        it may then lack a player who was moving between two shards at that moment.
+        """
+        want = limit
+        reads_left = PAGE_READS
+        while True:
+            reads_left -= 1
+            slices = window(counts.ids, counts.sizes, offset, want)
+            reads = await asyncio.gather(*(self.shards.range_desc(s.shard_id, month, s.start, s.stop) for s in slices))
+            recounted = {s.shard_id: count for s, (count, _) in zip(slices, reads, strict=True)}
+            changed = any(count != counts.counts[sid] for sid, count in recounted.items())
+            consistent = not changed
+            if changed:
+                counts = BoardCounts(counts.ids, {**counts.counts, **recounted})
+                if reads_left > 0:
+                    continue
+            rows = [
+                (s.shard_id, user_of(member), score)
+                for s, (_, members) in zip(slices, reads, strict=True)
+                for member, score in members
+            ]
+            listed = len(rows)
+            rows = await self._without_stale_copies(month, rows)
+            dropped = len(rows) < listed
+            if len(rows) >= limit or offset + want >= counts.total or not dropped or reads_left <= 0:
+                entries = [Entry(offset + 1 + i, user_id, score) for i, (_, user_id, score) in enumerate(rows[:limit])]
+                return Page(counts, entries, consistent)
+            want += limit - len(rows)
+
+    async def _without_stale_copies(self, month: str, rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+        """`rows` ((shard, user, score) in page order) without the older copies of players
+        listed on several shards."""
+        seen: dict[str, list[str]] = {}
+        for shard_id, user_id, _ in rows:
+            seen.setdefault(user_id, []).append(shard_id)
+        twice = {user_id: shard_ids for user_id, shard_ids in seen.items() if len(shard_ids) > 1}
+        if not twice:
+            return rows
+        pairs = [(sid, user_id) for user_id, shard_ids in twice.items() for sid in shard_ids]
+        lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid, user_id in pairs))
+        newest: dict[str, tuple[int, str]] = {}
+        for (sid, user_id), found in zip(pairs, lookups, strict=True):
+            if found.rank >= 0 and (user_id not in newest or found.version > newest[user_id][0]):
+                newest[user_id] = (found.version, sid)
+        # A copy whose shard no longer holds the player (the removal landed since) is
+        # stale too: no lookup found it there.
+        stale = {(sid, user_id) for sid, user_id in pairs if newest.get(user_id, (0, None))[1] != sid}
+        return [row for row in rows if (row[0], row[1]) not in stale]

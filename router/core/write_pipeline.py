@@ -1,0 +1,483 @@
+"""The write path: group commit in PostgreSQL, then versioned states onto the shards.
+
+1. Concurrent requests queue up and are committed together: one PostgreSQL
+   transaction per group (lb_apply_events), which orders each player's writes
+   under their row lock, detects duplicates, computes the new score, version,
+   tie-break seq and target shard, and records one outbox row for the group.
+2. Only then are the shards touched, with states rather than deltas: first the
+   add on each player's new shard, then the removal from the old one. A crash in
+   between leaves a player on two shards (recoverable: the newer version wins and
+   the reconciler removes the other), never on none.
+3. Once the shards hold every state of the group, its outbox row is acknowledged;
+   anything left in the outbox (router crash, shard outage) is finished by the
+   reconciler.
+
+A 2xx is sent only after step 1 committed, so nothing acknowledged can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from router.core.ranking import players_above
+from router.core.user_cache import UserShardCache
+from router.errors import LeaderboardError, ShardUnavailable
+from router.events import EventRow, GroupCommit, ScoreEvent
+from router.metrics import GROUP_EVENTS, GROUP_LINGER_SECONDS, GROUP_SECONDS, PLAYERS_MOVED
+from router.periods import month_label
+from router.shards.client import ApplyResult, PlayerState, ShardClients
+from router.shards.keys import tie_prefix
+from router.store.postgres import Store
+
+log = logging.getLogger(__name__)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_Results = dict[tuple[str, str], "tuple[list[ApplyResult], int] | ShardUnavailable"]
+
+# Counts a group of queued writes, (sender, user_id) each, against the rate limits:
+# the error each refused write must get, None for the others.
+Admission = Callable[[Sequence[tuple[str, str]]], Awaitable[Sequence[LeaderboardError | None]]]
+
+
+@dataclass
+class WriteOutcome:
+    event: ScoreEvent
+    row: EventRow
+    rank: int | None = None
+    previous_rank: int | None = None
+    unavailable: ShardUnavailable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    event: ScoreEvent
+    sender: str
+    future: asyncio.Future[WriteOutcome]
+
+
+def _fail(batch: Sequence[_Queued], exc: Exception) -> None:
+    if not isinstance(exc, LeaderboardError):
+        log.error("group commit failed", exc_info=exc)
+    for queued in batch:
+        if not queued.future.done():
+            queued.future.set_exception(exc)
+
+
+@dataclass(eq=False)  # identity: players are dict keys within one group
+class _Player:
+    """One player's part of a group: where they were before it, where they are after."""
+
+    month: str
+    user_id: str
+    prev_shard: str | None
+    row: EventRow
+    outcomes: list[WriteOutcome] = field(default_factory=list)
+    add_index: int = 0
+    removal_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        assert self.row.shard is not None
+        return self.row.shard
+
+    @property
+    def state(self) -> PlayerState:
+        assert self.row.version is not None and self.row.seq is not None and self.row.score is not None
+        return PlayerState(self.user_id, self.row.version, self.row.score, tie_prefix(self.row.seq))
+
+
+def _players_above(
+    sizes_read: _Results, lowest: dict[str, int], ids: tuple[str, ...]
+) -> dict[str, dict[str, int] | None]:
+    """Per month, the members of every shard above each shard from the month's lowest
+    one the group touches (`lowest`, an index into `ids`), from the sizes the applies
+    returned (read after the group's changes); None if one of those shards failed."""
+    out: dict[str, dict[str, int] | None] = {}
+    for month, low in lowest.items():
+        sizes: dict[str, int] = {}
+        for sid in ids[low + 1 :]:
+            result = sizes_read[(month, sid)]
+            if isinstance(result, ShardUnavailable):
+                out[month] = None
+                break
+            sizes[sid] = result[1]
+        else:
+            out[month] = {sid: players_above(ids, sizes, sid) for sid in ids[low:]}
+    return out
+
+
+class _LingerOdds:
+    """Whether lingering pays: a moving average of recent lingers that brought at
+    least half the writes they waited for (1) or fewer (0). While it is below one half
+    only every `probe_every`-th chance is taken, so a change back to writers that
+    come straight back is noticed."""
+
+    def __init__(self, weight: float = 0.25, probe_every: int = 8) -> None:
+        self.odds = 1.0
+        self.weight = weight
+        self.probe_every = probe_every
+        self._passed = 0
+
+    def worth_trying(self) -> bool:
+        if self.odds >= 0.5:
+            return True
+        self._passed += 1
+        if self._passed < self.probe_every:
+            return False
+        self._passed = 0
+        return True
+
+    def record(self, *, paid: bool) -> None:
+        self.odds += self.weight * (float(paid) - self.odds)
+
+
+class WritePipeline:
+    def __init__(
+        self,
+        store: Store,
+        shards: ShardClients,
+        cache: UserShardCache,
+        *,
+        batch_max: int,
+        flushers: int,
+        linger_s: float = 0.0,
+        ack_interval_s: float = 0.1,
+        admit: Admission | None = None,
+        max_groups_on_shards: int = 64,
+    ) -> None:
+        self.store = store
+        self.shards = shards
+        self.cache = cache
+        self.batch_max = batch_max
+        self.flushers = flushers
+        self.linger_s = linger_s
+        self.ack_interval_s = ack_interval_s
+        self.admit = admit
+        self.max_groups_on_shards = max_groups_on_shards
+        # Committed groups whose states are on their way to the shards.
+        self._on_shards: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        # While a flusher lingers: resolved once the queue holds `_wanted` writes.
+        self._enough: asyncio.Future[None] | None = None
+        self._wanted = 0
+        self._linger_odds = _LingerOdds()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Outbox rows of groups whose every state is on the shards, to acknowledge.
+        self._finished: list[int] = []
+        self.on_unknown_shard: Callable[[], Awaitable[None]] = _nothing
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flush_loop()) for _ in range(self.flushers)]
+        self._tasks.append(asyncio.create_task(self._ack_loop()))
+
+    async def stop(self) -> None:
+        """Finish every queued event, acknowledge the outbox, then stop."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        await self._queue.join()
+        while self._on_shards:
+            await asyncio.wait(self._on_shards)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(LeaderboardError):
+            await self._flush_acks()
+
+    async def submit(self, event: ScoreEvent, sender: str = "") -> WriteOutcome:
+        """Commit one event with the next group. `sender` (the game token) is what
+        `admit` counts it against, with the rest of the group, in one call."""
+        future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Queued(event, sender, future))
+        if self._enough is not None and self._queue.qsize() >= self._wanted:
+            _resolve(self._enough)
+        return await future
+
+    async def submit_batch(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+        """A batch from one caller is already a group: commit it directly, in chunks."""
+        outcomes: list[WriteOutcome] = []
+        for start in range(0, len(events), self.batch_max):
+            outcomes += await self.commit_group(events[start : start + self.batch_max])
+        return outcomes
+
+    async def _flush_loop(self) -> None:
+        answered = 0
+        while True:
+            batch = await self._next_group(answered)
+            try:
+                await self._commit_queued(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            answered = len(batch)
+
+    async def _next_group(self, answered: int) -> list[_Queued]:
+        """Everything queued, after waiting up to `linger_s` for the writers of the
+        group just answered (`answered` of them) if they look like coming straight back.
+
+        Writers that wait for each answer before sending again (a game service's
+        sender loop, a benchmark) otherwise split into two halves that take turns:
+        one queues while the other's group commits, so every group is half as large
+        as it could be. A group's fixed cost (PostgreSQL's 0.4-0.6 ms per call, the
+        thread hop, one Redis call per shard and one for the rate limits) dominates a
+        small group, so waiting about a millisecond for the other half costs less
+        than it saves; the wait ends as soon as they are all in. Writers with think
+        time between writes (players' clients) do not come straight back, and a
+        linger would only add its whole length to their latency: it mostly stops
+        while recent lingers brought fewer than half the writes they waited for
+        (`_LingerOdds`).
+        """
+        loop = asyncio.get_running_loop()
+        expected = self._queue.qsize() + answered
+        idle_since = loop.time()
+        batch = [await self._queue.get()]
+        if loop.time() - idle_since > self.linger_s:
+            # Nobody came back within the linger: these writers are not a closed loop
+            # (or load has dropped), and waiting for them would only add latency.
+            expected = 1
+        self._take_queued(batch)
+        expected = min(expected, self.batch_max)
+        if self.linger_s > 0 and len(batch) < expected and self._enough is None and self._linger_odds.worth_trying():
+            lingered = loop.time()
+            self._enough = loop.create_future()
+            self._wanted = expected - len(batch)
+            deadline = loop.call_later(self.linger_s, _resolve, self._enough)
+            try:
+                await self._enough
+            finally:
+                deadline.cancel()
+                self._enough = None
+            GROUP_LINGER_SECONDS.observe(loop.time() - lingered)
+            waited_for, before = self._wanted, len(batch)
+            self._take_queued(batch)
+            self._linger_odds.record(paid=2 * (len(batch) - before) >= waited_for)
+        return batch
+
+    def _take_queued(self, batch: list[_Queued]) -> None:
+        while len(batch) < self.batch_max and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+
+    async def _commit_queued(self, batch: list[_Queued]) -> None:
+        """Commits the group, then hands its shard work to a task of its own and returns:
+        the next group commits while this one's states go to the shards, so a shard
+        that is slow to answer (up to its write deadline) holds up only the writers of
+        the groups that need it, never the group commits behind them."""
+        try:
+            if self.admit is not None:
+                # Before the commit, so a refused write changes nothing; one call for
+                # the group instead of one per request is a tenth of a write's CPU.
+                refusals = await self.admit([(queued.sender, queued.event.user_id) for queued in batch])
+                for queued, refusal in zip(batch, refusals, strict=True):
+                    if refusal is not None and not queued.future.done():
+                        queued.future.set_exception(refusal)
+                batch = [queued for queued, refusal in zip(batch, refusals, strict=True) if refusal is None]
+                if not batch:
+                    return
+            events = [queued.event for queued in batch]
+            commit = await self._commit(events)
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            _fail(batch, exc)
+            return
+        while len(self._on_shards) >= self.max_groups_on_shards:
+            await asyncio.wait(self._on_shards, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._finish_queued(batch, events, commit))
+        self._on_shards.add(task)
+        task.add_done_callback(self._on_shards.discard)
+
+    async def _finish_queued(self, batch: list[_Queued], events: Sequence[ScoreEvent], commit: GroupCommit) -> None:
+        try:
+            outcomes = await self._to_shards(events, commit)
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            _fail(batch, exc)
+            return
+        for queued, outcome in zip(batch, outcomes, strict=True):
+            if not queued.future.done():
+                queued.future.set_result(outcome)
+
+    async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+        return await self._to_shards(events, await self._commit(events))
+
+    async def _commit(self, events: Sequence[ScoreEvent]) -> GroupCommit:
+        started = time.perf_counter()
+        commit = await self.store.apply_events(events)
+        GROUP_SECONDS.observe(time.perf_counter() - started)
+        GROUP_EVENTS.observe(len(events))
+        return commit
+
+    async def _to_shards(self, events: Sequence[ScoreEvent], commit: GroupCommit) -> list[WriteOutcome]:
+        rows = commit.rows
+        if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
+            # PostgreSQL placed a player on a shard this process has not heard of yet:
+            # a rebalance added it. Catch up before touching the shards.
+            await self.on_unknown_shard()
+        outcomes = [WriteOutcome(event, row) for event, row in zip(events, rows, strict=True)]
+        if await self._apply_to_shards(outcomes) and commit.outbox_id is not None:
+            self._finished.append(commit.outbox_id)
+        return outcomes
+
+    async def _apply_to_shards(self, outcomes: Sequence[WriteOutcome]) -> bool:
+        """Puts the group's states on the shards; True if every one of them landed."""
+        players: dict[tuple[str, str], _Player] = {}
+        for outcome in outcomes:
+            row = outcome.row
+            if row.version is None or row.shard is None:
+                continue  # refused before the player had any score: nothing to show
+            key = (month_label(row.month), outcome.event.user_id)
+            player = players.get(key)
+            if player is None:
+                player = players[key] = _Player(key[0], key[1], row.prev_shard, row)
+            elif row.version >= (player.row.version or 0):
+                player.row = row
+            player.outcomes.append(outcome)
+        if not players:
+            return True
+        # One layout for the whole group, even if the watcher switches mid-way.
+        ids = self.shards.shard_map.ids
+
+        adds: dict[tuple[str, str], list[_Player]] = defaultdict(list)
+        for player in players.values():
+            group = adds[(player.month, player.target)]
+            player.add_index = len(group)
+            group.append(player)
+        # Where each player must also be removed from: their old shard, and the shard
+        # our cache last saw them on, if different.
+        stale = {
+            player: sorted({player.prev_shard, self.cache.get(player.month, player.user_id)} - {None, player.target})
+            for player in players.values()
+        }
+        # A rank counts the members of the shards above the player's, so only the
+        # shards above the lowest one a player of the group is (or was) on are read:
+        # a group on the top shard reads no other shard at all. (A month whose players
+        # all went to a shard this process has not heard of has no entry: no ranks.)
+        lowest: dict[str, int] = {}
+        for player in players.values():
+            for sid in (player.target, player.prev_shard):
+                if sid in ids:
+                    k = ids.index(sid)
+                    lowest[player.month] = min(k, lowest.get(player.month, k))
+        sized = [(month, sid) for month, low in lowest.items() for sid in ids[low + 1 :]]
+        add_work = {key: [(p.state, True) for p in g] for key, g in adds.items()}
+
+        if not any(stale.values()):
+            # Nobody changed shard (the common case): one round trip per shard, the
+            # adds on their shards and the sizes above them, all at once.
+            done = await self._run_applies({**dict.fromkeys(sized, []), **add_work})
+            above = _players_above(done, lowest, ids)
+            # A list, not a generator: every player is settled, even after one that failed.
+            return all([self._settle(player, done, done, ids, above.get(player.month)) for player in players.values()])
+
+        # Phase 1: the add on each player's (new) shard.
+        added = await self._run_applies(add_work)
+        # Phase 2: the removals, never before the add landed (on two shards is fixable,
+        # on none is not), with every shard's size read after them for the ranks.
+        removals: dict[tuple[str, str], list[_Player]] = defaultdict(list)
+        for player, shard_ids in stale.items():
+            if isinstance(added[(player.month, player.target)], ShardUnavailable):
+                continue
+            for shard_id in shard_ids:
+                if shard_id in ids:
+                    group = removals[(player.month, shard_id)]
+                    player.removal_index[shard_id] = len(group)
+                    group.append(player)
+        removed = await self._run_applies(
+            {**dict.fromkeys(sized, []), **{key: [(p.state, False) for p in group] for key, group in removals.items()}}
+        )
+        above = _players_above(removed, lowest, ids)
+        return all([self._settle(player, added, removed, ids, above.get(player.month)) for player in players.values()])
+
+    def _settle(
+        self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...], above: dict[str, int] | None
+    ) -> bool:
+        """Record what the shards did for one player (cache, ranks); False if a shard failed them."""
+        month, target = player.month, player.target
+        touched = [(month, target)] + [(month, sid) for sid in player.removal_index]
+        for key in touched:
+            failure = added.get(key) if key[1] == target else removed.get(key)
+            if isinstance(failure, ShardUnavailable):
+                for outcome in player.outcomes:
+                    outcome.unavailable = failure
+                return False
+        self.cache.put(month, player.user_id, target)
+        if player.prev_shard is not None and player.prev_shard != target:
+            PLAYERS_MOVED.inc()
+
+        if above is None:
+            return True  # the write is done; a rank needs every shard's size
+        add_result = added[(month, target)]
+        assert not isinstance(add_result, ShardUnavailable)
+        mine = add_result[0][player.add_index]
+        rank = mine.rank_after + 1 + above[target]
+        previous_rank = None
+        prev = player.prev_shard
+        if player.row.prev_score is not None and prev in ids:
+            if prev == target:
+                before = mine.rank_before
+            else:
+                prev_result = removed[(month, prev)]
+                assert not isinstance(prev_result, ShardUnavailable)
+                before = prev_result[0][player.removal_index[prev]].rank_before
+            if before >= 0:
+                # Sizes are read after the move: a player who moved up is now counted
+                # above their old shard, where they were not before.
+                moved_up = ids.index(target) > ids.index(prev)
+                previous_rank = before + 1 + above[prev] - int(moved_up)
+        for outcome in player.outcomes:
+            outcome.rank = rank
+            outcome.previous_rank = previous_rank
+        return True
+
+    async def _run_applies(self, work: dict[tuple[str, str], list[tuple[PlayerState, bool]]]) -> _Results:
+        keys = list(work)
+
+        async def one(month: str, shard_id: str, states: list[tuple[PlayerState, bool]]):
+            if states:
+                return await self.shards.apply(shard_id, month, states)
+            return [], await self.shards.size(shard_id, month)
+
+        results = await asyncio.gather(
+            *(one(month, sid, work[(month, sid)]) for month, sid in keys), return_exceptions=True
+        )
+        out: _Results = {}
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, ShardUnavailable):
+                out[key] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out[key] = result
+        return out
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ack_interval_s)
+            try:
+                await self._flush_acks()
+            except LeaderboardError as exc:
+                log.warning("outbox acknowledgement deferred: %s", exc)
+
+    async def _flush_acks(self) -> None:
+        if not self._finished:
+            return
+        finished, self._finished = self._finished, []
+        try:
+            await self.store.ack_outbox(finished)
+        except LeaderboardError:
+            # Keep them for the next try; if they are lost the reconciler re-checks those groups.
+            self._finished += finished
+            raise

@@ -1,0 +1,102 @@
+"""How a player is stored in a shard's sorted set.
+
+The sorted-set score is the raw integer score (exact up to 2^53). Ties must order
+by who reached the score first, i.e. by the smaller `seq`. ZREVRANGE orders equal
+scores by member in reverse byte order, so the member starts with a fixed-width
+*inverted* seq: a smaller seq gives a larger prefix and sorts first. Packing the
+seq into the double score instead would lose precision long before 2^53.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+TIE_WIDTH = 12
+SEQ_LIMIT = 16**TIE_WIDTH - 1
+
+
+def tie_prefix(seq: int) -> str:
+    if not 0 < seq <= SEQ_LIMIT:
+        raise ValueError(f"seq {seq} outside (0, {SEQ_LIMIT}]")
+    return format(SEQ_LIMIT - seq, f"0{TIE_WIDTH}x")
+
+
+def member(seq: int, user_id: str) -> str:
+    return tie_prefix(seq) + user_id
+
+
+def user_of(member_name: str) -> str:
+    return member_name[TIE_WIDTH:]
+
+
+def zset_key(month_label: str) -> str:
+    return f"lb:{month_label}:z"
+
+
+def generation_key(month_label: str) -> str:
+    """Changes with every change to the month's sorted set on a shard (lua/generation.lua)."""
+    return f"lb:{month_label}:g"
+
+
+# A player's state lives in one of STATE_BUCKETS small hashes per month and shard,
+# chosen by a CRC of the user id, instead of one big hash. Redis keeps a hash of up to
+# hash-max-ziplist-entries (512 by default) short fields as one packed array: about 16
+# bytes an entry, against about 83 for an entry of a hash table (entry, field and
+# value each allocated on their own). 4096 buckets stay packed up to 2M entries per
+# shard and month (players plus tombstones); past that, full buckets turn into hash
+# tables one by one: correct, only no smaller. Changing the count moves every player's
+# bucket, so it takes a rebuild of every month on the board.
+STATE_BUCKETS = 4096
+
+
+def user_bucket(user_id: str, buckets: int) -> int:
+    """Which of `buckets` small hashes keeps this user's entry: a CRC, the same in every
+    router process and release (Python's hash() is not). Players' states and the rate
+    limiter's hourly counters are both spread this way, to stay packed."""
+    return zlib.crc32(user_id.encode()) % buckets
+
+
+def state_bucket(user_id: str) -> int:
+    return user_bucket(user_id, STATE_BUCKETS)
+
+
+def state_keys(month_label: str) -> list[str]:
+    """Every state hash a month can have on a shard, by bucket (most exist once it has players)."""
+    return [f"{legacy_state_key(month_label)}:{bucket}" for bucket in range(STATE_BUCKETS)]
+
+
+def state_key(month_label: str, user_id: str) -> str:
+    """The hash holding this player's entry: user_id -> "version:tie" (on the board)
+    or "version" (a tombstone: the player left this shard at that version)."""
+    return f"{legacy_state_key(month_label)}:{state_bucket(user_id)}"
+
+
+def legacy_state_key(month_label: str) -> str:
+    """The single state hash per month of boards written before the buckets (and the
+    prefix of the buckets' names)."""
+    return f"lb:{month_label}:v"
+
+
+LEGACY_STATE_PATTERN = legacy_state_key("[0-9][0-9][0-9][0-9]-[0-9][0-9]")
+
+
+def month_of_legacy_key(key: str) -> str:
+    """'YYYY-MM' of a key LEGACY_STATE_PATTERN matched."""
+    return key.split(":")[1]
+
+
+def script_keys(month_label: str, user_ids: Iterable[str]) -> list[str]:
+    """KEYS for the apply and lookup scripts: the sorted set, the generation, then each
+    user's state hash."""
+    return [zset_key(month_label), generation_key(month_label), *(state_key(month_label, user) for user in user_ids)]
+
+
+# Self-healing (router/background/self_healing.py). The marker names the server run (Redis's
+# run_id) whose contents were last known to match PostgreSQL: a restarted server has
+# a new run_id, and an emptied one (FLUSHALL, a replacement, a lost disk) has no
+# marker at all. The lease keeps several routers from repairing a shard at once; the
+# progress lets a router that takes over resume where the previous one stopped.
+SHARD_MARKER_KEY = "lb:shard:marker"
+REPAIR_LEASE_KEY = "lb:shard:repair"
+REPAIR_PROGRESS_KEY = "lb:shard:repair:progress"

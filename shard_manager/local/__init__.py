@@ -1,0 +1,1 @@
+"""The local cluster: real redis-server and PostgreSQL processes, the launcher, its supervisor."""
