@@ -35,6 +35,7 @@ from router.shards.keys import (
     zset_key,
 )
 from router.shards.scripts import APPLY_LUA, BUMP_GENERATION_LUA
+from router.shards.state import encode
 
 CATCH_UP_MARGIN = timedelta(seconds=30)
 """Longer than any write transaction may run (statement timeout 5 s, a few retries)."""
@@ -111,7 +112,7 @@ def rebuild_month(
                     shard_id = placed_on if placed_on in known else shard_map.shard_for_score(score).id
                     tie = tie_prefix(seq)
                     scores[shard_id][tie + user_id] = score  # members.member(), its tie made once
-                    pending[shard_id][state_bucket(user_id)][user_id] = f"{version}:{tie}"
+                    pending[shard_id][state_bucket(user_id)][user_id] = encode(version, tie)
                 for shard_id, mapping in scores.items():
                     clients[shard_id].zadd(side_z, mapping)
                     per_shard[shard_id] += len(mapping)

@@ -19,6 +19,7 @@ import redis
 
 from router.shardmap import ShardMap
 from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
+from router.shards.state import decode, encode
 
 SCAN = 50_000
 
@@ -93,7 +94,7 @@ def _shard_contents(
         raw = pipe.execute() if users else []
         states = {u: v.decode() for u, v in zip(users, raw, strict=True) if v is not None}
         for user, entry in states.items():
-            _, _, tie = entry.partition(":")
+            tie = decode(entry).tie  # type: ignore[union-attr]
             if tie:
                 score = client.zscore(zset_key(label), tie + user)
                 if score is not None:
@@ -142,7 +143,7 @@ def _check(
             report.add("wrong_tie_order", f"{user}: shard tie {tie}, PostgreSQL seq {seq}")
             bad.add(user)
         entry = contents[shard_id][1].get(user)
-        if entry != f"{version}:{tie_prefix(seq)}":
+        if entry != encode(version, tie_prefix(seq)):
             report.add("wrong_version", f"{user}: shard state {entry!r}, PostgreSQL version {version}")
             bad.add(user)
     return bad

@@ -9,6 +9,7 @@ import httpx
 import redis
 
 from router.shards.keys import state_key, user_of, zset_key
+from router.shards.state import decode
 from tests.cluster import Cluster
 
 MONTH = datetime.now(UTC).strftime("%Y-%m")
@@ -51,7 +52,7 @@ def assert_exact(
         assert score == pg[user][0], f"{user}: shard has {score}, PostgreSQL {pg[user][0]}"
         assert shard_map.by_id(shard_id).range.contains(score), f"{user} ({score}) is on {shard_id}"
         entry = clients[shard_id].hget(state_key(MONTH, user), user)
-        assert entry is not None and ":" in entry
+        assert entry is not None and decode(entry).on_board
 
     order = sorted(pg, key=lambda u: (-pg[u][0], pg[u][1]))
     listed = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from router.shards.state import encode
 from tests.cluster import GAME_TOKEN, Cluster, commit_directly
 from tests.invariants import MONTH, assert_exact, wait_outbox_empty
 
@@ -36,7 +37,7 @@ def test_a_stale_copy_on_another_shard_is_removed(api, board):
     from router.shards.keys import member, state_key, tie_prefix, zset_key
 
     board.redis(1).zadd(zset_key(MONTH), {member(seq, "ghost"): 150})
-    board.redis(1).hset(state_key(MONTH, "ghost"), "ghost", f"{version}:{tie_prefix(seq)}")
+    board.redis(1).hset(state_key(MONTH, "ghost"), "ghost", encode(version, tie_prefix(seq)))
     wait_outbox_empty(board, timeout=10)
     assert_exact(board, api, {"ghost": 150})
 

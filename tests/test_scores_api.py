@@ -8,6 +8,7 @@ import pytest
 
 from router.api.schemas import BatchItemOut, BatchOut
 from router.shards.keys import state_key, zset_key
+from router.shards.state import decode
 from tests.cluster import GAME_TOKEN
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
@@ -24,7 +25,7 @@ def shard_holding(cluster, user):
     holders = []
     for i in range(3):
         entry = cluster.redis(i).hget(state_key(MONTH, user), user)
-        if entry and ":" in entry:
+        if entry and decode(entry).on_board:
             holders.append(i)
     return holders
 

@@ -24,6 +24,7 @@ from router.shards.keys import (
     tie_prefix,
     zset_key,
 )
+from router.shards.state import encode
 from router.store.postgres import Store
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster, commit_directly, running_cluster
@@ -97,7 +98,7 @@ def test_a_lost_removal_is_tombstoned(board: Cluster):
     forget_outbox(board)
     s1 = board.redis(1)
     s1.zadd(zset_key(LABEL), {member(seq1, "mover"): 150})
-    s1.hset(state_key(LABEL, "mover"), "mover", f"1:{tie_prefix(seq1)}")
+    s1.hset(state_key(LABEL, "mover"), "mover", encode(1, tie_prefix(seq1)))
     s1.hset(SHARD_MARKER_KEY, "run_id", "an-earlier-run")
     board.redis(2).hset(SHARD_MARKER_KEY, "run_id", "an-earlier-run")
 

@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 
 from router.shards.keys import legacy_state_key, state_key, state_keys, tie_prefix, zset_key
+from router.shards.state import encode
 from shard_manager.rebuild import rebuild_month
 from shard_manager.verify import verify_month
 from tests.cluster import GAME_TOKEN
@@ -56,7 +57,7 @@ def test_rebuild_turns_a_board_in_the_old_layout_into_buckets(api, board):
     # As a router before the buckets left it: every state in one hash per month. And a
     # bucket entry for nobody PostgreSQL knows, which the rebuild must not keep.
     (version, seq) = board.sql("SELECT version, seq FROM player_scores WHERE user_id = 'r1'")[0]
-    board.redis(0).hset(legacy_state_key(MONTH), "r1", f"{version}:{tie_prefix(seq)}")
+    board.redis(0).hset(legacy_state_key(MONTH), "r1", encode(version, tie_prefix(seq)))
     board.redis(0).hset(state_key(MONTH, "nobody"), "nobody", "7")
 
     month = date.fromisoformat(f"{MONTH}-01")

@@ -29,17 +29,16 @@ from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
 from router.periods import month_label
 from router.shards.client import PlayerState, ShardClients
 from router.shards.keys import tie_prefix
+from router.shards.state import decode
 from router.store.postgres import Store
 
 log = logging.getLogger(__name__)
 
 
 def _parse(entry: str | None) -> tuple[int, bool]:
-    """(version, on the board) from a state-hash entry."""
-    if entry is None:
-        return -1, False
-    version, _, tie = entry.partition(":")
-    return int(version), bool(tie)
+    """(version, on the board) from a state-hash entry; (-1, False) if the shard never saw the player."""
+    state = decode(entry)
+    return (-1, False) if state is None else (state.version, state.on_board)
 
 
 class Reconciler:

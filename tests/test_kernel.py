@@ -1,0 +1,53 @@
+"""The pure pieces every layer relies on, tested directly: months, the tie-break
+member, the player-state entry, global rank from shard sizes."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+
+from router.core.ranking import players_above
+from router.errors import InvalidInput
+from router.periods import live_months, month_label, month_start, parse_month, previous_month
+from router.shards.keys import SEQ_LIMIT, member, tie_prefix, user_of
+from router.shards.state import StateEntry, decode, encode
+
+
+def test_months_are_utc_and_labelled_yyyy_mm():
+    late_in_tokyo = datetime(2026, 12, 1, 8, 0, tzinfo=timezone(timedelta(hours=9)))
+    assert month_start(late_in_tokyo) == date(2026, 11, 1)
+    assert month_label(date(2026, 1, 1)) == "2026-01"
+    assert previous_month(date(2026, 1, 1)) == date(2025, 12, 1)
+    assert live_months(datetime(2026, 3, 31, 23, 59, tzinfo=UTC)) == (date(2026, 3, 1), date(2026, 2, 1))
+
+
+@pytest.mark.parametrize("text", ["2026-13", "2026-1", "26-11", "1999-12", "2026-00", "2026-11-01", ""])
+def test_a_month_that_is_not_yyyy_mm_is_refused_naming_the_field(text):
+    with pytest.raises(InvalidInput) as refused:
+        parse_month(text, field="occurred_at")
+    assert refused.value.field == "occurred_at"
+
+
+def test_equal_scores_order_by_who_got_there_first_in_the_members_bytes():
+    # ZREVRANGE orders equal scores by member, highest bytes first: the smaller seq must sort higher.
+    first, second = member(7, "zed"), member(8, "amy")
+    assert sorted([second, first], reverse=True) == [first, second]
+    assert user_of(first) == "zed"
+    assert len(tie_prefix(1)) == len(tie_prefix(SEQ_LIMIT))
+    with pytest.raises(ValueError):
+        tie_prefix(0)
+
+
+def test_a_state_entry_round_trips_and_a_tombstone_is_off_the_board():
+    tie = tie_prefix(42)
+    assert decode(encode(5, tie)) == StateEntry(5, tie)
+    assert decode(encode(6, None)) == StateEntry(6, None)
+    assert not decode("6").on_board and decode(f"5:{tie}").on_board
+    assert decode(None) is None
+
+
+def test_global_rank_adds_the_members_of_every_better_shard():
+    ids = ("s0", "s1", "s2")  # lowest range first
+    sizes = {"s0": 10, "s1": 4, "s2": 3}
+    assert [players_above(ids, sizes, sid) for sid in ids] == [7, 3, 0]
