@@ -14,7 +14,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.api.routes import error_response, router, validation_response
+from router.api.errors import error_response, http_error_response, validation_response
+from router.api.routes import router
 from router.asgi.access_log import AccessLog
 from router.asgi.observability import RequestContext, configure_logging
 from router.asgi.shortcuts import AcceptSingleScores, AnswerKnownTopPages, AnswerPlainRankReads
@@ -84,10 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Starlette's own answers (unknown path, wrong method, unreadable body) in our error shape.
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-        body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail), "field": None}}
-        return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
+        return http_error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     # Innermost of the middlewares: CORS headers, request ids, metrics, the access log
     # and the body size limit still apply to what these three answer before routing.

@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 
+from router.api.errors import error_bytes
 from router.asgi.access_log import AccessLog
 from router.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
@@ -39,7 +40,7 @@ def configure_logging(json_lines: bool) -> None:
 
 
 def _error(status: int, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    return error_bytes(code, message)
 
 
 class RequestContext:

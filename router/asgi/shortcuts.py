@@ -3,8 +3,8 @@
 Profiles of a cached top page, a player's rank read and a single score write showed
 FastAPI's routing, dependency solving and body handling costing as much CPU as the
 work behind them, or more. These middlewares answer the plain, valid form of each
-request with what the route itself uses (`api.player_body`, `api.score_body`,
-`api.top_body`), the same token checks and the same error answers. Anything else — a
+request with what the route itself uses (`api.scores.player_body`, `api.scores.score_body`,
+`api.boards.top_body`), the same token checks and the same error answers. Anything else — a
 top-page query string the route has not validated yet, a malformed id, a body that
 does not validate, another content type — goes on to the route, which validates it,
 answers it and documents it in the OpenAPI schema.
@@ -17,8 +17,11 @@ import re
 
 from pydantic import ValidationError
 
-from router.api.routes import Unauthorized, error_response, player_body, score_body, top_body
+from router.api.boards import top_body
+from router.api.deps import check_game_token, check_reader
+from router.api.errors import error_response
 from router.api.schemas import USER_ID_PATTERN, ScoreIn
+from router.api.scores import player_body, score_body
 from router.asgi.http import header, send_json
 from router.errors import LeaderboardError
 
@@ -55,7 +58,7 @@ class _Shortcut:
 class AnswerKnownTopPages(_Shortcut):
     """`GET /v1/leaderboard/top` with a query string the route has validated before.
 
-    Answered with the route's own `api.top_body` (which serves a kept page only after
+    Answered with the route's own `api.boards.top_body` (which serves a kept page only after
     checking it is current); the read-token check is the route's too.
     """
 
@@ -68,8 +71,7 @@ class AnswerKnownTopPages(_Shortcut):
         if query is None:
             return await self.app(scope, receive, send)
         try:
-            if not services.may_read(header(scope, b"x-read-token"), header(scope, b"x-game-service-token")):
-                raise Unauthorized("a valid X-Read-Token header is required")
+            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
             body = await top_body(services, query)
         except LeaderboardError as exc:
             return await error_response(exc)(scope, receive, send)
@@ -89,8 +91,7 @@ class AnswerPlainRankReads(_Shortcut):
     async def answer(self, scope, receive, send) -> None:
         services = scope["app"].state.services
         try:
-            if not services.may_read(header(scope, b"x-read-token"), header(scope, b"x-game-service-token")):
-                raise Unauthorized("a valid X-Read-Token header is required")
+            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
             body = await player_body(services, scope["path"][len(RANK_PREFIX) :], None)
         except LeaderboardError as exc:
             return await error_response(exc)(scope, receive, send)
@@ -124,10 +125,7 @@ class AcceptSingleScores(_Shortcut):
         services = scope["app"].state.services
         token = header(scope, b"x-game-service-token")
         try:
-            if not services.is_game_token(token):
-                raise Unauthorized("a valid X-Game-Service-Token header is required")
-            assert token is not None
-            answer = await score_body(services, token, body)
+            answer = await score_body(services, check_game_token(services, token), body)
         except LeaderboardError as exc:
             return await error_response(exc)(scope, receive, send)
         await send_json(send, answer)

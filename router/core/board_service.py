@@ -8,7 +8,15 @@ from typing import Protocol
 
 from router.core.ranking import Board, Entry, Standing
 from router.core.write_pipeline import WriteOutcome, WritePipeline
-from router.errors import InvalidInput, MatchConflict, MonthNotServed, PeriodClosed, PlayerNotFound, ScoreRefused
+from router.errors import (
+    InvalidInput,
+    LeaderboardError,
+    MatchConflict,
+    MonthNotServed,
+    PeriodClosed,
+    PlayerNotFound,
+    ScoreRefused,
+)
 from router.events import ScoreEvent
 from router.periods import FUTURE_SKEW, live_months, month_label, month_start, parse_month
 from router.store.postgres import Store
@@ -119,14 +127,20 @@ class BoardService:
         return out
 
 
-def raise_for_outcome(outcome: WriteOutcome) -> None:
-    """Turn a committed-but-not-successful outcome into the error the caller must see."""
+def outcome_error(outcome: WriteOutcome) -> LeaderboardError | None:
+    """The error a committed-but-not-successful outcome stands for, or None if it succeeded:
+    the one classification, which a single write raises and a batch reports per event."""
     row = outcome.row
     if row.status == "conflict":
-        raise MatchConflict(outcome.event.match_id, row.detail or "match_id reused with different content")
+        return MatchConflict(outcome.event.match_id, row.detail or "match_id reused with different content")
     if row.status == "refused":
-        raise ScoreRefused(row.detail or "score refused")
+        return ScoreRefused(row.detail or "score refused")
     if row.status == "closed":
-        raise PeriodClosed(month_label(row.month))
-    if outcome.unavailable is not None:
-        raise outcome.unavailable
+        return PeriodClosed(month_label(row.month))
+    return outcome.unavailable
+
+
+def raise_for_outcome(outcome: WriteOutcome) -> None:
+    error = outcome_error(outcome)
+    if error is not None:
+        raise error

@@ -1,0 +1,86 @@
+"""Routes that read the board: top pages and the months that can be read."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from router.api.answers import entries_out
+from router.api.deps import MonthQuery, ServicesDep, require_reader
+from router.api.errors import ERRORS
+from router.api.schemas import (
+    BoardOut,
+    MonthOut,
+    MonthsOut,
+)
+from router.core.page_cache import TopQuery
+from router.metrics import TOP_PAGES
+from router.services import Services
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/leaderboard/top",
+    tags=["reads"],
+    dependencies=[Depends(require_reader)],
+    response_model=BoardOut,
+    responses=ERRORS,
+    summary="The top of the board, paged",
+)
+async def get_top(
+    request: Request,
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    month: MonthQuery = None,
+) -> Response:
+    # This exact query string is now known to validate: `router.asgi.shortcuts` may answer
+    # it before routing from here on, with the same function.
+    svc.top_queries.learn(request.scope["query_string"], TopQuery(month, offset, limit))
+    return Response(await top_body(svc, TopQuery(month, offset, limit)), media_type="application/json")
+
+
+async def top_body(svc: Services, query: TopQuery) -> bytes:
+    """The answer of `GET /v1/leaderboard/top`; also used by `router.asgi.shortcuts`.
+
+    A live page rendered before is served again only if the board's fingerprint, read
+    after this request arrived, is the one it was rendered from (`router.core.page_cache`).
+    """
+    label, _, archived = await svc.service.resolve_month(query.month)
+    if archived:
+        _, total, entries = await svc.service.top(label, query.offset, query.limit)
+        return BoardOut(month=label, total_players=total, entries=entries_out(entries)).model_dump_json().encode()
+    key = (label, query.offset, query.limit)
+    body = svc.top_pages.recent(key)
+    if body is not None:
+        TOP_PAGES.labels("stale_ok").inc()
+        return body
+    counts = await svc.board.counts(label)
+    body = svc.top_pages.get(key, counts.fingerprint)
+    if body is not None:
+        TOP_PAGES.labels("reused").inc()
+        return body
+    page = await svc.board.top(label, query.offset, query.limit, counts)
+    out = BoardOut(month=label, total_players=page.counts.total, entries=entries_out(page.entries))
+    body = out.model_dump_json().encode()
+    if page.consistent:
+        # Under the counts it was read with (a shard that changed meanwhile was counted anew).
+        svc.top_pages.put(key, page.counts.fingerprint, body)
+    TOP_PAGES.labels("rendered").inc()
+    return body
+
+
+@router.get(
+    "/v1/leaderboard/months",
+    tags=["reads"],
+    dependencies=[Depends(require_reader)],
+    response_model=MonthsOut,
+    responses=ERRORS,
+    summary="Months that can be read: the two live ones and every archived one",
+)
+async def get_months(svc: ServicesDep) -> MonthsOut:
+    months = await svc.service.months()
+    return MonthsOut(months=[MonthOut(month=m, status=status, players=n) for m, status, n in months])
