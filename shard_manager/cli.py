@@ -349,7 +349,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
     state = "archived" if result.created else "already archived"
     print(f"{args.month}: {state}, {result.players} players")
     if args.drop_redis:
-        shard_map = load_shard_map(settings.shards_file)
+        # The layout in force, not the file: after a re-split they differ, and the file's
+        # shards would miss the keys on a shard the file no longer (or not yet) lists.
+        shard_map, _ = _layout(settings)
         dropped = drop_redis_keys(settings.database_url, shard_map, now, timedelta(0))
         print("dropped Redis keys of: " + (", ".join(m.strftime("%Y-%m") for m in dropped) or "nothing"))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg2
 
-from router.store.migrate import available, migrate
+from router.store.migrate import available, functions, migrate
 from tests.cluster import Cluster
 
 
@@ -38,7 +38,7 @@ def test_per_player_outbox_rows_become_one_row_that_names_them(cluster):
                 "INSERT INTO redis_outbox (month, user_id, version, first_version)"
                 " VALUES ('2026-11-01', 'a', 3, 2), ('2026-11-01', 'b', 1, 1)"
             )
-        assert migrate(dsn) == ["006_outbox_per_group.sql"]
+        assert migrate(dsn, with_functions=False) == ["006_outbox_per_group.sql"]
         with conn, conn.cursor() as cur:
             cur.execute("SELECT months, user_ids FROM redis_outbox")
             ((months, users),) = cur.fetchall()
@@ -54,3 +54,33 @@ def test_per_player_outbox_rows_become_one_row_that_names_them(cluster):
             assert cur.fetchone() == (1,)
     finally:
         conn.close()
+
+
+FUNCTION_SOURCES = (
+    "SELECT p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc FROM pg_proc p"
+    " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proname LIKE 'lb\\_%'"
+    " ORDER BY 1, 2"
+)
+
+
+def _function_sources(dsn: str) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(FUNCTION_SOURCES)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_each_function_file_holds_what_the_migrations_left_in_force(cluster):
+    # The versioned migrations alone, then the function files on top: nothing changes.
+    dsn = fresh_database(cluster, "functions_check")
+    migrate(dsn, with_functions=False)
+    by_migrations = _function_sources(dsn)
+    applied = migrate(dsn)
+    assert sorted(applied) == sorted(f"functions/{name}" for name, _ in functions())
+    assert _function_sources(dsn) == by_migrations
+    # Every function of ours has its file, and a file is only re-run when it changed.
+    assert {name for name, _, _ in by_migrations} == {name.removesuffix(".sql") for name, _ in functions()}
+    assert migrate(dsn) == []
