@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
 
+from router.core.shard_writes import WriteOutcome
 from router.core.user_cache import UserShardCache
-from router.core.write_pipeline import WriteOutcome, WritePipeline
+from router.core.write_pipeline import WritePipeline
 from router.events import GroupCommit, ScoreEvent
 from router.periods import month_start
 from router.shards.client import ShardClients

@@ -7,7 +7,8 @@ from datetime import date, datetime
 from typing import Protocol
 
 from router.core.ranking import Board, Entry, Standing
-from router.core.write_pipeline import WriteOutcome, WritePipeline
+from router.core.shard_writes import WriteOutcome
+from router.core.write_pipeline import WritePipeline
 from router.errors import (
     InvalidInput,
     LeaderboardError,
