@@ -80,6 +80,12 @@ class Slice:
     stop: int
 
 
+def global_rank(in_shard: int, above: int) -> int:
+    """The board's 1-based rank of a member at 0-based position `in_shard` of its shard,
+    below `above` members of the better shards: the one formula of a global rank."""
+    return in_shard + 1 + above
+
+
 def players_above(shard_ids: Sequence[str], sizes: Mapping[str, int], shard_id: str) -> int:
     """Members of every shard above `shard_id` (shards are listed lowest range first)."""
     k = shard_ids.index(shard_id)
@@ -136,7 +142,7 @@ class Board:
 
     def _standing(self, user_id: str, shard_id: str, found: Lookup, counts: BoardCounts) -> Standing:
         assert found.score is not None
-        rank = found.rank + 1 + players_above(counts.ids, counts.sizes, shard_id)
+        rank = global_rank(found.rank, players_above(counts.ids, counts.sizes, shard_id))
         return Standing(user_id, found.score, rank, counts.total, shard_id, counts)
 
     async def counts(self, month: str) -> BoardCounts:

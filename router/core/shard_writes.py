@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from router.core.ranking import players_above
+from router.core.ranking import global_rank, players_above
 from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
 from router.events import EventRow, ScoreEvent
@@ -174,7 +174,7 @@ class ShardWriter:
         add_result = added[(month, target)]
         assert not isinstance(add_result, ShardUnavailable)
         mine = add_result[0][player.add_index]
-        rank = mine.rank_after + 1 + above[target]
+        rank = global_rank(mine.rank_after, above[target])
         previous_rank = None
         prev = player.prev_shard
         if player.row.prev_score is not None and prev in ids:
@@ -188,7 +188,7 @@ class ShardWriter:
                 # Sizes are read after the move: a player who moved up is now counted
                 # above their old shard, where they were not before.
                 moved_up = ids.index(target) > ids.index(prev)
-                previous_rank = before + 1 + above[prev] - int(moved_up)
+                previous_rank = global_rank(before, above[prev] - int(moved_up))
         for outcome in player.outcomes:
             outcome.rank = rank
             outcome.previous_rank = previous_rank

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from router.core.ranking import players_above
+from router.core.ranking import global_rank, players_above
 from router.errors import InvalidInput
 from router.periods import live_months, month_label, month_start, parse_month, previous_month
 from router.shards.keys import SEQ_LIMIT, member, tie_prefix, user_of
@@ -51,3 +51,6 @@ def test_global_rank_adds_the_members_of_every_better_shard():
     ids = ("s0", "s1", "s2")  # lowest range first
     sizes = {"s0": 10, "s1": 4, "s2": 3}
     assert [players_above(ids, sizes, sid) for sid in ids] == [7, 3, 0]
+    # The top member of s1 comes after the 3 members of s2.
+    assert global_rank(0, players_above(ids, sizes, "s1")) == 4
+    assert global_rank(9, players_above(ids, sizes, "s0")) == 17  # the last of 17

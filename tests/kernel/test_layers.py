@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first. A module belongs to the longest prefix that names it. The kernel's
 # modules (plain values and errors every layer shares) may import one another.

@@ -11,7 +11,7 @@ from pathlib import Path
 from shard_manager.local.processes import free_port
 from tests.cluster import GAME_TOKEN
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _locust(host: str, prefix: Path, users: int, run_time: str, timeout: float, **env: str):

@@ -20,7 +20,7 @@ from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess
 from tests.invariants import assert_exact, wait_outbox_empty
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import yaml
 
 from router.shardmap import load_shard_map
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose() -> dict:

@@ -19,7 +19,7 @@ from router.shards.keys import legacy_state_key, state_key
 from shard_manager.local.launcher import _port_free
 from shard_manager.local.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _session_members(sid: int) -> set[int]:

@@ -1,0 +1,1 @@
+"""The HTTP API, its production surface and access log."""

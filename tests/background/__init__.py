@@ -1,0 +1,1 @@
+"""Background jobs: reconciler, self-healing, seasons."""

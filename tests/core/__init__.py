@@ -1,0 +1,1 @@
+"""The core: write pipeline, page cache, exact reads."""

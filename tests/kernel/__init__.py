@@ -1,0 +1,1 @@
+"""The kernel's pure pieces and the shape of the tree."""

@@ -1,0 +1,1 @@
+"""Operator tools and the local cluster."""

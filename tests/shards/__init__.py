@@ -1,0 +1,1 @@
+"""The shard protocol: key layout, state buckets, packing."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the group-commit function, migrations, retries."""

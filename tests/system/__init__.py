@@ -1,0 +1,1 @@
+"""The whole system under load and faults, and the benchmarks' own checks."""
