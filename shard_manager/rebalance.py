@@ -28,8 +28,9 @@ import redis
 
 from router.background.seasons import unarchived_months
 from router.shardmap import MAX_SCORE, ShardMap
-from router.shards.keys import SHARD_MARKER_KEY, script_keys, tie_prefix
-from router.shards.scripts import APPLY_LUA
+from router.shards.keys import SHARD_MARKER_KEY
+from router.shards.protocol import player_state
+from router.shards.sync_client import SyncShard
 from router.store.layout import Layout, load_layout, shards_json
 
 APPLY_LOCK = 0x6C62_7262  # one apply at a time, cluster-wide
@@ -231,13 +232,12 @@ class Rebalancer:
         self.step_players = step_players
         self.settle_s = settle_s
         self.conn = psycopg2.connect(dsn)
-        self._redis: dict[str, redis.Redis] = {}
-        self._scripts: dict[str, object] = {}
+        self._shards: dict[str, SyncShard] = {}
 
     def close(self) -> None:
         self.conn.close()
-        for client in self._redis.values():
-            client.close()
+        for shard in self._shards.values():
+            shard.close()
 
     def layout(self) -> Layout:
         layout = load_layout(self.conn)
@@ -365,21 +365,17 @@ class Rebalancer:
         if not rows:
             return 0
         label = month.strftime("%Y-%m")
-        keys = script_keys(label, (row[0] for row in rows))
+        states = [player_state(user_id, version, score, seq) for user_id, score, version, seq, *_ in rows]
         dest, source = rows[0][4], rows[0][5]
         # Add before remove, exactly as the routers do; if we die in between, the
         # outbox row written with the step lets the reconciler finish it.
-        self._apply(addresses[dest], dest, keys, rows, present=True)
-        self._apply(addresses[source], source, keys, rows, present=False)
+        self._shard(dest, addresses[dest]).apply(label, [(state, True) for state in states])
+        self._shard(source, addresses[source]).apply(label, [(state, False) for state in states])
         with self.conn, self.conn.cursor() as cur:
             cur.execute("SELECT lb_ack_outbox(%s::bigint[])", ([rows[0][6]],))
         return len(rows)
 
-    def _apply(self, address: str, shard_id: str, keys: list[str], rows: list[tuple], present: bool) -> None:
-        if shard_id not in self._redis:
-            self._redis[shard_id] = redis.Redis.from_url(address, socket_timeout=30)
-            self._scripts[shard_id] = self._redis[shard_id].register_script(APPLY_LUA)
-        args: list = []
-        for user_id, score, version, seq, *_ in rows:
-            args += [user_id, version, 1 if present else 0, score, tie_prefix(seq)]
-        self._scripts[shard_id](keys=keys, args=args)
+    def _shard(self, shard_id: str, address: str) -> SyncShard:
+        if shard_id not in self._shards:
+            self._shards[shard_id] = SyncShard(address)
+        return self._shards[shard_id]

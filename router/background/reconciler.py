@@ -27,8 +27,8 @@ from router.errors import ShardUnavailable
 from router.events import PlayerRow
 from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
 from router.periods import month_label
-from router.shards.client import PlayerState, ShardClients
-from router.shards.keys import tie_prefix
+from router.shards.client import ShardClients
+from router.shards.protocol import player_state
 from router.shards.state import decode
 from router.store.postgres import Store
 
@@ -125,7 +125,7 @@ class Reconciler:
         if not broken:
             return 0, settled
 
-        states = {r.user_id: PlayerState(r.user_id, r.version, r.score, tie_prefix(r.seq)) for r in broken}
+        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq) for r in broken}
         adds: dict[str, list[PlayerRow]] = defaultdict(list)
         for row in broken:
             adds[row.shard].append(row)

@@ -38,8 +38,8 @@ from router.errors import LeaderboardError
 from router.events import PlayerRow
 from router.metrics import SHARD_REPAIR_PLAYERS, SHARD_REPAIRING, SHARD_REPAIRS
 from router.periods import live_months, month_label
-from router.shards.client import PlayerState, ShardClients
-from router.shards.keys import tie_prefix
+from router.shards.client import ShardClients
+from router.shards.protocol import PlayerState, player_state
 from router.store.postgres import Store
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ LOST_DATA = "lost its data; its players are being restored from PostgreSQL"
 
 
 def _state(row: PlayerRow) -> PlayerState:
-    return PlayerState(row.user_id, row.version, row.score, tie_prefix(row.seq))
+    return player_state(row.user_id, row.version, row.score, row.seq)
 
 
 class _LeaseLost(Exception):

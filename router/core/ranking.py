@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from router.core.user_cache import UserShardCache
 from router.errors import PlayerNotFound
-from router.shards.client import Lookup, ShardClients, ShardCount
+from router.shards.client import ShardClients
 from router.shards.keys import user_of
+from router.shards.protocol import Lookup, ShardCount
 
 # Tries at reading a page from shards that did not change since they were counted.
 PAGE_READS = 6

@@ -20,8 +20,8 @@ from router.errors import ShardUnavailable
 from router.events import EventRow, ScoreEvent
 from router.metrics import PLAYERS_MOVED
 from router.periods import month_label
-from router.shards.client import ApplyResult, PlayerState, ShardClients
-from router.shards.keys import tie_prefix
+from router.shards.client import ShardClients
+from router.shards.protocol import ApplyResult, PlayerState, player_state
 
 _Results = dict[tuple[str, str], "tuple[list[ApplyResult], int] | ShardUnavailable"]
 
@@ -55,7 +55,7 @@ class _Player:
     @property
     def state(self) -> PlayerState:
         assert self.row.version is not None and self.row.seq is not None and self.row.score is not None
-        return PlayerState(self.user_id, self.row.version, self.row.score, tie_prefix(self.row.seq))
+        return player_state(self.user_id, self.row.version, self.row.score, self.row.seq)
 
 
 def _players_above(

@@ -1,4 +1,7 @@
-"""Connections to the shard Redis servers, and the only code that speaks to them.
+"""Connections to the shard Redis servers, and the router's only code that speaks to them.
+
+What each script call sends and how its answer reads is `router.shards.protocol`,
+shared with the operator's tools' synchronous client (`router.shards.sync_client`).
 
 Every call goes through `_call`, which turns connection failures and timeouts into
 `ShardUnavailable(shard_id)`, so callers deal in shards, never in sockets. Lookups
@@ -26,17 +29,17 @@ from router.aio.coalesce import Coalescer
 from router.errors import ShardUnavailable
 from router.metrics import SHARD_ERRORS, SHARD_OPS
 from router.shardmap import ShardMap
+from router.shards import protocol
 from router.shards.keys import (
     LEGACY_STATE_PATTERN,
     REPAIR_LEASE_KEY,
     REPAIR_PROGRESS_KEY,
     SHARD_MARKER_KEY,
-    generation_key,
-    script_keys,
     state_key,
     user_of,
     zset_key,
 )
+from router.shards.protocol import ApplyResult, Lookup, PlayerState, ShardCount
 from router.shards.redis_packing import packed_by_hiredis
 from router.shards.scripts import APPLY_LUA, LOOKUP_LUA, RANGE_LUA
 
@@ -72,40 +75,6 @@ class ServerIdentity:
     @property
     def checked(self) -> bool:
         return self.checked_run_id == self.run_id
-
-
-@dataclass(frozen=True, slots=True)
-class PlayerState:
-    """A player's committed state, as the shards should hold it."""
-
-    user_id: str
-    version: int
-    score: int
-    tie: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    applied: bool
-    rank_before: int  # 0-based within the shard, -1 when absent
-    rank_after: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShardCount:
-    """A shard's member count for a month, and the generation of its sorted set
-    (lua/generation.lua; "" if it was never written), read in one step."""
-
-    size: int
-    generation: str
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    version: int  # -1: the shard never saw this user
-    rank: int  # 0-based within the shard, -1: not on this shard
-    score: int | None
-    count: ShardCount  # read in the same step
 
 
 class ShardClients:
@@ -249,17 +218,14 @@ class ShardClients:
         self, shard_id: str, month: str, states: Sequence[tuple[PlayerState, bool]]
     ) -> tuple[list[ApplyResult], int]:
         """Apply (state, present) pairs in order on one shard; returns results and member count."""
-        args: list[Any] = []
-        for state, present in states:
-            args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie]
-        keys = script_keys(month, (state.user_id for state, _ in states))
+        keys, args = protocol.apply_call(month, states)
 
         async def run(client: aioredis.Redis) -> list[int]:
             return await self._apply(keys=keys, args=args, client=client)
 
-        raw = await self._call(shard_id, run, "apply", deadline_s=self.write_deadline_s, reads=False)
-        results = [ApplyResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw) - 1, 3)]
-        return results, int(raw[-1])
+        return protocol.apply_reply(
+            await self._call(shard_id, run, "apply", deadline_s=self.write_deadline_s, reads=False)
+        )
 
     # Plain futures rather than coroutines: a rank read gathers one per shard, and
     # gathering futures creates no task for each.
@@ -276,15 +242,12 @@ class ShardClients:
         shard_id, month = key
         users = list(dict.fromkeys(item for item in items if item is not None))
 
-        async def run(client: aioredis.Redis) -> list[Any]:
-            return await self._lookup(keys=script_keys(month, users), args=users, client=client)
+        keys, args = protocol.lookup_call(month, users)
 
-        raw = await self._call(shard_id, run, "lookup" if users else "size")
-        count = ShardCount(int(raw[0]), raw[1])
-        found = {
-            user: Lookup(int(raw[i]), int(raw[i + 1]), int(float(raw[i + 2])) if raw[i + 2] != "" else None, count)
-            for user, i in zip(users, range(2, len(raw), 3), strict=True)
-        }
+        async def run(client: aioredis.Redis) -> list[Any]:
+            return await self._lookup(keys=keys, args=args, client=client)
+
+        count, found = protocol.lookup_reply(await self._call(shard_id, run, "lookup" if users else "size"), users)
         return [count if item is None else found[item] for item in items]
 
     async def counts(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, ShardCount]:
@@ -301,12 +264,12 @@ class ShardClients:
         """The shard's count and generation, and the members at 0-based positions
         start..stop (inclusive), highest first, with scores, read in one step."""
 
-        async def run(client: aioredis.Redis) -> list[Any]:
-            return await self._range(keys=[zset_key(month), generation_key(month)], args=[start, stop], client=client)
+        keys, args = protocol.range_call(month, start, stop)
 
-        generation, size, *flat = await self._call(shard_id, run, "range")
-        members = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
-        return ShardCount(int(size), generation), members
+        async def run(client: aioredis.Redis) -> list[Any]:
+            return await self._range(keys=keys, args=args, client=client)
+
+        return protocol.range_reply(await self._call(shard_id, run, "range"))
 
     async def legacy_state_hashes(self, shard_id: str) -> list[str]:
         """Keys of the one-hash-per-month state layout (before the buckets) on a shard."""

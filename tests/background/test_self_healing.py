@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from router.background.self_healing import LOST_DATA, ShardHealer
 from router.periods import month_start
-from router.shards.client import PlayerState, ShardClients
+from router.shards.client import ShardClients
 from router.shards.keys import (
     REPAIR_LEASE_KEY,
     REPAIR_PROGRESS_KEY,
@@ -24,6 +24,7 @@ from router.shards.keys import (
     tie_prefix,
     zset_key,
 )
+from router.shards.protocol import player_state
 from router.shards.state import encode
 from router.store.postgres import Store
 from shard_manager.verify import verify_month
@@ -140,9 +141,7 @@ def test_a_repair_another_router_left_half_done_resumes_where_it_stopped(board: 
     async def scenario(healer: ShardHealer, shards: ShardClients):
         # A router restored the first 600 players (in user order), then died; its lease expired.
         first = await healer.store.players_on_shard(MONTH, "s1", "", 600)
-        await shards.apply(
-            "s1", LABEL, [(PlayerState(r.user_id, r.version, r.score, tie_prefix(r.seq)), True) for r in first]
-        )
+        await shards.apply("s1", LABEL, [(player_state(r.user_id, r.version, r.score, r.seq), True) for r in first])
         s1.hset(
             REPAIR_PROGRESS_KEY,
             mapping={"run_id": run_id, "lost": "1", "phase": "adds", "month": LABEL, "after": first[-1].user_id},

@@ -7,8 +7,8 @@ import time
 
 from router.core.page_cache import KnownQueries, PageCache, TopQuery
 from router.core.ranking import BoardCounts, Slice, window
-from router.shards.client import ShardCount
 from router.shards.keys import generation_key
+from router.shards.protocol import ShardCount
 from router.shards.scripts import BUMP_GENERATION_LUA
 from tests.cluster import Cluster
 

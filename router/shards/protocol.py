@@ -1,0 +1,92 @@
+"""The shard protocol: what each script call sends and how its answer reads.
+
+Pure functions over the key layout (router.shards.keys) and the scripts
+(router.shards.scripts): the router's async client and the tools' sync client
+build their calls and read their answers here, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.shards.keys import generation_key, script_keys, tie_prefix, zset_key
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerState:
+    """A player's committed state, as the shards should hold it."""
+
+    user_id: str
+    version: int
+    score: int
+    tie: str
+
+
+def player_state(user_id: str, version: int, score: int, seq: int) -> PlayerState:
+    """The state of a player PostgreSQL holds (its seq turned into the tie-break prefix)."""
+    return PlayerState(user_id, version, score, tie_prefix(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    applied: bool
+    rank_before: int  # 0-based within the shard, -1 when absent
+    rank_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCount:
+    """A shard's member count for a month, and the generation of its sorted set
+    (lua/generation.lua; "" if it was never written), read in one step."""
+
+    size: int
+    generation: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    version: int  # -1: the shard never saw this user
+    rank: int  # 0-based within the shard, -1: not on this shard
+    score: int | None
+    count: ShardCount  # read in the same step
+
+
+def apply_call(month: str, states: Iterable[tuple[PlayerState, bool]]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of lua/apply.lua for (state, present) pairs, applied in order."""
+    states = list(states)
+    args: list[Any] = []
+    for state, present in states:
+        args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie]
+    return script_keys(month, (state.user_id for state, _ in states)), args
+
+
+def apply_reply(raw: Sequence[Any]) -> tuple[list[ApplyResult], int]:
+    """Per state what the shard did, and its member count after them."""
+    results = [ApplyResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw) - 1, 3)]
+    return results, int(raw[-1])
+
+
+def lookup_call(month: str, users: Sequence[str]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of lua/lookup.lua: no users reads only the count and generation."""
+    return script_keys(month, users), list(users)
+
+
+def lookup_reply(raw: Sequence[Any], users: Sequence[str]) -> tuple[ShardCount, dict[str, Lookup]]:
+    count = ShardCount(int(raw[0]), raw[1])
+    found = {
+        user: Lookup(int(raw[i]), int(raw[i + 1]), int(float(raw[i + 2])) if raw[i + 2] != "" else None, count)
+        for user, i in zip(users, range(2, len(raw), 3), strict=True)
+    }
+    return count, found
+
+
+def range_call(month: str, start: int, stop: int) -> tuple[list[str], list[int]]:
+    """KEYS and ARGV of lua/range.lua: members at 0-based positions start..stop, highest first."""
+    return [zset_key(month), generation_key(month)], [start, stop]
+
+
+def range_reply(raw: Sequence[Any]) -> tuple[ShardCount, list[tuple[str, int]]]:
+    generation, size, *flat = raw
+    return ShardCount(int(size), generation), [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
