@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from router.periods import month_label, month_start, parse_month
 from router.shardmap import ShardMapError, load_shard_map
 
 
@@ -180,7 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings()
     layout = read_layout(settings.database_url)
     shard_map = layout.shard_map if layout else load_shard_map(settings.shards_file)
-    month = args.month or datetime.now(UTC).strftime("%Y-%m")
+    month = month_label(parse_month(args.month) if args.month else month_start(datetime.now(UTC)))
     counts: dict[str, int | None] = {}
     memory: dict[str, int | None] = {}
     healing: dict[str, str] = {}
@@ -236,7 +237,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     settings = _settings()
     current, _ = _layout(settings)
-    month = datetime.now(UTC).strftime("%Y-%m-01")
+    month = month_start(datetime.now(UTC))
     fractions = [k / args.shards for k in range(1, args.shards)]
     conn = psycopg2.connect(settings.database_url)
     with conn, conn.cursor() as cur:
@@ -266,7 +267,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         shards.append({"id": shard_id, "address": address, "min_score": start, "max_score": end})
     suggestion = shard_map_from_dict({"epoch": current.epoch, "shards": shards})
     text = dump_shard_map(suggestion)
-    header = f"# suggested for {players} players in {month[:7]}: about {players // args.shards} per shard\n"
+    header = f"# suggested for {players} players in {month_label(month)}: about {players // args.shards} per shard\n"
     if len(bounds) > len(existing):
         header += "# new shards got placeholder addresses: point them at real servers before `apply`\n"
     if args.write:
@@ -353,7 +354,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         # shards would miss the keys on a shard the file no longer (or not yet) lists.
         shard_map, _ = _layout(settings)
         dropped = drop_redis_keys(settings.database_url, shard_map, now, timedelta(0))
-        print("dropped Redis keys of: " + (", ".join(m.strftime("%Y-%m") for m in dropped) or "nothing"))
+        print("dropped Redis keys of: " + (", ".join(month_label(m) for m in dropped) or "nothing"))
     return 0
 
 

@@ -27,6 +27,7 @@ import psycopg2
 import redis
 
 from router.background.seasons import unarchived_months
+from router.periods import month_label
 from router.shardmap import MAX_SCORE, ShardMap
 from router.shards.keys import SHARD_MARKER_KEY
 from router.shards.protocol import player_state
@@ -364,7 +365,7 @@ class Rebalancer:
             rows = cur.fetchall()
         if not rows:
             return 0
-        label = month.strftime("%Y-%m")
+        label = month_label(month)
         states = [player_state(user_id, version, score, seq) for user_id, score, version, seq, *_ in rows]
         dest, source = rows[0][4], rows[0][5]
         # Add before remove, exactly as the routers do; if we die in between, the

@@ -17,6 +17,7 @@ from datetime import date
 import psycopg2
 import redis
 
+from router.periods import month_label
 from router.shardmap import ShardMap
 from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
 from router.shards.state import decode, encode
@@ -153,7 +154,7 @@ def verify_month(
     dsn: str, shard_map: ShardMap, month: date, recheck_after_s: float = 3.0, moving: bool = False
 ) -> VerifyReport:
     """Check one month; `shard_map` is the layout in force, `moving` whether a rebalance is mid-move."""
-    label = month.strftime("%Y-%m")
+    label = month_label(month)
     clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
     try:
         pg = _pg_rows(dsn, month)
