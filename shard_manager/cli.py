@@ -10,6 +10,7 @@ from pathlib import Path
 
 from router.periods import month_label, month_start, parse_month
 from router.shardmap import ShardMapError, load_shard_map
+from router.shards.connect import sync_client
 
 
 def _settings():
@@ -186,7 +187,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     memory: dict[str, int | None] = {}
     healing: dict[str, str] = {}
     for shard in shard_map.shards:
-        client = redis.Redis.from_url(shard.address, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+        client = sync_client(shard.address, timeout_s=2, decode_responses=True)
         try:
             counts[shard.id] = client.zcard(zset_key(month))
             info = client.info("server") | client.info("memory")

@@ -29,6 +29,7 @@ import redis
 from router.background.seasons import unarchived_months
 from router.periods import month_label
 from router.shardmap import MAX_SCORE, ShardMap
+from router.shards.connect import sync_client
 from router.shards.keys import SHARD_MARKER_KEY
 from router.shards.protocol import player_state
 from router.shards.sync_client import SyncShard
@@ -183,7 +184,7 @@ def _mark_checked(shard_id: str, address: str) -> None:
     it gets self-healing's marker now (router/background/self_healing.py). Without it, a router that
     looked only once the first players had moved in would take it for a shard that lost
     its data, and refuse its reads until it had refilled it."""
-    client = redis.Redis.from_url(address, socket_timeout=10, decode_responses=True)
+    client = sync_client(address, timeout_s=10, decode_responses=True)
     try:
         if not client.exists(SHARD_MARKER_KEY):
             client.hset(SHARD_MARKER_KEY, mapping={"run_id": client.info("server")["run_id"], "shard": shard_id})
@@ -206,7 +207,7 @@ def players_in_range(conn, months: list[date], lo: int, hi: int) -> dict[date, i
 def unreachable(shards: list[tuple[str, str]]) -> list[str]:
     problems = []
     for shard_id, address in shards:
-        client = redis.Redis.from_url(address, socket_timeout=2, socket_connect_timeout=2)
+        client = sync_client(address, timeout_s=2)
         try:
             client.ping()
         except redis.RedisError as exc:

@@ -23,6 +23,7 @@ import redis
 
 from router.periods import month_label
 from router.shardmap import ShardMap
+from router.shards.connect import sync_client
 from router.shards.keys import (
     LEGACY_STATE_PATTERN,
     generation_key,
@@ -73,7 +74,7 @@ def rebuild_month(
 ) -> RebuildReport:
     started = time.perf_counter()
     label = month_label(month)
-    clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
+    clients = {s.id: sync_client(s.address, timeout_s=60) for s in shard_map.shards}
     side_z = zset_key(label) + SIDE
     live_states = state_keys(label)
     side_states = [key + SIDE for key in live_states]
@@ -155,7 +156,7 @@ def months_in_old_layout(shard_map: ShardMap) -> list[date]:
     state buckets). Routers refuse to start on them; a rebuild converts them."""
     months: set[date] = set()
     for shard in shard_map.shards:
-        client = redis.Redis.from_url(shard.address, socket_timeout=10, decode_responses=True)
+        client = sync_client(shard.address, timeout_s=10, decode_responses=True)
         try:
             for key in client.scan_iter(match=LEGACY_STATE_PATTERN, count=1000):
                 months.add(date.fromisoformat(month_of_legacy_key(key) + "-01"))

@@ -19,6 +19,7 @@ import redis
 
 from router.periods import month_label
 from router.shardmap import ShardMap
+from router.shards.connect import sync_client
 from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
 from router.shards.state import decode, encode
 
@@ -155,7 +156,7 @@ def verify_month(
 ) -> VerifyReport:
     """Check one month; `shard_map` is the layout in force, `moving` whether a rebalance is mid-move."""
     label = month_label(month)
-    clients = {s.id: redis.Redis.from_url(s.address, socket_timeout=60) for s in shard_map.shards}
+    clients = {s.id: sync_client(s.address, timeout_s=60) for s in shard_map.shards}
     try:
         pg = _pg_rows(dsn, month)
         contents = {sid: _shard_contents(c, label, None) for sid, c in clients.items()}

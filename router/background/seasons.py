@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import psycopg2
-import redis
 
 from router.periods import month_label, month_start, previous_month
 from router.shardmap import ShardMap
+from router.shards.connect import sync_client
 from router.shards.keys import generation_key, legacy_state_key, state_keys, zset_key
 
 GRACE = timedelta(minutes=10)
@@ -109,7 +109,7 @@ def drop_redis_keys(dsn: str, shard_map: ShardMap, now: datetime, retention: tim
             label = month_label(month)
             keys = [zset_key(label), generation_key(label), legacy_state_key(label), *state_keys(label)]
             for shard in shard_map.shards:
-                client = redis.Redis.from_url(shard.address, socket_timeout=10)
+                client = sync_client(shard.address, timeout_s=10)
                 try:
                     for start in range(0, len(keys), 1000):
                         client.unlink(*keys[start : start + 1000])

@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,6 +30,7 @@ from router.aio.circuit_breaker import CircuitBreaker
 from router.aio.coalesce import Coalescer
 from router.errors import RateLimited
 from router.metrics import RATE_LIMITED
+from router.shards.connect import async_client
 from router.shards.keys import user_bucket
 from router.shards.redis_packing import packed_by_hiredis
 
@@ -114,7 +114,7 @@ class RateLimiter:
         self.player_per_hour = player_per_hour
         self.deadline_s = deadline_s
         self._client = packed_by_hiredis(
-            aioredis.Redis.from_url(url, socket_timeout=deadline_s * 2, socket_connect_timeout=deadline_s * 2)
+            async_client(url, socket_timeout=deadline_s * 2, socket_connect_timeout=deadline_s * 2)
         )
         self._breaker = CircuitBreaker("rate_limits", self._probe)
         self._count = self._client.register_script(_COUNT)

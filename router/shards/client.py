@@ -30,6 +30,7 @@ from router.errors import ShardUnavailable
 from router.metrics import SHARD_ERRORS, SHARD_OPS
 from router.shardmap import ShardMap
 from router.shards import protocol
+from router.shards.connect import async_client
 from router.shards.keys import (
     LEGACY_STATE_PATTERN,
     REPAIR_LEASE_KEY,
@@ -126,7 +127,7 @@ class ShardClients:
             if shard.id in self._clients:
                 self._retired[f"{shard.id}@{self._addresses[shard.id]}"] = self._clients[shard.id]
             client = packed_by_hiredis(
-                aioredis.Redis.from_url(
+                async_client(
                     shard.address,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=socket_timeout,

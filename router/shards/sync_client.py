@@ -6,16 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis
-
 from router.shards import protocol
+from router.shards.connect import sync_client
 from router.shards.protocol import ApplyResult, PlayerState
 from router.shards.scripts import APPLY_LUA
 
 
 class SyncShard:
     def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
-        self.client = redis.Redis.from_url(address, socket_timeout=timeout_s, decode_responses=True)
+        self.client = sync_client(address, timeout_s=timeout_s, decode_responses=True)
         self._apply = self.client.register_script(APPLY_LUA)
 
     def apply(self, month: str, states: Sequence[tuple[PlayerState, bool]]) -> tuple[list[ApplyResult], int]:
