@@ -49,6 +49,40 @@ class ScoreRange:
         return f"[{self.start}, {'inf' if self.end is None else self.end})"
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelService:
+    """A shard served by a Sentinel-managed primary: where the sentinels listen, and the
+    name they monitor it under. Written `redis+sentinel://host:port[,host:port...]/name[/db]`."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+
+
+def sentinel_service(address: str) -> SentinelService | None:
+    """The Sentinel form of a shard address, or None for a plain redis:// one. Raises
+    ValueError for a redis+sentinel:// address without sentinels or service name."""
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme != SENTINEL_SCHEME:
+        return None
+    hosts, _, path = rest.partition("/")
+    parts = [part for part in path.split("/") if part]
+    if not hosts or not parts or len(parts) > 2:
+        raise ValueError("expected redis+sentinel://host:port[,host:port...]/service-name[/db]")
+    sentinels = []
+    for item in hosts.split(","):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad sentinel {item!r}: expected host:port")
+        sentinels.append((host, int(port)))
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"bad database number {parts[1]!r}")
+    return SentinelService(tuple(sentinels), parts[0], int(parts[1]) if len(parts) == 2 else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Shard:
     id: str
@@ -56,11 +90,21 @@ class Shard:
     range: ScoreRange
 
     @property
+    def sentinel(self) -> SentinelService | None:
+        return sentinel_service(self.address)
+
+    @property
     def host(self) -> str:
+        """The server's host; for a Sentinel-managed shard, its first sentinel's."""
+        if (service := self.sentinel) is not None:
+            return service.sentinels[0][0]
         return urlparse(self.address).hostname or "127.0.0.1"
 
     @property
     def port(self) -> int:
+        """The server's port; for a Sentinel-managed shard, its first sentinel's."""
+        if (service := self.sentinel) is not None:
+            return service.sentinels[0][1]
         return urlparse(self.address).port or 6379
 
 
@@ -183,9 +227,16 @@ def _parse_address(raw: Mapping[str, Any], key: str) -> str:
     address = raw.get("address")
     if not isinstance(address, str) or not address.strip():
         raise ShardMapError(f"{key}.address", "is required (e.g. redis://127.0.0.1:6391/0)")
+    try:
+        if sentinel_service(address) is not None:
+            return address
+    except ValueError as exc:
+        raise ShardMapError(f"{key}.address", f"{exc}, got {address!r}") from exc
     parsed = urlparse(address)
     if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
-        raise ShardMapError(f"{key}.address", f"must be a redis:// URL with a host, got {address!r}")
+        raise ShardMapError(
+            f"{key}.address", f"must be a redis:// URL with a host or a {SENTINEL_SCHEME}:// one, got {address!r}"
+        )
     try:
         parsed.port  # noqa: B018 - urlparse validates the port lazily
     except ValueError as exc:

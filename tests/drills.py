@@ -14,12 +14,30 @@ import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import httpx
 
 from tests.cluster import GAME_TOKEN
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
+READ_DEADLINE_S = 0.25
+WRITE_DEADLINE_S = 0.5
+PG_DEADLINE_S = 2.0
+# A reply may take its deadline plus the router's own work, on a busy 2-core machine.
+SLACK_S = 1.0
+ROUTER_ENV = {
+    "LB_SHARD_READ_DEADLINE_S": str(READ_DEADLINE_S),
+    "LB_SHARD_WRITE_DEADLINE_S": str(WRITE_DEADLINE_S),
+    "LB_PG_DEADLINE_S": str(PG_DEADLINE_S),
+    "LB_HEAL_CHECK_S": "0.5",
+}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 # One score per shard of tests.cluster.BOUNDS, far from its boundaries.
 HOMES = (10, 300, 5000)
 

@@ -45,6 +45,11 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
     for sid, repair in svc.healer.readiness().items():
         if checks.get(f"shard:{sid}") == "ok":
             checks[f"shard:{sid}"] = f"ok; {repair}"
+    lost = await asyncio.gather(*(svc.shards.sentinels_lost_for_s(sid) for sid in svc.shard_map.ids))
+    for sid, lost_for in zip(svc.shard_map.ids, lost, strict=True):
+        if lost_for is not None and checks.get(f"shard:{sid}", "").startswith("ok"):
+            # Still served, but a failover now would go unnoticed until a sentinel answers.
+            checks[f"shard:{sid}"] = f"ok; no sentinel answers for {lost_for:.0f} s: using the last known primary"
     for sid, why in svc.shards.unready.items():
         checks[f"shard:{sid}"] = f"reads refused: {why}"
     ready = all(v.startswith("ok") for v in checks.values())

@@ -13,6 +13,7 @@ this turns three round trips per read into three per batch of reads.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from router.errors import ShardUnavailable
 from router.metrics import SHARD_ERRORS, SHARD_OPS
 from router.shardmap import ShardMap
 from router.shards import protocol
-from router.shards.connect import async_client
+from router.shards.connect import async_client, sentinels_unreachable
 from router.shards.keys import (
     LEGACY_STATE_PATTERN,
     REPAIR_LEASE_KEY,
@@ -104,6 +105,7 @@ class ShardClients:
         self._addresses: dict[str, str] = {}
         self._retired: dict[str, aioredis.Redis] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._sentinels_lost_since: dict[str, float] = {}
         # Shards whose reads are refused, and why: one found without its data is being
         # refilled from PostgreSQL (router.background.self_healing), and until then its counts
         # would make every rank below it wrong. Applies still go to it.
@@ -280,6 +282,17 @@ class ShardClients:
 
         # A scan of the whole keyspace, once at start: not a request's read.
         return await self._call(shard_id, run, deadline_s=max(10.0, self.write_deadline_s))
+
+    async def sentinels_lost_for_s(self, shard_id: str) -> float | None:
+        """For a Sentinel-managed shard none of whose sentinels answers now: how long
+        that has lasted (it is reached at its last known primary meanwhile,
+        router.shards.connect). None for a plain shard, or while one answers."""
+        client = self._clients.get(shard_id)
+        if client is None or not await sentinels_unreachable(client):
+            self._sentinels_lost_since.pop(shard_id, None)
+            return None
+        since = self._sentinels_lost_since.setdefault(shard_id, time.monotonic())
+        return time.monotonic() - since
 
     async def ping(self, shard_id: str) -> None:
         await self._call(shard_id, lambda c: c.ping(), "ping", reads=False)

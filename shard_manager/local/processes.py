@@ -61,6 +61,8 @@ class RedisServer:
     port: int
     data_dir: Path
     appendonly: bool = True
+    replica_of: int | None = None
+    """The port of the primary (on 127.0.0.1) this server replicates, if any."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -92,6 +94,8 @@ class RedisServer:
             "--appendfsync",
             "everysec",
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         # Our stdio is never handed to the server: a pipe left open would keep a
         # caller that reads our output waiting forever.
         self.proc = subprocess.Popen(
@@ -113,6 +117,79 @@ class RedisServer:
                     pass
                 if time.monotonic() > deadline:
                     raise ServerStartError(f"redis-server on port {self.port} not ready in {timeout}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        _stop_process(self.proc, signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        _stop_process(self.proc, signal.SIGKILL, 5)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class SentinelServer:
+    """redis-server in sentinel mode, watching primaries on 127.0.0.1 by service name.
+
+    Sentinel rewrites its config file as it learns (replicas, other sentinels, the
+    current primary), so the file lives in its data dir and is written only once."""
+
+    binary: Path
+    port: int
+    data_dir: Path
+    monitors: dict[str, int]  # service name -> the primary's port when first started
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "sentinel.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "sentinel.log"
+
+    def _write_config(self) -> None:
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.data_dir}", f"logfile {self.log_path}"]
+        for name, primary_port in self.monitors.items():
+            lines += [
+                f"sentinel monitor {name} 127.0.0.1 {primary_port} {self.quorum}",
+                f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+                f"sentinel parallel-syncs {name} 1",
+            ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self._write_config()
+        self.proc = subprocess.Popen(
+            [str(self.binary), str(self.config_path), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServerStartError(f"sentinel on port {self.port} exited:\n" + _tail(self.log_path))
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerStartError(f"sentinel on port {self.port} not ready in {timeout}s")
                 time.sleep(0.05)
         finally:
             client.close()

@@ -17,7 +17,6 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -27,20 +26,8 @@ from router.periods import month_start
 from router.shards.keys import SHARD_MARKER_KEY
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster, running_cluster
-from tests.drills import DrillLoad
+from tests.drills import PG_DEADLINE_S, READ_DEADLINE_S, ROUTER_ENV, SLACK_S, WRITE_DEADLINE_S, DrillLoad, now
 from tests.invariants import wait_outbox_empty
-
-READ_DEADLINE_S = 0.25
-WRITE_DEADLINE_S = 0.5
-PG_DEADLINE_S = 2.0
-# A reply may take its deadline plus the router's own work, on a busy 2-core machine.
-SLACK_S = 1.0
-ROUTER_ENV = {
-    "LB_SHARD_READ_DEADLINE_S": str(READ_DEADLINE_S),
-    "LB_SHARD_WRITE_DEADLINE_S": str(WRITE_DEADLINE_S),
-    "LB_PG_DEADLINE_S": str(PG_DEADLINE_S),
-    "LB_HEAL_CHECK_S": "0.5",
-}
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +94,6 @@ def assert_settled_and_exact(cluster: Cluster, load: DrillLoad, timeout: float =
             break
         time.sleep(0.5)
     assert report.ok, report
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def wait_checked(cluster: Cluster, index: int, timeout: float = 30) -> None:
