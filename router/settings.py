@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(2, ge=1, le=64, description="Router processes started by the launcher")
+    replicas: int = Field(
+        0,
+        ge=0,
+        le=2,
+        description="Replicas per shard the local cluster starts, with three sentinels that fail a dead primary "
+        "over; 0: one redis-server per shard",
+    )
 
     env: Literal["dev", "production"] = Field(
         "production", description="dev allows weak or missing tokens; production refuses to start with them"

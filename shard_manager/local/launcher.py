@@ -25,15 +25,23 @@ from urllib.parse import urlparse
 
 from router.metrics import SUPERVISOR_STATE_ENV
 from router.settings import Settings
-from router.shardmap import ShardMap, load_shard_map
+from router.shardmap import ShardMap, dump_shard_map, load_shard_map, shard_map_from_dict
 from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
-from shard_manager.local.processes import PostgresServer, RedisServer
+from shard_manager.local.processes import PostgresServer, RedisServer, SentinelServer
 from shard_manager.local.supervision import Supervisor
 from shard_manager.rebuild import months_in_old_layout, rebuild_month
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# With LB_REPLICAS: replica k of a shard listens on its port + k * REPLICA_PORT_STEP; the
+# three sentinels on the lowest shard port + SENTINEL_PORT_OFFSET and the two after it.
+REPLICA_PORT_STEP = 1000
+SENTINEL_PORT_OFFSET = 20000
+
+
+def sentinel_service_name(shard_id: str) -> str:
+    return f"lb-{shard_id}"
 
 
 class LaunchError(RuntimeError):
@@ -88,12 +96,32 @@ class LocalCluster:
         self.settings = settings
         self.router_output = router_output
         self.shard_map = shard_map or load_shard_map(settings.shards_file)
+        # With replicas, each shard is served as a Sentinel-managed primary: the map the
+        # routers get names the sentinels, and the file's ports are the first primaries'.
+        self.replica_ports = {
+            shard.id: [shard.port + REPLICA_PORT_STEP * (k + 1) for k in range(settings.replicas)]
+            for shard in self.shard_map.shards
+        }
+        first_port = min(shard.port for shard in self.shard_map.shards)
+        self.sentinel_ports = [first_port + SENTINEL_PORT_OFFSET + i for i in range(3)] if settings.replicas else []
+        self.served_map = self._served_map()
         self.data_dir = settings.data_dir.resolve()
         self.redis: list[RedisServer] = []
+        self.replicas: list[tuple[str, RedisServer]] = []
+        self.sentinels: list[SentinelServer] = []
         self.postgres: PostgresServer | None = None
         self.router: subprocess.Popen | None = None
         self.game_token = ""
         self.admin_token = ""
+
+    def _served_map(self) -> ShardMap:
+        if not self.sentinel_ports:
+            return self.shard_map
+        sentinels = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        shards = self.shard_map.to_dict()["shards"]
+        for shard in shards:
+            shard["address"] = f"redis+sentinel://{sentinels}/{sentinel_service_name(shard['id'])}"
+        return shard_map_from_dict({"epoch": self.shard_map.epoch, "shards": shards})
 
     @property
     def base_url(self) -> str:
@@ -112,7 +140,12 @@ class LocalCluster:
             raise LaunchError(f"LB_DATABASE_URL points at {db.hostname}; the local launcher runs it on 127.0.0.1")
         pg_port = db.port or 5432
         busy = [
-            p for p in [s.port for s in self.shard_map.shards] + [pg_port, self.settings.http_port] if not _port_free(p)
+            p
+            for p in [s.port for s in self.shard_map.shards]
+            + [port for ports in self.replica_ports.values() for port in ports]
+            + self.sentinel_ports
+            + [pg_port, self.settings.http_port]
+            if not _port_free(p)
         ]
         if busy:
             raise LaunchError(
@@ -132,14 +165,30 @@ class LocalCluster:
                 server.start()
                 self.redis.append(server)
                 print(f"  redis-server  {shard.id:<4} {shard.address}  range {shard.range}", flush=True)
+                for k, port in enumerate(self.replica_ports[shard.id]):
+                    replica = RedisServer(
+                        redis_binary,
+                        port,
+                        self.data_dir / "redis" / f"{shard.id}-replica{k + 1}",
+                        replica_of=shard.port,
+                    )
+                    replica.start()
+                    self.replicas.append((shard.id, replica))
+                    print(f"  replica       {shard.id:<4} redis://127.0.0.1:{port}/0  of {shard.address}", flush=True)
+            monitors = {sentinel_service_name(shard.id): shard.port for shard in self.shard_map.shards}
+            for i, port in enumerate(self.sentinel_ports):
+                sentinel = SentinelServer(redis_binary, port, self.data_dir / "sentinel" / str(i), monitors)
+                sentinel.start()
+                self.sentinels.append(sentinel)
+                print(f"  sentinel      127.0.0.1:{port}  watching {', '.join(monitors)}", flush=True)
             self.postgres = PostgresServer(pg_binaries, pg_port, self.data_dir / "postgres")
             self.postgres.start()
             print(f"  postgres      {self.settings.database_url}", flush=True)
             applied = migrate(self.settings.database_url)
             if applied:
                 print(f"  migrations    applied {', '.join(applied)}", flush=True)
-            layout = ensure_layout(self.settings.database_url, self.shard_map)
-            if not layout.shard_map.same_layout(self.shard_map):
+            layout = ensure_layout(self.settings.database_url, self.served_map)
+            if not layout.shard_map.same_layout(self.served_map):
                 print(
                     f"  note          the layout in force (epoch {layout.epoch}) differs from "
                     f"{self.settings.shards_file}; `shard-manager plan` shows what `apply` would change",
@@ -174,7 +223,7 @@ class LocalCluster:
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "LB_GAME_TOKENS": self.game_token,
             "LB_ADMIN_TOKEN": self.admin_token,
-            "LB_SHARDS_FILE": str(self.settings.shards_file.resolve()),
+            "LB_SHARDS_FILE": str(self._served_map_file()),
             "LB_DATABASE_URL": self.settings.database_url,
         }
         output = open(self.router_output, "ab") if self.router_output else None  # noqa: SIM115 - closed below
@@ -206,6 +255,15 @@ class LocalCluster:
         if output is not None:
             output.close()  # the router holds its own descriptor
 
+    def _served_map_file(self) -> Path:
+        """The shard map the routers get: the file itself, or, with replicas, its
+        Sentinel form (routers fall back on it only while PostgreSQL cannot be read)."""
+        if self.served_map is self.shard_map:
+            return self.settings.shards_file.resolve()
+        path = self.data_dir / "shards.served.yaml"
+        path.write_text(dump_shard_map(self.served_map))
+        return path
+
     def _restart_router(self) -> None:
         if self.router is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -220,6 +278,10 @@ class LocalCluster:
         )
         for shard, server in zip(self.shard_map.shards, self.redis, strict=True):
             supervisor.watch(f"redis {shard.id}", server.start, _exit_code_of(server))
+        for shard_id, replica in self.replicas:
+            supervisor.watch(f"replica {shard_id}:{replica.port}", replica.start, _exit_code_of(replica))
+        for sentinel in self.sentinels:
+            supervisor.watch(f"sentinel {sentinel.port}", sentinel.start, _exit_code_of(sentinel))
         if self.postgres is not None:
             supervisor.watch("postgres", self.postgres.start, _exit_code_of(self.postgres))
         supervisor.watch(
@@ -242,6 +304,10 @@ class LocalCluster:
         if self.router is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.router.pid, signal.SIGKILL)  # workers whose main process died
+        for sentinel in self.sentinels:
+            sentinel.stop()  # first, so that no failover starts while the servers stop
+        for _, replica in self.replicas:
+            replica.stop()
         for server in self.redis:
             server.stop()
         if self.postgres is not None:
@@ -252,8 +318,9 @@ class LocalCluster:
         return "\n".join(
             [
                 "",
-                f"Leaderboard cluster is up: {len(self.shard_map.shards)} shards, PostgreSQL, "
-                f"router with {self.settings.workers} worker(s)",
+                f"Leaderboard cluster is up: {len(self.shard_map.shards)} shards"
+                + (f" ({self.settings.replicas} replica(s) each, 3 sentinels)" if self.sentinels else "")
+                + f", PostgreSQL, router with {self.settings.workers} worker(s)",
                 f"  API docs   {self.base_url}/docs",
                 f"  readiness  {self.base_url}/readyz",
                 f"  game token {first_token}",
@@ -298,7 +365,7 @@ def run_foreground(settings: Settings) -> int:
     return 0
 
 
-def _exit_code_of(server: RedisServer | PostgresServer):
+def _exit_code_of(server: RedisServer | SentinelServer | PostgresServer):
     def exit_code() -> int | None:
         if server.proc is None:
             return -1

@@ -187,3 +187,72 @@ def test_up_refuses_ports_another_cluster_answers_on(tmp_path):
     assert started.returncode == 1, started.stdout
     assert f"port(s) {other.server_address[1]} already in use" in started.stderr
     assert "is up" not in started.stdout
+
+
+def test_up_with_replicas_serves_each_shard_through_sentinels_and_fails_over(tmp_path):
+    data_dir = tmp_path / "data"
+    ports = [free_port() for _ in range(3)]
+    shards_file = tmp_path / "shards.yaml"
+    shards_file.write_text(
+        "epoch: 1\nshards:\n"
+        f"  - {{id: s0, address: 'redis://127.0.0.1:{ports[0]}/0', min_score: 0, max_score: 100}}\n"
+        f"  - {{id: s1, address: 'redis://127.0.0.1:{ports[1]}/0', min_score: 100, max_score: 1000}}\n"
+        f"  - {{id: s2, address: 'redis://127.0.0.1:{ports[2]}/0', min_score: 1000, max_score: null}}\n"
+    )
+    pg_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "LB_DATA_DIR": str(data_dir),
+        "LB_SHARDS_FILE": str(shards_file),
+        "LB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/leaderboard",
+        "LB_HTTP_PORT": str(http_port),
+        "LB_WORKERS": "1",
+        "LB_REPLICAS": "1",
+    }
+    env.pop("LB_GAME_TOKENS", None)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        started = _manager("up", env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        log = (data_dir / "logs" / "cluster.log").read_text()
+        assert "1 replica(s) each, 3 sentinels" in log
+        token = (data_dir / "game_token").read_text().strip()
+        auth = {"X-Game-Service-Token": token}
+        body = {"user_id": "alice", "match_id": "m1", "score": 150}
+        assert httpx.post(base + "/v1/scores", headers=auth, json=body).status_code == 200
+        layout = httpx.get(
+            base + "/v1/admin/shards", headers={"X-Admin-Token": (data_dir / "admin_token").read_text().strip()}
+        )
+        assert all(s["address"].startswith("redis+sentinel://") for s in layout.json()["shards"])
+
+        # s1's primary hangs (a killed one would be restarted by the supervisor before
+        # the sentinels gave up on it): they promote its replica, and the router follows.
+        launcher_pid = int((data_dir / "cluster.pid").read_text())
+        (frozen,) = [
+            pid
+            for pid in _session_members(launcher_pid)
+            if "redis-server" in _command_line(pid) and f"127.0.0.1:{ports[1]}" in _command_line(pid)
+        ]
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            promoted = redis.Redis(port=ports[1] + 1000, decode_responses=True)
+            while promoted.info("replication")["role"] != "master" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert promoted.info("replication")["role"] == "master"
+            promoted.close()
+            reply = None
+            while time.monotonic() < deadline:
+                reply = httpx.post(base + "/v1/scores", headers=auth, json={**body, "match_id": "m2"})
+                if reply.status_code == 200:
+                    break
+                time.sleep(0.3)
+            assert reply is not None and reply.status_code == 200, reply and reply.text
+            assert httpx.get(base + "/v1/scores/alice").json()["score"] == 300
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        status = _manager("status", env)
+        assert "sentinel" in status.stdout and status.returncode == 0, status.stdout + status.stderr
+    finally:
+        _manager("down", env)
+    assert all(_port_free(p) for p in [*ports, pg_port, http_port])
