@@ -23,6 +23,7 @@ from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
 from shard_manager.local.processes import PostgresServer, RedisServer, SentinelServer, free_port
+from shard_manager.rebalance import Progress, Rebalancer
 from shard_manager.verify import verify_month
 from tests.cluster import Cluster
 from tests.drills import ROUTER_ENV, DrillLoad, now
@@ -161,3 +162,66 @@ def test_a_killed_primary_is_replaced_without_an_operator_and_nothing_acknowledg
         for sentinel in ha.sentinels:
             if not sentinel.running:
                 sentinel.start()
+
+
+def _current_primary(ha: HaCluster) -> RedisServer:
+    client = redis.Redis(port=ha.sentinels[0].port, socket_timeout=1, decode_responses=True)
+    try:
+        _, port = client.sentinel_get_master_addr_by_name(SERVICE)
+    finally:
+        client.close()
+    (server,) = [s for s in (ha.primary, ha.replica) if s.port == int(port)]
+    return server
+
+
+def test_a_failover_in_the_middle_of_a_re_split_is_ridden_out(ha: HaCluster):
+    cluster = ha.cluster
+    for sentinel in ha.sentinels:
+        if not sentinel.running:
+            sentinel.start()
+    _wait(lambda: _replicas_known(ha.sentinels[0]) >= 1, 30, "the sentinels to know a replica again")
+    router = cluster.router(extra_env=ROUTER_ENV)
+    try:
+        # 1,500 players in [500, 1000), on s1: moving the s1/s2 boundary down to 500
+        # carries them all onto the Sentinel-managed s2.
+        events = [{"user_id": f"m{i:04d}", "match_id": "seed", "score": 500 + i % 500} for i in range(1500)]
+        with httpx.Client(base_url=router.url, timeout=60) as client:
+            for start in range(0, len(events), 500):
+                reply = client.post(
+                    "/v1/scores/batch",
+                    json={"events": events[start : start + 500]},
+                    headers={"X-Game-Service-Token": "test-game-token"},
+                )
+                assert reply.status_code == 200, reply.text
+        target = shard_map_from_dict(
+            {
+                "epoch": 2,
+                "shards": [
+                    {"id": "s0", "address": cluster.shard_map.shards[0].address, "min_score": 0, "max_score": 100},
+                    {"id": "s1", "address": cluster.shard_map.shards[1].address, "min_score": 100, "max_score": 500},
+                    {"id": "s2", "address": ha.address, "min_score": 500, "max_score": None},
+                ],
+            }
+        )
+        moved: list[int] = []
+        victim = _current_primary(ha)
+
+        def on_moved(_step, done: int, _total: int) -> None:
+            moved.append(done)
+            if len(moved) == 3:
+                victim.kill()  # a few chunks in
+
+        rebalancer = Rebalancer(cluster.dsn, step_players=50, settle_s=0.5)
+        try:
+            rebalancer.apply(target, Progress(on_moved=on_moved))
+        finally:
+            rebalancer.close()
+        assert not victim.running and max(moved) >= 1500
+        _wait(lambda: cluster.sql("SELECT count(*) FROM redis_outbox") == [(0,)], 30, "the outbox to drain")
+        month = month_start(now())
+        _wait(
+            lambda: verify_month(cluster.dsn, target, month, recheck_after_s=0).ok, 30, "verify clean on the new layout"
+        )
+        victim.start()
+    finally:
+        router.stop()
