@@ -130,6 +130,11 @@ class LocalCluster:
     def check_ports(self) -> int:
         """Refuse addresses off this machine and ports already taken; returns PostgreSQL's port."""
         for shard in self.shard_map.shards:
+            if shard.sentinel is not None:
+                raise LaunchError(
+                    f"shard {shard.id} is at {shard.address}; the local launcher starts the servers itself from "
+                    "plain redis:// addresses (LB_REPLICAS=1 adds replicas and sentinels to them)"
+                )
             if shard.host not in LOOPBACK:
                 raise LaunchError(
                     f"shard {shard.id} is at {shard.address}; the local launcher only starts "
