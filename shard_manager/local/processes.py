@@ -55,6 +55,26 @@ def _stop_process(proc: subprocess.Popen | None, sig: int, timeout: float) -> No
         proc.wait(timeout=10)
 
 
+def _wait_until_it_answers(proc: subprocess.Popen, what: str, port: int, log_path: Path, timeout: float) -> None:
+    """Until the redis-server (or sentinel) on `port` answers PING; raises if it exits first."""
+    deadline = time.monotonic() + timeout
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise ServerStartError(f"{what} on port {port} exited with {proc.returncode}:\n" + _tail(log_path))
+            try:
+                if client.ping():
+                    return
+            except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+                pass  # not listening yet, or still loading its AOF (LOADING)
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"{what} on port {port} not ready in {timeout}s")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 @dataclass
 class RedisServer:
     binary: Path
@@ -101,25 +121,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise ServerStartError(
-                        f"redis-server on port {self.port} exited with {self.proc.returncode}:\n" + _tail(self.log_path)
-                    )
-                try:
-                    if client.ping():
-                        # A server loading a large AOF answers PING with LOADING errors.
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServerStartError(f"redis-server on port {self.port} not ready in {timeout}s")
-                time.sleep(0.05)
-        finally:
-            client.close()
+        _wait_until_it_answers(self.proc, "redis-server", self.port, self.log_path, timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
         _stop_process(self.proc, signal.SIGTERM, timeout)
@@ -177,22 +179,7 @@ class SentinelServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise ServerStartError(f"sentinel on port {self.port} exited:\n" + _tail(self.log_path))
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServerStartError(f"sentinel on port {self.port} not ready in {timeout}s")
-                time.sleep(0.05)
-        finally:
-            client.close()
+        _wait_until_it_answers(self.proc, "sentinel", self.port, self.log_path, timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
         _stop_process(self.proc, signal.SIGTERM, timeout)

@@ -60,7 +60,8 @@ def _manager(command: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
-def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
+def _local_cluster(tmp_path: Path, **settings: str) -> tuple[Path, list[int], int, int, dict]:
+    """A data dir, a 3-shard map on free ports, and the environment `make up` reads."""
     data_dir = tmp_path / "data"
     ports = [free_port() for _ in range(3)]
     shards_file = tmp_path / "shards.yaml"
@@ -78,8 +79,14 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
         "LB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/leaderboard",
         "LB_HTTP_PORT": str(http_port),
         "LB_WORKERS": "1",
+        **settings,
     }
     env.pop("LB_GAME_TOKENS", None)
+    return data_dir, ports, pg_port, http_port, env
+
+
+def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
+    data_dir, ports, pg_port, http_port, env = _local_cluster(tmp_path)
     base = f"http://127.0.0.1:{http_port}"
     try:
         started = _manager("up", env)
@@ -190,26 +197,7 @@ def test_up_refuses_ports_another_cluster_answers_on(tmp_path):
 
 
 def test_up_with_replicas_serves_each_shard_through_sentinels_and_fails_over(tmp_path):
-    data_dir = tmp_path / "data"
-    ports = [free_port() for _ in range(3)]
-    shards_file = tmp_path / "shards.yaml"
-    shards_file.write_text(
-        "epoch: 1\nshards:\n"
-        f"  - {{id: s0, address: 'redis://127.0.0.1:{ports[0]}/0', min_score: 0, max_score: 100}}\n"
-        f"  - {{id: s1, address: 'redis://127.0.0.1:{ports[1]}/0', min_score: 100, max_score: 1000}}\n"
-        f"  - {{id: s2, address: 'redis://127.0.0.1:{ports[2]}/0', min_score: 1000, max_score: null}}\n"
-    )
-    pg_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "LB_DATA_DIR": str(data_dir),
-        "LB_SHARDS_FILE": str(shards_file),
-        "LB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/leaderboard",
-        "LB_HTTP_PORT": str(http_port),
-        "LB_WORKERS": "1",
-        "LB_REPLICAS": "1",
-    }
-    env.pop("LB_GAME_TOKENS", None)
+    data_dir, ports, pg_port, http_port, env = _local_cluster(tmp_path, LB_REPLICAS="1")
     base = f"http://127.0.0.1:{http_port}"
     try:
         started = _manager("up", env)
