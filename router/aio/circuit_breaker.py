@@ -78,6 +78,11 @@ class CircuitBreaker:
             if self._opened_at is not None:
                 self._close()
 
+    def abandon(self) -> None:
+        """Stop probing (the server left the layout or moved): no one will ask again."""
+        if self._prober is not None:
+            self._prober.cancel()
+
     async def close(self) -> None:
         if self._prober is not None:
             self._prober.cancel()

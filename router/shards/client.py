@@ -145,6 +145,8 @@ class ShardClients:
             )
             self._clients[shard.id] = client
             self._addresses[shard.id] = shard.address
+            if shard.id in self.breakers:
+                self.breakers[shard.id].abandon()  # its probe would go on asking the old address
             self.breakers[shard.id] = CircuitBreaker(
                 f"shard:{shard.id}",
                 self._prober(client),
