@@ -6,14 +6,13 @@ A plain `redis://` address is one server. A `redis+sentinel://` address
 connection asks the sentinels where the primary is now, so clients follow a failover
 by themselves (a connection to the old primary fails, or answers READONLY once it is
 a replica, and the next one goes to the new primary). When no sentinel answers,
-connections go on to the last primary they were told of, and the pool remembers
-since when (`sentinels_lost_since`); /readyz says so.
+connections go on to the last primary they were told of; /readyz says so
+(ShardClients.sentinels_lost_for_s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import redis
@@ -30,7 +29,6 @@ SENTINEL_TIMEOUT_S = 0.5
 
 class _AsyncFollowingPool(async_sentinel.SentinelConnectionPool):
     last_primary: tuple[str, int] | None = None
-    sentinels_lost_since: float | None = None
 
     async def get_master_address(self):
         try:
@@ -38,10 +36,8 @@ class _AsyncFollowingPool(async_sentinel.SentinelConnectionPool):
         except async_sentinel.MasterNotFoundError:
             if self.last_primary is None or not await _no_sentinel_answers(self.sentinel_manager):
                 raise  # the sentinels answer: the primary is down or being replaced
-            if self.sentinels_lost_since is None:
-                self.sentinels_lost_since = time.monotonic()
             return self.last_primary
-        self.last_primary, self.sentinels_lost_since = address, None
+        self.last_primary = address
         return address
 
 
@@ -52,7 +48,6 @@ async def _no_sentinel_answers(manager: async_sentinel.Sentinel) -> bool:
 
 class _SyncFollowingPool(sync_sentinel.SentinelConnectionPool):
     last_primary: tuple[str, int] | None = None
-    sentinels_lost_since: float | None = None
 
     def get_master_address(self):
         try:
@@ -60,10 +55,8 @@ class _SyncFollowingPool(sync_sentinel.SentinelConnectionPool):
         except sync_sentinel.MasterNotFoundError:
             if self.last_primary is None or any(_answers(s) for s in self.sentinel_manager.sentinels):
                 raise
-            if self.sentinels_lost_since is None:
-                self.sentinels_lost_since = time.monotonic()
             return self.last_primary
-        self.last_primary, self.sentinels_lost_since = address, None
+        self.last_primary = address
         return address
 
 

@@ -224,19 +224,19 @@ class Store:
     def close(self) -> None:
         self.pool.close()
 
-    async def _run(self, fn: Callable[..., T], *args: object, deadline_s: float | None = None) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self.breaker.is_open:
             raise StoreUnavailable(f"not answering for {self.breaker.open_for_s():.1f} s")
         try:
-            result = await self._run_unguarded(fn, *args, deadline_s=deadline_s)
+            result = await self._run_unguarded(fn, *args)
         except _DeadlinePassed:
             self.breaker.record_failure()
             raise
         self.breaker.record_success()
         return result
 
-    async def _run_unguarded(self, fn: Callable[..., T], *args: object, deadline_s: float | None = None) -> T:
-        deadline_s = self.deadline_s if deadline_s is None else deadline_s
+    async def _run_unguarded(self, fn: Callable[..., T], *args: object) -> T:
+        deadline_s = self.deadline_s
         call = _Call()
         future = asyncio.get_running_loop().run_in_executor(None, call.run, fn, args)
         try:

@@ -75,8 +75,24 @@ def _wait_until_it_answers(proc: subprocess.Popen, what: str, port: int, log_pat
         client.close()
 
 
+class _ServerProcess:
+    """Stopping, killing and watching a server process started as `self.proc`."""
+
+    proc: subprocess.Popen | None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        _stop_process(self.proc, signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        _stop_process(self.proc, signal.SIGKILL, 5)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 @dataclass
-class RedisServer:
+class RedisServer(_ServerProcess):
     binary: Path
     port: int
     data_dir: Path
@@ -123,19 +139,9 @@ class RedisServer:
         )
         _wait_until_it_answers(self.proc, "redis-server", self.port, self.log_path, timeout)
 
-    def stop(self, timeout: float = 15.0) -> None:
-        _stop_process(self.proc, signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        _stop_process(self.proc, signal.SIGKILL, 5)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
 
 @dataclass
-class SentinelServer:
+class SentinelServer(_ServerProcess):
     """redis-server in sentinel mode, watching primaries on 127.0.0.1 by service name.
 
     Sentinel rewrites its config file as it learns (replicas, other sentinels, the
@@ -181,16 +187,6 @@ class SentinelServer:
         )
         _wait_until_it_answers(self.proc, "sentinel", self.port, self.log_path, timeout)
 
-    def stop(self, timeout: float = 15.0) -> None:
-        _stop_process(self.proc, signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        _stop_process(self.proc, signal.SIGKILL, 5)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
 
 def unprivileged_pg_user() -> pwd.struct_passwd | None:
     """The account PostgreSQL runs as when we are root (None when we are not root)."""
@@ -220,7 +216,7 @@ def _make_reachable(path: Path) -> None:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     binaries: PostgresBinaries
     port: int
     data_dir: Path
@@ -349,10 +345,3 @@ class PostgresServer:
     def stop(self, timeout: float = 30.0) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
         _stop_process(self.proc, signal.SIGINT, timeout)
-
-    def kill(self) -> None:
-        _stop_process(self.proc, signal.SIGKILL, 5)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
