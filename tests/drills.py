@@ -127,6 +127,18 @@ class DrillLoad:
         count = sum(1 for shard, when in self.acks if shard in shards and start <= when < end)
         return count / (end - start)
 
+    def assert_kept_rate(
+        self, shards: set[int], before: tuple[float, float], during: tuple[float, float]
+    ) -> tuple[float, float]:
+        """These shards' players kept at least half their acknowledged-write rate through a
+        fault: `during` against `before` (each a (start, end) of moments). A load that
+        got nothing acknowledged before the fault fails here, instead of passing as
+        "half of zero"."""
+        rate_before, rate_during = self.rate(shards, *before), self.rate(shards, *during)
+        assert rate_before > 0, f"no write of shards {sorted(shards)} was acknowledged before the fault"
+        assert rate_during >= 0.5 * rate_before, (rate_before, rate_during)
+        return rate_before, rate_during
+
     def slowest(self, shards: set[int] | None = None) -> float:
         return max((r.seconds for r in self.replies if shards is None or r.shard in shards), default=0.0)
 

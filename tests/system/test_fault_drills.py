@@ -145,12 +145,10 @@ def test_a_frozen_shard_costs_only_its_own_players(drill):
 
     run(load, 10, freeze)
     start = min(r.sent for r in load.replies)
-    before = load.rate(HEALTHY, start + 0.5, start + 3)
-    during = load.rate(HEALTHY, start + 3.5, start + 7)
+    before, during = load.assert_kept_rate(HEALTHY, (start + 0.5, start + 3), (start + 3.5, start + 7))
     print(
         f"healthy shards' writes/s before the freeze {before:.0f}, during {during:.0f}; slowest {load.slowest():.2f} s"
     )
-    assert during >= 0.5 * before, (before, during)
     assert load.slowest() < WRITE_DEADLINE_S + SLACK_S
     assert not load.unanswered()
     assert any(r.shard == 2 and r.code == "shard_unavailable" for r in load.replies)
@@ -172,7 +170,7 @@ def test_a_killed_shard_is_written_again_once_restarted_and_checked(drill):
 
     run(load, 9, kill_and_restart)
     start = min(r.sent for r in load.replies)
-    assert load.rate({0}, start + 3.5, start + 5) >= 0.5 * load.rate({0}, start + 0.5, start + 3)
+    load.assert_kept_rate({0}, (start + 0.5, start + 3), (start + 3.5, start + 5))
     assert load.slowest() < WRITE_DEADLINE_S + SLACK_S
     assert not load.unanswered()
     wait_checked(cluster, 1)
