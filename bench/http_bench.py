@@ -51,6 +51,7 @@ import redis
 from bench import loadgen, wrk
 from bench.cpu_time import cpu_seconds, per_request_us
 from bench.population import add_players
+from router.periods import board_period
 from router.settings import Settings
 from router.shards.keys import state_keys, zset_key
 from router.store.layout import read_layout
@@ -87,18 +88,18 @@ def bench_cluster(workdir: Path, workers: int) -> LocalCluster:
     return LocalCluster(settings, router_output=workdir / "router.log")
 
 
-def board_memory(shard_clients: list[redis.Redis], month_label: str) -> tuple[int, int]:
-    """(bytes, players) of one month's board over all shards: sorted sets and state
+def board_memory(shard_clients: list[redis.Redis], board_period_key: str) -> tuple[int, int]:
+    """(bytes, players) of one board period over all shards: sorted sets and state
     hashes, tombstones included, counted exactly (MEMORY USAGE with SAMPLES 0, which
     counts each key's own overhead too)."""
-    keys = [zset_key(month_label), *state_keys(month_label)]
+    keys = [zset_key(board_period_key), *state_keys(board_period_key)]
     board_bytes = 0
     for client in shard_clients:
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.memory_usage(key, samples=0)
         board_bytes += sum(used or 0 for used in pipe.execute())
-    return board_bytes, sum(c.zcard(zset_key(month_label)) for c in shard_clients)
+    return board_bytes, sum(c.zcard(zset_key(board_period_key)) for c in shard_clients)
 
 
 def rank_requests(host: str, players: int, prefix: str) -> list[bytes]:
@@ -286,7 +287,7 @@ def _grow_board(cluster: LocalCluster, shard_clients: list[redis.Redis], month: 
     print(f"growing the board from {players:,} to {target:,} players for (5)", flush=True)
     add_players(dsn, 1, target - players, prefix="g")
     rebuild_month(dsn, read_layout(dsn).shard_map, month)
-    return sum(c.zcard(zset_key(month.strftime("%Y-%m"))) for c in shard_clients)
+    return sum(c.zcard(zset_key(board_period("global", "monthly", month))) for c in shard_clients)
 
 
 def _record_writes(into: dict[str, list[float]], health: loadgen.LoadResult, post: loadgen.LoadResult) -> None:
@@ -379,7 +380,7 @@ def main() -> int:
         month = datetime.now(UTC).date().replace(day=1)
         # The board itself, and everything the shards gained, which also counts the
         # per-player rate-limit counters on s0.
-        board_bytes, players = board_memory(shard_clients, month.strftime("%Y-%m"))
+        board_bytes, players = board_memory(shard_clients, board_period("global", "monthly", month))
         memory_per_player = board_bytes / players
         gained_per_player = (sum(c.info("memory")["used_memory"] for c in shard_clients) - baseline_memory) / players
         large_players = _grow_board(cluster, shard_clients, month, players, args.large)

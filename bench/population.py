@@ -6,13 +6,16 @@ from datetime import UTC, datetime
 
 import psycopg2
 
+from router.boards import LEGACY
+
 
 def add_players(dsn: str, first: int, last: int, prefix: str = "r") -> None:
-    """Players <prefix><first>..<prefix><last>, scores spread over [0, 2000), placed by
-    the layout in force, last changed an hour ago (so a rebuild's catch-up of recent
-    changes has nothing to do). Their tie-breaks come from score_seq, as a router's
-    do, so a board that routers have written to already gets no repeated ones."""
-    month = datetime.now(UTC).date().replace(day=1)
+    """Players <prefix><first>..<prefix><last> of the original board's current month,
+    scores spread over [0, 2000), placed by the layout in force, last changed an hour
+    ago (so a rebuild's catch-up of recent changes has nothing to do). Their tie-breaks
+    come from score_seq, as a router's do, so a board that routers have written to
+    already gets no repeated ones."""
+    key = LEGACY.board_periods(datetime.now(UTC))[0]
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         cur.execute("SET synchronous_commit = off")
@@ -23,12 +26,12 @@ def add_players(dsn: str, first: int, last: int, prefix: str = "r") -> None:
                        array_agg(s->>'id' ORDER BY o) AS ids
                   FROM shard_layout, jsonb_array_elements(shards) WITH ORDINALITY AS e(s, o)
             )
-            INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch, updated_at)
-            SELECT %(month)s, %(prefix)s || g, sc, 1, seq, lb_layout_shard(%(month)s, sc, seq, bounds, ids, NULL), 1,
+            INSERT INTO player_scores (board_period, user_id, score, version, seq, shard, epoch, updated_at)
+            SELECT %(key)s, %(prefix)s || g, sc, 1, seq, lb_layout_shard(%(key)s, sc, seq, bounds, ids, NULL), 1,
                    now() - interval '1 hour'
               FROM layout, generate_series(%(first)s, %(last)s) AS g,
                    LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc, nextval('score_seq') AS seq) s
             """,
-            {"month": month, "first": first, "last": last, "prefix": prefix},
+            {"key": key, "first": first, "last": last, "prefix": prefix},
         )
     conn.close()

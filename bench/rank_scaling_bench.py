@@ -27,6 +27,7 @@ import redis
 
 from bench.http_bench import bench_cluster, board_memory, rank_read_latency, rank_requests, rank_scaling_lines
 from bench.population import add_players
+from router.periods import board_period
 from router.store.layout import read_layout
 from shard_manager.rebuild import rebuild_month
 
@@ -46,7 +47,7 @@ def main() -> int:
         month = datetime.now(UTC).date().replace(day=1)
         port = cluster.settings.http_port
         shard_clients = [redis.Redis.from_url(shard.address) for shard in cluster.shard_map.shards]
-        label = month.strftime("%Y-%m")
+        label = board_period("global", "monthly", month)
         reads = rank_requests(f"127.0.0.1:{port}", args.small, "r")
         add_players(dsn, 0, args.small - 1)
         rebuild_month(dsn, read_layout(dsn).shard_map, month)

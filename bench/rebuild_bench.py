@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from router.periods import board_period
 from router.shardmap import shard_map_from_dict
 from router.shards.keys import zset_key
 from router.store.migrate import migrate
@@ -42,21 +43,21 @@ def _populate(dsn: str, month: date, players: int, per_player: int) -> None:
         # Events: score deltas 1..400, spread so totals cover all three ranges.
         cur.execute(
             """
-            INSERT INTO score_events (user_id, match_id, month, mode, value, occurred_at, score_after)
-            SELECT 'u' || (g %% %(players)s), 'm' || (g / %(players)s), %(month)s, 'incr',
-                   1 + (hashint4(g) & 2147483647) %% 400, now(), 0
+            INSERT INTO score_events (board, user_id, match_id, board_periods, mode, value, occurred_at, scores_after)
+            SELECT 'global', 'u' || (g %% %(players)s), 'm' || (g / %(players)s), ARRAY[%(key)s], 'incr',
+                   1 + (hashint4(g) & 2147483647) %% 400, now(), '{0}'
               FROM generate_series(0, %(players)s * %(per)s - 1) AS g
             """,
-            {"players": players, "per": per_player, "month": month},
+            {"players": players, "per": per_player, "key": board_period("global", "monthly", month)},
         )
         cur.execute(
             """
-            INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch, updated_at)
-            SELECT %(month)s, user_id, sum(value), count(*), row_number() OVER (ORDER BY user_id), '', 1,
+            INSERT INTO player_scores (board_period, user_id, score, version, seq, shard, epoch, updated_at)
+            SELECT %(key)s, user_id, sum(value), count(*), row_number() OVER (ORDER BY user_id), '', 1,
                    now() - interval '1 hour'
-              FROM score_events WHERE month = %(month)s GROUP BY user_id
+              FROM score_events WHERE board = 'global' GROUP BY user_id
             """,
-            {"month": month},
+            {"key": board_period("global", "monthly", month)},
         )
     conn.close()
 
@@ -107,7 +108,10 @@ def main() -> int:
         )
         conn = psycopg2.connect(postgres.dsn())
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT user_id, score FROM player_scores WHERE month = %s", (month,))
+            cur.execute(
+                "SELECT user_id, score FROM player_scores WHERE board_period = %s",
+                (board_period("global", "monthly", month),),
+            )
             pairs = cur.fetchall()
         conn.close()
         clients = [redis.Redis(host="127.0.0.1", port=s.port) for s in servers]
@@ -122,7 +126,7 @@ def main() -> int:
             for client in clients:
                 client.flushall()
             t = time.perf_counter()
-            _plain_bulk_load(clients, bounds, pairs, zset_key(month.strftime("%Y-%m")) + ":plain")
+            _plain_bulk_load(clients, bounds, pairs, zset_key(board_period("global", "monthly", month)) + ":plain")
             bulk_times.append(time.perf_counter() - t)
             print(
                 f"  round {round_no + 1}: rebuild {rebuild_times[-1]:.2f} s, plain bulk load {bulk_times[-1]:.2f} s",

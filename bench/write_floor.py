@@ -16,7 +16,7 @@ PostgreSQL, groups of --group events for distinct players, one transaction each:
   bare writes       only the event row (its primary key being the duplicate check)
                     and the player's row (score, version, a tie-break from
                     score_seq, updated_at), one statement, tables with the same
-                    indexes; no row read first (so the event's score_after is
+                    indexes; no row read first (so the event's scores_after is
                     left 0) and only a count sent back
   bare writes, primary keys only
                     the same on tables with no secondary index: what the rows
@@ -51,6 +51,7 @@ import redis
 
 from bench.cpu_time import threads_cpu_seconds
 from bench.population import add_players
+from router.boards import LEGACY
 from router.shardmap import shard_map_from_dict
 from router.shards.keys import member, script_keys, state_key, tie_prefix, zset_key
 from router.shards.scripts import APPLY_LUA
@@ -65,15 +66,15 @@ BUDGET_US = 2 * 1e6 / 30_000
 PREFIX = "f"
 
 APPLY_EVENTS = (
-    "SELECT count(*) FROM lb_apply_events(%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[],"
-    " %s::timestamptz[], %s::int[]) WHERE status = 'applied'"
+    "SELECT count(*) FROM lb_apply_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::timestamptz[], %s::int[], %s::int[], %s::text[]) WHERE status = 'applied'"
 )
 # Index probes per event, as lb_apply_events plans its own: left to itself the planner
 # joins a group of a thousand to the whole table by hashing it.
 BARE_WRITES = """
 WITH recorded AS (
-    INSERT INTO {events} (user_id, match_id, month, mode, value, occurred_at, score_after)
-    SELECT t.user_id, t.match_id, %(month)s, 'incr', t.value, now(), 0
+    INSERT INTO {events} (board, user_id, match_id, board_periods, mode, value, occurred_at, scores_after)
+    SELECT 'global', t.user_id, t.match_id, ARRAY[%(month)s], 'incr', t.value, now(), '{{0}}'
       FROM unnest(%(users)s::text[], %(matches)s::text[], %(values)s::bigint[]) AS t(user_id, match_id, value)
     ON CONFLICT DO NOTHING
     RETURNING user_id, value
@@ -81,7 +82,7 @@ WITH recorded AS (
     UPDATE {scores} s
        SET score = s.score + r.value, version = s.version + 1, seq = nextval('score_seq'), updated_at = now()
       FROM recorded r
-     WHERE s.month = %(month)s AND s.user_id = r.user_id
+     WHERE s.board_period = %(month)s AND s.user_id = r.user_id
     RETURNING s.user_id, s.score, s.version, s.seq, s.shard
 )
 SELECT count(*) FROM updated
@@ -118,9 +119,9 @@ def make_floor_tables(cur, month, *, secondary_indexes: bool, suffix: str) -> tu
     cur.execute(f"CREATE TABLE {events} (LIKE score_events {including})")
     cur.execute(f"CREATE TABLE {scores} (LIKE player_scores {including})")
     if not secondary_indexes:
-        cur.execute(f"ALTER TABLE {events} ADD PRIMARY KEY (user_id, match_id)")
-        cur.execute(f"ALTER TABLE {scores} ADD PRIMARY KEY (month, user_id)")
-    cur.execute(f"INSERT INTO {scores} SELECT * FROM player_scores WHERE month = %s", (month,))
+        cur.execute(f"ALTER TABLE {events} ADD PRIMARY KEY (board, user_id, match_id)")
+        cur.execute(f"ALTER TABLE {scores} ADD PRIMARY KEY (board_period, user_id)")
+    cur.execute(f"INSERT INTO {scores} SELECT * FROM player_scores WHERE board_period = %s", (month,))
     cur.execute(f"VACUUM ANALYZE {scores}")
     return events, scores
 
@@ -140,13 +141,15 @@ def postgres_variants(dsn: str, month) -> tuple[dict[str, Round], Callable[[], N
         ours.cur.execute(
             APPLY_EVENTS,
             (
+                array_literal(["global"] * n),
                 array_literal(users),
                 array_literal([f"{match_prefix}{i}" for i in range(n)]),
-                array_literal([month] * n),
                 array_literal(["incr"] * n),
                 array_literal([3] * n),
                 array_literal([now] * n),
                 array_literal(range(1, n + 1)),
+                array_literal(range(1, n + 1)),
+                array_literal([month] * n),
             ),
         )
         _expect("lb_apply_events applied", ours.cur.fetchone()[0], n)
@@ -268,7 +271,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lb-floor-bench-"))
     shard = RedisServer(require_redis_server(), free_port(), workdir / "redis")
     postgres = PostgresServer(require_postgres(), free_port(), workdir / "pg")
-    month = datetime.now(UTC).date().replace(day=1)
+    month = LEGACY.board_periods(datetime.now(UTC))[0]  # the original board's current month
     closers: list[Callable[[], None]] = []
     try:
         shard.start()
@@ -288,7 +291,7 @@ def main() -> int:
         client = redis.Redis.from_url(shard.url)
         closers.append(client.close)
         assert shard.proc is not None
-        boards = RedisBoards(client, month.strftime("%Y-%m"), players)
+        boards = RedisBoards(client, month, players)
 
         def redis_cpu() -> float:
             assert shard.proc is not None

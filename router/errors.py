@@ -15,16 +15,41 @@ class InvalidInput(LeaderboardError):
 
 
 class PlayerNotFound(LeaderboardError):
-    def __init__(self, user_id: str, month: str) -> None:
-        super().__init__(f"user {user_id!r} has no score in {month}")
+    def __init__(self, user_id: str, period: str) -> None:
+        super().__init__(f"user {user_id!r} has no score in {period}")
         self.user_id = user_id
-        self.month = month
+        self.period = period
 
 
 class PeriodClosed(LeaderboardError):
-    def __init__(self, month: str) -> None:
-        super().__init__(f"month {month} is closed; events for it are no longer accepted")
-        self.month = month
+    """An event for a period that no longer takes events (archived, or older than the
+    previous one). `period`: its label; `what`: "month" on the original endpoints."""
+
+    def __init__(self, period: str, what: str = "period") -> None:
+        super().__init__(f"{what} {period} is closed; events for it are no longer accepted")
+        self.period = period
+        self.what = what
+
+
+class BoardNotFound(LeaderboardError):
+    def __init__(self, board_id: str) -> None:
+        super().__init__(f"no board {board_id!r}")
+        self.board_id = board_id
+
+
+class BoardClosed(LeaderboardError):
+    def __init__(self, board_id: str) -> None:
+        super().__init__(f"board {board_id} is closed; it takes no more events")
+        self.board_id = board_id
+
+
+class BoardConflict(LeaderboardError):
+    """A board change that would contradict scores already recorded."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class MatchConflict(LeaderboardError):
@@ -65,8 +90,10 @@ class RateLimited(LeaderboardError):
 
 
 class MonthNotServed(LeaderboardError):
-    """A read for a month that is neither live nor archived here."""
+    """A read for a period that is neither live nor archived here. `field`: the query
+    parameter that named it (`month` on the original endpoints, else `period`)."""
 
-    def __init__(self, month: str) -> None:
-        super().__init__(f"month {month} is not live (only the current and previous month are)")
-        self.month = month
+    def __init__(self, period: str, field: str = "month") -> None:
+        super().__init__(f"{field} {period} is not live (only the current and previous one are) and not archived")
+        self.period = period
+        self.field = field

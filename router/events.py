@@ -4,26 +4,29 @@ committed state out. Plain values, shared by the API, the core and the store."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreEvent:
+    board: str
     user_id: str
     match_id: str
-    month: date
-    mode: str
+    mode: str  # incr | best | set
     value: int
     occurred_at: datetime
+    board_periods: tuple[str, ...]  # one per window of the board, in the board's window order
 
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
-    """What PostgreSQL decided for one event, and the player's state after it."""
+    """What PostgreSQL decided for one event in one of its board periods, and the
+    player's state there after it. Scores are stored scores (higher is better; see
+    router.boards.Board.shown)."""
 
-    status: str  # applied | duplicate | conflict | refused
+    status: str  # applied | duplicate | conflict | refused | closed
     detail: str | None
-    month: date
+    board_period: str
     score: int | None
     prev_score: int | None
     version: int | None
@@ -35,15 +38,15 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class GroupCommit:
-    """A committed group: one row per event, in arrival order, and the group's outbox row."""
+    """A committed group: per event, in arrival order, one row per window; and the group's outbox row."""
 
-    rows: list[EventRow]
+    rows: list[list[EventRow]]
     outbox_id: int | None  # None for an empty group, which writes nothing
 
 
 @dataclass(frozen=True, slots=True)
 class PlayerRow:
-    month: date
+    board_period: str
     user_id: str
     score: int
     version: int

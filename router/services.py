@@ -14,13 +14,14 @@ from router.background.layout_watcher import LayoutWatcher
 from router.background.reconciler import Reconciler
 from router.background.season_keeper import SeasonKeeper
 from router.background.self_healing import ShardHealer
+from router.core.board_registry import BoardRegistry
 from router.core.board_service import BoardService
 from router.core.page_cache import KnownQueries, PageCache
-from router.core.ranking import Board
+from router.core.ranking import RankReader
 from router.core.rate_limits import RateLimiter
 from router.core.user_cache import UserShardCache
 from router.core.write_pipeline import WritePipeline
-from router.errors import ShardUnavailable
+from router.errors import LeaderboardError, ShardUnavailable
 from router.settings import Settings
 from router.shardmap import ShardMap, load_shard_map
 from router.shards.client import ShardClients
@@ -36,7 +37,8 @@ class Services:
     settings: Settings
     shards: ShardClients
     store: Store
-    board: Board
+    ranks: RankReader
+    boards: BoardRegistry
     writes: WritePipeline
     reconciler: Reconciler
     service: BoardService
@@ -74,7 +76,7 @@ class Services:
             deadline_s=settings.pg_deadline_s,
         )
         cache = UserShardCache(settings.user_cache_size)
-        board = Board(shards, cache)
+        ranks = RankReader(shards, cache)
         limiter = RateLimiter(
             settings.rate_limit_redis_url or shard_map.shards[0].address,
             token_per_s=settings.rate_limit_token_per_s,
@@ -93,7 +95,8 @@ class Services:
         reconciler = Reconciler(
             store, shards, cache, interval_s=settings.reconcile_interval_s, settle_s=settings.reconcile_settle_s
         )
-        service = BoardService(board, writes, store, now)
+        boards = BoardRegistry(store)
+        service = BoardService(boards, ranks, writes, store, now)
         seasons = SeasonKeeper(
             settings.database_url,
             shards,
@@ -101,14 +104,15 @@ class Services:
             interval_s=settings.rotation_interval_s,
             retention_s=settings.archive_redis_retention_s,
         )
-        watcher = LayoutWatcher(store, shards, interval_s=settings.layout_poll_s)
+        watcher = LayoutWatcher(store, shards, boards, interval_s=settings.layout_poll_s)
         writes.on_unknown_shard = watcher.refresh
         top_pages = PageCache(settings.top_cache_ttl_s)
         return cls(
             settings,
             shards,
             store,
-            board,
+            ranks,
+            boards,
             writes,
             reconciler,
             service,
@@ -117,13 +121,24 @@ class Services:
             limiter,
             top_pages,
             KnownQueries(),
-            ShardHealer(store, shards, now, interval_s=settings.heal_check_s, chunk=settings.heal_chunk),
+            ShardHealer(
+                store,
+                shards,
+                now,
+                boards.live_board_periods,
+                interval_s=settings.heal_check_s,
+                chunk=settings.heal_chunk,
+            ),
         )
 
     async def start(self) -> None:
         if not self.settings.game_tokens:
             log.warning("LB_GAME_TOKENS is empty: every write will be refused with 401")
         await self._refuse_legacy_boards()
+        try:
+            await self.boards.refresh()
+        except LeaderboardError as exc:
+            log.warning("could not read the boards at start (%s); the layout watcher retries", exc)
         await self.writes.start()
         self.reconciler.start()
         self.healer.start()

@@ -8,7 +8,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from router.periods import month_label, month_start, parse_month
+from router.boards import LEGACY_BOARD
+from router.periods import board_period, month_label, month_start, parse_month
 from router.shardmap import ShardMapError, load_shard_map
 from router.shards.connect import sync_client
 
@@ -81,13 +82,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _describe_counts(counts: dict) -> str:
-    return ", ".join(f"{m:%Y-%m}: {n}" for m, n in sorted(counts.items())) or "no players"
+    return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items())) or "no players"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from router.background.seasons import unarchived_months
+    from router.background.seasons import unarchived_periods
     from shard_manager.rebalance import (
         MOVE_RATE_ESTIMATE,
         MoveBoundary,
@@ -105,7 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         steps = rebalancer.check(target)
         layout = rebalancer.layout()
         conn = psycopg2.connect(settings.database_url)
-        months = unarchived_months(conn)
+        months = unarchived_periods(conn)
         print(
             f"layout in force: epoch {layout.epoch}" + (" (a move is running; apply resumes it)" if layout.move else "")
         )
@@ -182,7 +183,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings()
     layout = read_layout(settings.database_url)
     shard_map = layout.shard_map if layout else load_shard_map(settings.shards_file)
-    month = month_label(parse_month(args.month) if args.month else month_start(datetime.now(UTC)))
+    month = board_period(
+        LEGACY_BOARD, "monthly", parse_month(args.month) if args.month else month_start(datetime.now(UTC))
+    )
     counts: dict[str, int | None] = {}
     memory: dict[str, int | None] = {}
     healing: dict[str, str] = {}
@@ -197,7 +200,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if checked == info["run_id"]:
                 healing[shard.id] = "checked"
             elif progress.get("run_id") == info["run_id"]:
-                healing[shard.id] = f"repairing: {progress.get('phase')} {progress.get('month') or ''}".rstrip()
+                healing[shard.id] = f"repairing: {progress.get('phase')} {progress.get('period') or ''}".rstrip()
             else:
                 healing[shard.id] = "restarted, repair due" if checked else "no marker, repair due"
         except redis.RedisError:
@@ -207,7 +210,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             client.close()
     total = sum(c for c in counts.values() if c)
     fair = 1 / len(shard_map.shards)
-    print(f"layout epoch {shard_map.epoch}, month {month}, {total} players")
+    print(f"layout epoch {shard_map.epoch}, {month}, {total} players")
     if layout and layout.move:
         mv = layout.move
         print(f"rebalance running: scores [{mv['lo']}, {mv['hi']}) {mv['source']} -> {mv['dest']}")
@@ -244,8 +247,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY score), count(*)"
-            " FROM player_scores WHERE month = %s",
-            (fractions, month),
+            " FROM player_scores WHERE board_period = %s",
+            (fractions, board_period(LEGACY_BOARD, "monthly", month)),
         )
         cuts, players = cur.fetchone()
     conn.close()
@@ -279,13 +282,26 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _months(arg: str | None) -> list:
-    """The months a command works on: the one named, or both live months."""
-    from router.periods import live_months, parse_month
+def _periods(args: argparse.Namespace, settings) -> list[str]:
+    """The board periods a command works on: the one named (`--period`, or `--month` of the
+    original board), else every live period of the boards named by `--board` (default: all
+    open boards)."""
+    import psycopg2
 
-    if arg:
-        return [parse_month(arg)]
-    return sorted(live_months(datetime.now(UTC)))
+    from router.store.boards import load_boards
+
+    if getattr(args, "period", None):
+        return [args.period]
+    if args.month:
+        return [board_period(LEGACY_BOARD, "monthly", parse_month(args.month))]
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        _, boards = load_boards(conn)
+    finally:
+        conn.close()
+    wanted = [boards[b] for b in ([args.board] if getattr(args, "board", None) else sorted(boards)) if b in boards]
+    now = datetime.now(UTC)
+    return [key for board in wanted if not board.closed for key in board.live_board_periods(now)]
 
 
 def _layout(settings):
@@ -302,18 +318,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import psycopg2
     import redis
 
-    from shard_manager.verify import verify_month
+    from shard_manager.verify import verify_period
 
     settings = _settings()
     shard_map, moving = _layout(settings)
     ok = True
-    for month in _months(args.month):
+    for key in _periods(args, settings):
         try:
-            report = verify_month(
-                settings.database_url, shard_map, month, recheck_after_s=args.recheck_after, moving=moving
+            report = verify_period(
+                settings.database_url, shard_map, key, recheck_after_s=args.recheck_after, moving=moving
             )
         except (redis.RedisError, psycopg2.Error) as exc:
-            print(f"cannot verify {month:%Y-%m}: {exc}", file=sys.stderr)
+            print(f"cannot verify {key}: {exc}", file=sys.stderr)
             return 2
         print(report.render())
         ok &= report.ok
@@ -321,15 +337,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from shard_manager.rebuild import progress_printer, rebuild_month
+    from shard_manager.rebuild import progress_printer, rebuild_period
 
     settings = _settings()
     shard_map, _ = _layout(settings)
-    for month in _months(args.month):
-        report = rebuild_month(settings.database_url, shard_map, month, progress_printer())
+    for key in _periods(args, settings):
+        report = rebuild_period(settings.database_url, shard_map, key, progress_printer())
         shards = ", ".join(f"{sid} {n}" for sid, n in report.per_shard.items())
         print(
-            f"rebuilt {report.month}: {report.players} players ({shards}) in {report.seconds:.2f} s; "
+            f"rebuilt {report.board_period}: {report.players} players ({shards}) in {report.seconds:.2f} s; "
             f"{report.caught_up} re-applied after the snapshot"
         )
     return 0
@@ -338,24 +354,27 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from router.background.seasons import ArchiveRefused, archive_month, drop_redis_keys
-    from router.periods import parse_month
+    from router.background.seasons import ArchiveRefused, archive_period, drop_redis_keys
 
     settings = _settings()
     now = datetime.now(UTC)
+    if bool(args.month) == bool(args.period):
+        print("name one of --month (the original board) or --period BOARD:WINDOW:PERIOD", file=sys.stderr)
+        return 2
+    key = args.period or board_period(LEGACY_BOARD, "monthly", parse_month(args.month))
     try:
-        result = archive_month(settings.database_url, parse_month(args.month), now)
-    except ArchiveRefused as exc:
+        result = archive_period(settings.database_url, key, now)
+    except (ArchiveRefused, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     state = "archived" if result.created else "already archived"
-    print(f"{args.month}: {state}, {result.players} players")
+    print(f"{args.month or key}: {state}, {result.players} players")
     if args.drop_redis:
         # The layout in force, not the file: after a re-split they differ, and the file's
         # shards would miss the keys on a shard the file no longer (or not yet) lists.
         shard_map, _ = _layout(settings)
         dropped = drop_redis_keys(settings.database_url, shard_map, now, timedelta(0))
-        print("dropped Redis keys of: " + (", ".join(month_label(m) for m in dropped) or "nothing"))
+        print("dropped Redis keys of: " + (", ".join(dropped) or "nothing"))
     return 0
 
 
@@ -386,15 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--write", type=Path, default=None, help="write the suggested map to this file")
     p.set_defaults(fn=cmd_suggest)
+    period_help = "one board period, e.g. race:daily:2026-12-01 (default: every live period)"
     p = sub.add_parser("verify", help="check every player on the shards against PostgreSQL")
-    p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
+    p.add_argument("--month", default=None, help="YYYY-MM of the original board `global`")
+    p.add_argument("--board", default=None, help="only this board's live periods (default: every open board)")
+    p.add_argument("--period", default=None, help=period_help)
     p.add_argument("--recheck-after", type=float, default=3.0, help="seconds before re-checking mismatches")
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("rebuild", help="re-materialise the shards from PostgreSQL")
-    p.add_argument("--month", default=None, help="YYYY-MM (default: both live months)")
+    p.add_argument("--month", default=None, help="YYYY-MM of the original board `global`")
+    p.add_argument("--board", default=None, help="only this board's live periods (default: every open board)")
+    p.add_argument("--period", default=None, help=period_help)
     p.set_defaults(fn=cmd_rebuild)
-    p = sub.add_parser("archive", help="close a past month into PostgreSQL (idempotent)")
-    p.add_argument("--month", required=True, help="YYYY-MM, older than the previous month")
+    p = sub.add_parser("archive", help="close a past period into PostgreSQL (idempotent)")
+    p.add_argument("--month", default=None, help="YYYY-MM of the original board, older than the previous month")
+    p.add_argument("--period", default=None, help="BOARD:WINDOW:PERIOD, older than its window's previous period")
     p.add_argument("--drop-redis", action="store_true", help="also drop archived months' Redis keys now")
     p.set_defaults(fn=cmd_archive)
     return parser

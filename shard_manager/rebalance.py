@@ -10,7 +10,7 @@ A rebalance is a list of named steps, computed from the two maps alone:
 
 `plan` prints the steps (the dry run); `apply` performs the same steps. Every step
 bumps the layout epoch. All progress lives in PostgreSQL (the layout row: shards,
-the running move with a per-month cursor, and the target), so an apply that is
+the running move with a per-board-period cursor, and the target), so an apply that is
 killed is resumed by running it again; the point of no return of each move is its
 first step, after which it can only be finished.
 """
@@ -21,13 +21,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 
 import psycopg2
 import redis
 
-from router.background.seasons import unarchived_months
-from router.periods import month_label
+from router.background.seasons import unarchived_periods
 from router.shardmap import MAX_SCORE, ShardMap
 from router.shards.connect import sync_client
 from router.shards.keys import SHARD_MARKER_KEY
@@ -192,12 +190,12 @@ def _mark_checked(shard_id: str, address: str) -> None:
         client.close()
 
 
-def players_in_range(conn, months: list[date], lo: int, hi: int) -> dict[date, int]:
+def players_in_range(conn, periods: list[str], lo: int, hi: int) -> dict[str, int]:
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT month, count(*) FROM player_scores WHERE month = ANY(%s) AND score >= %s AND score < %s"
-            " GROUP BY month",
-            (months, lo, min(hi, UNBOUNDED)),
+            "SELECT board_period, count(*) FROM player_scores"
+            " WHERE board_period = ANY(%s) AND score >= %s AND score < %s GROUP BY board_period",
+            (periods, lo, min(hi, UNBOUNDED)),
         )
         counts = dict(cur.fetchall())
     conn.commit()
@@ -341,32 +339,31 @@ class Rebalancer:
                 "cursors": {},
             }
             self._write_layout(layout.shard_map, move=move, target=target.to_dict()["shards"])
-        months = unarchived_months(self.conn)
-        total = sum(players_in_range(self.conn, months, step.lo, step.hi).values())
+        periods = unarchived_periods(self.conn)
+        total = sum(players_in_range(self.conn, periods, step.lo, step.hi).values())
         done = 0
         progress.on_moved(step, 0, total)
         addresses = dict((i, a) for i, a, _ in layout.shard_map.bounds())
         while True:
-            for month in months:
-                while moved := self._move_chunk(month, addresses):
+            for key in periods:
+                while moved := self._move_chunk(key, addresses):
                     done += moved
                     progress.on_moved(step, done, max(total, done))
             after = layout_after(self.layout().shard_map, step)
             with self.conn, self.conn.cursor() as cur:
-                cur.execute("SELECT lb_move_finish(%s::date[], %s)", (months, shards_json(after)))
+                cur.execute("SELECT lb_move_finish(%s::text[], %s)", (periods, shards_json(after)))
                 (finished,) = cur.fetchone()
             if finished:
                 progress.on_moved(step, max(total, done), max(total, done))
                 return
-            months = unarchived_months(self.conn)  # a writer slipped players past the cursor: go again
+            periods = unarchived_periods(self.conn)  # a writer slipped players past the cursor: go again
 
-    def _move_chunk(self, month: date, addresses: dict[str, str]) -> int:
+    def _move_chunk(self, label: str, addresses: dict[str, str]) -> int:
         with self.conn, self.conn.cursor() as cur:
-            cur.execute("SELECT * FROM lb_move_step(%s, %s)", (month, self.step_players))
+            cur.execute("SELECT * FROM lb_move_step(%s, %s)", (label, self.step_players))
             rows = cur.fetchall()
         if not rows:
             return 0
-        label = month_label(month)
         states = [player_state(user_id, version, score, seq) for user_id, score, version, seq, *_ in rows]
         dest, source = rows[0][4], rows[0][5]
         # Add before remove, exactly as the routers do; if we die in between, the

@@ -1,4 +1,4 @@
-"""Re-materialise the shards of a month from PostgreSQL.
+"""Re-materialise the shards of a board period from PostgreSQL.
 
 Fast path: stream player_scores with a server-side cursor, write each shard's
 players into fresh side keys with multi-member ZADD/HSET in pipelines, then swap
@@ -21,7 +21,7 @@ from datetime import date, timedelta
 import psycopg2
 import redis
 
-from router.periods import month_label
+from router.periods import board_period
 from router.shardmap import ShardMap
 from router.shards.connect import sync_client
 from router.shards.keys import (
@@ -50,7 +50,7 @@ SIDE = ":rebuild"
 
 @dataclass(frozen=True)
 class RebuildReport:
-    month: str
+    board_period: str
     players: int
     per_shard: dict[str, int]
     caught_up: int
@@ -72,8 +72,14 @@ def progress_printer(stream=sys.stderr) -> Callable[[str, int, int], None]:
 def rebuild_month(
     dsn: str, shard_map: ShardMap, month: date, progress: Callable[[str, int, int], None] | None = None
 ) -> RebuildReport:
+    """`rebuild_period` for a month of the original board."""
+    return rebuild_period(dsn, shard_map, board_period("global", "monthly", month), progress)
+
+
+def rebuild_period(
+    dsn: str, shard_map: ShardMap, label: str, progress: Callable[[str, int, int], None] | None = None
+) -> RebuildReport:
     started = time.perf_counter()
-    label = month_label(month)
     clients = {s.id: sync_client(s.address, timeout_s=60) for s in shard_map.shards}
     side_z = zset_key(label) + SIDE
     live_states = state_keys(label)
@@ -87,7 +93,7 @@ def rebuild_month(
             for start in range(0, len(side_states), 1000):
                 client.unlink(*side_states[start : start + 1000])
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT now(), count(*) FROM player_scores WHERE month = %s", (month,))
+            cur.execute("SELECT now(), count(*) FROM player_scores WHERE board_period = %s", (label,))
             snapshot_at, total = cur.fetchone()
         done = 0
         pending: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
@@ -104,7 +110,9 @@ def rebuild_month(
 
         with conn, conn.cursor(name="rebuild") as cur:
             cur.itersize = CHUNK
-            cur.execute("SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s", (month,))
+            cur.execute(
+                "SELECT user_id, score, version, seq, shard FROM player_scores WHERE board_period = %s", (label,)
+            )
             known = set(shard_map.ids)
             while rows := cur.fetchmany(CHUNK):
                 scores: dict[str, dict[str, int]] = defaultdict(dict)
@@ -143,7 +151,7 @@ def rebuild_month(
             # The board changed under any page a router rendered from it.
             pipe.eval(BUMP_GENERATION_LUA, 1, generation_key(label))
             pipe.execute()
-        caught_up = _catch_up(conn, clients, shard_map, month, snapshot_at - CATCH_UP_MARGIN)
+        caught_up = _catch_up(conn, clients, shard_map, label, snapshot_at - CATCH_UP_MARGIN)
     finally:
         conn.close()
         for client in clients.values():
@@ -165,14 +173,14 @@ def months_in_old_layout(shard_map: ShardMap) -> list[date]:
     return sorted(months)
 
 
-def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, month: date, since) -> int:
+def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, label: str, since) -> int:
     """Apply, versioned, every state committed since `since`: the writes the snapshot may miss."""
-    label = month_label(month)
     scripts = {sid: client.register_script(APPLY_LUA) for sid, client in clients.items()}
     with conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s AND updated_at >= %s",
-            (month, since),
+            "SELECT user_id, score, version, seq, shard FROM player_scores"
+            " WHERE board_period = %s AND updated_at >= %s",
+            (label, since),
         )
         rows = cur.fetchall()
     for start in range(0, len(rows), 1000):

@@ -1,4 +1,4 @@
-"""Check the shards of a month against PostgreSQL, player by player.
+"""Check the shards of a board period against PostgreSQL, player by player.
 
 Every player must be on exactly one shard, the one whose range holds their score,
 with the score, version and tie order PostgreSQL holds, and no shard may hold a
@@ -17,7 +17,7 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.periods import month_label
+from router.periods import board_period
 from router.shardmap import ShardMap
 from router.shards.connect import sync_client
 from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
@@ -28,7 +28,7 @@ SCAN = 50_000
 
 @dataclass
 class VerifyReport:
-    month: str
+    board_period: str
     players: int
     problems: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -44,25 +44,27 @@ class VerifyReport:
 
     def render(self) -> str:
         if self.ok:
-            return f"verify {self.month}: ok, {self.players} players, each on exactly one shard and exact"
-        lines = [f"verify {self.month}: {sum(self.problems.values())} problem(s) among {self.players} players"]
+            return f"verify {self.board_period}: ok, {self.players} players, each on exactly one shard and exact"
+        lines = [f"verify {self.board_period}: {sum(self.problems.values())} problem(s) among {self.players} players"]
         for kind, count in self.problems.most_common():
             lines.append(f"  {kind}: {count}  e.g. " + "; ".join(self.examples[kind]))
         return "\n".join(lines)
 
 
-def _pg_rows(dsn: str, month: date, users: list[str] | None = None) -> dict[str, tuple[int, int, int, str]]:
+def _pg_rows(dsn: str, key: str, users: list[str] | None = None) -> dict[str, tuple[int, int, int, str]]:
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor(name="verify") as cur:
             cur.itersize = SCAN
             if users is None:
-                cur.execute("SELECT user_id, score, version, seq, shard FROM player_scores WHERE month = %s", (month,))
+                cur.execute(
+                    "SELECT user_id, score, version, seq, shard FROM player_scores WHERE board_period = %s", (key,)
+                )
             else:
                 cur.execute(
                     "SELECT user_id, score, version, seq, shard FROM player_scores"
-                    " WHERE month = %s AND user_id = ANY(%s)",
-                    (month, users),
+                    " WHERE board_period = %s AND user_id = ANY(%s)",
+                    (key, users),
                 )
             return {user: (score, version, seq, shard) for user, score, version, seq, shard in cur}
     finally:
@@ -151,14 +153,19 @@ def _check(
     return bad
 
 
-def verify_month(
-    dsn: str, shard_map: ShardMap, month: date, recheck_after_s: float = 3.0, moving: bool = False
+def verify_month(dsn: str, shard_map: ShardMap, month: date, **options) -> VerifyReport:
+    """`verify_period` for a month of the original board."""
+    return verify_period(dsn, shard_map, board_period("global", "monthly", month), **options)
+
+
+def verify_period(
+    dsn: str, shard_map: ShardMap, key: str, recheck_after_s: float = 3.0, moving: bool = False
 ) -> VerifyReport:
-    """Check one month; `shard_map` is the layout in force, `moving` whether a rebalance is mid-move."""
-    label = month_label(month)
+    """Check one board period; `shard_map` is the layout in force, `moving` whether a rebalance is mid-move."""
+    label = key
     clients = {s.id: sync_client(s.address, timeout_s=60) for s in shard_map.shards}
     try:
-        pg = _pg_rows(dsn, month)
+        pg = _pg_rows(dsn, key)
         contents = {sid: _shard_contents(c, label, None) for sid, c in clients.items()}
         report = VerifyReport(label, len(pg))
         bad = _check(report, shard_map, moving, pg, contents, None)
@@ -167,14 +174,14 @@ def verify_month(
             time.sleep(recheck_after_s)
             users = sorted(bad)
             report = VerifyReport(label, len(pg))
-            pg_again = _pg_rows(dsn, month, users)
+            pg_again = _pg_rows(dsn, key, users)
             contents = {sid: _shard_contents(c, label, users) for sid, c in clients.items()}
             _check(report, shard_map, moving, pg_again, contents, users)
         for sid, client in clients.items():
             if client.exists(legacy_state_key(label)):
                 # A board from before the state buckets: its players' states look
                 # missing above, and what fixes that is the conversion, so name it.
-                fix = f"`shard-manager rebuild --month {label}`"
+                fix = f"`shard-manager rebuild --period {label}`"
                 report.add("old_layout", f"{sid} holds {legacy_state_key(label)}: {fix}")
         return report
     finally:

@@ -155,8 +155,11 @@ class Cluster:
             for attempt in range(5):
                 try:
                     with conn, conn.cursor() as cur:
+                        cur.execute("TRUNCATE score_events, player_scores, redis_outbox, period_ranks, period_archives")
+                        cur.execute("DELETE FROM boards WHERE id <> 'global'")
                         cur.execute(
-                            "TRUNCATE score_events, player_scores, redis_outbox, archived_ranks, month_archives"
+                            "UPDATE boards SET score_order = 'desc', operator = 'incr', windows = '{monthly}',"
+                            " closed_at = NULL, updated_at = clock_timestamp() WHERE id = 'global'"
                         )
                     break
                 except psycopg2.errors.DeadlockDetected:
@@ -221,19 +224,26 @@ def commit_directly(cluster: Cluster, month, events: list[tuple[str, str, int]],
     What a router leaves behind when it dies right after its commit; also how tests
     put history into months that no longer accept events through the API.
     """
-    from datetime import UTC, datetime
+    from datetime import UTC, date, datetime
 
+    from router.periods import board_period
+
+    if isinstance(month, str):
+        month = date.fromisoformat(month)
     moment = occurred_at or datetime.now(UTC)
+    n = len(events)
     return cluster.sql(
-        "SELECT status, detail"
-        " FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[], %s::int[])",
+        "SELECT status, detail FROM lb_apply_events(%s, %s, %s, %s, %s::bigint[], %s::timestamptz[], %s::int[],"
+        " %s::int[], %s::text[])",
         (
+            ["global"] * n,
             [u for u, _, _ in events],
             [m for _, m, _ in events],
-            [month] * len(events),
-            ["incr"] * len(events),
+            ["incr"] * n,
             [v for _, _, v in events],
-            [moment] * len(events),
-            list(range(1, len(events) + 1)),
+            [moment] * n,
+            list(range(1, n + 1)),
+            list(range(1, n + 1)),
+            [board_period("global", "monthly", month)] * n,
         ),
     )

@@ -34,7 +34,9 @@ def assert_exact(
 
     `shard_map` is the layout to check against (default: the cluster's initial map).
     """
-    rows = cluster.sql("SELECT user_id, score, seq FROM player_scores WHERE month = %s", (f"{MONTH}-01",))
+    rows = cluster.sql(
+        "SELECT user_id, score, seq FROM player_scores WHERE board_period = %s", (f"global:monthly:{MONTH}",)
+    )
     pg = {user: (score, seq) for user, score, seq in rows}
     if expected_scores is not None:
         assert {u: s for u, (s, _) in pg.items()} == expected_scores

@@ -29,13 +29,14 @@ router = APIRouter()
     summary="The shard map with member counts and memory",
 )
 async def get_shards(svc: ServicesDep, month: MonthQuery = None) -> ShardsOut:
-    label, _, archived = await svc.service.resolve_month(month)
-    if archived:
-        raise MonthNotServed(label)
+    target = await svc.service.month_target(month)
+    if target.archived:
+        raise MonthNotServed(target.label)
+    label = target.label
     out = []
     for shard in svc.shard_map.shards:
         try:
-            players = await svc.shards.size(shard.id, label)
+            players = await svc.shards.size(shard.id, target.board_period)
             memory = await svc.shards.memory_used(shard.id)
             error = None
         except ShardUnavailable as exc:

@@ -15,6 +15,7 @@ from router.api.schemas import (
     MonthOut,
     MonthsOut,
 )
+from router.boards import LEGACY_BOARD
 from router.core.page_cache import TopQuery
 from router.metrics import TOP_PAGES
 from router.services import Services
@@ -49,22 +50,24 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
     A live page rendered before is served again only if the board's fingerprint, read
     after this request arrived, is the one it was rendered from (`router.core.page_cache`).
     """
-    label, _, archived = await svc.service.resolve_month(query.month)
-    if archived:
-        _, total, entries = await svc.service.top(label, query.offset, query.limit)
-        return BoardOut(month=label, total_players=total, entries=entries_out(entries)).model_dump_json().encode()
-    key = (label, query.offset, query.limit)
+    target = await svc.service.month_target(query.month)
+    if target.archived:
+        total, entries = await svc.service.top(target, query.offset, query.limit)
+        return (
+            BoardOut(month=target.label, total_players=total, entries=entries_out(entries)).model_dump_json().encode()
+        )
+    key = (target.board_period, query.offset, query.limit)
     body = svc.top_pages.recent(key)
     if body is not None:
         TOP_PAGES.labels("stale_ok").inc()
         return body
-    counts = await svc.board.counts(label)
+    counts = await svc.ranks.counts(target.board_period)
     body = svc.top_pages.get(key, counts.fingerprint)
     if body is not None:
         TOP_PAGES.labels("reused").inc()
         return body
-    page = await svc.board.top(label, query.offset, query.limit, counts)
-    out = BoardOut(month=label, total_players=page.counts.total, entries=entries_out(page.entries))
+    page = await svc.ranks.top(target.board_period, query.offset, query.limit, counts)
+    out = BoardOut(month=target.label, total_players=page.counts.total, entries=entries_out(page.entries))
     body = out.model_dump_json().encode()
     if page.consistent:
         # Under the counts it was read with (a shard that changed meanwhile was counted anew).
@@ -82,5 +85,5 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
     summary="Months that can be read: the two live ones and every archived one",
 )
 async def get_months(svc: ServicesDep) -> MonthsOut:
-    months = await svc.service.months()
-    return MonthsOut(months=[MonthOut(month=m, status=status, players=n) for m, status, n in months])
+    periods = await svc.service.periods(await svc.boards.get(LEGACY_BOARD))
+    return MonthsOut(months=[MonthOut(month=label, status=status, players=n) for _, label, status, n in periods])

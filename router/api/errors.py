@@ -14,6 +14,9 @@ from router.api.schemas import (
     ErrorOut,
 )
 from router.errors import (
+    BoardClosed,
+    BoardConflict,
+    BoardNotFound,
     InvalidInput,
     LeaderboardError,
     MatchConflict,
@@ -73,10 +76,20 @@ def error_response(exc: Exception) -> JSONResponse:
             return _error(429, "rate_limited", str(exc), **{"Retry-After": str(exc.retry_after)})
         case PlayerNotFound():
             return _error(404, "player_not_found", str(exc), "user_id")
-        case MonthNotServed():
+        case MonthNotServed(field="month"):
             return _error(404, "month_not_served", str(exc), "month")
-        case PeriodClosed():
+        case MonthNotServed():
+            return _error(404, "period_not_served", str(exc), exc.field)
+        case PeriodClosed(what="month"):
             return _error(409, "month_closed", str(exc), "occurred_at")
+        case PeriodClosed():
+            return _error(409, "period_closed", str(exc), "occurred_at")
+        case BoardNotFound():
+            return _error(404, "board_not_found", str(exc), "board")
+        case BoardClosed():
+            return _error(409, "board_closed", str(exc), "board")
+        case BoardConflict():
+            return _error(409, "board_conflict", exc.reason, exc.field)
         case MatchConflict():
             return _error(409, "match_id_conflict", exc.detail, "match_id")
         case ShardUnavailable():

@@ -31,9 +31,13 @@ class ScoreIn(BaseModel):
         le=MAX_SCORE,
         description="incr: the delta to add (may be negative, the result may not); best: the candidate score (>= 0)",
     )
-    mode: Literal["incr", "best"] = Field("incr", description="incr adds, best keeps the maximum")
+    mode: Literal["incr", "best", "set"] | None = Field(
+        None,
+        description="incr adds, best keeps the better score (per the board's order), set replaces it. "
+        "Default: the board's operator (incr for the original board)",
+    )
     occurred_at: AwareDatetime | None = Field(
-        None, description="When the match ended (with a time zone); decides the month. Default: now"
+        None, description="When the match ended (with a time zone); decides the period. Default: now"
     )
 
 
@@ -54,6 +58,13 @@ class BatchIn(BaseModel):
     )
 
 
+class WindowOut(BaseModel):
+    period: str
+    score: int | None
+    rank: int | None = Field(description="1-based; null if a shard needed to count it is unavailable")
+    previous_rank: int | None = Field(description="Rank before this event; null if the player was new")
+
+
 class BatchItemOut(BaseModel):
     index: int
     status: Literal["applied", "duplicate", "refused", "conflict", "unavailable"]
@@ -61,9 +72,11 @@ class BatchItemOut(BaseModel):
     score: int | None = None
     rank: int | None = None
     previous_rank: int | None = None
-    month: str | None = None
+    month: str | None = Field(None, description="The period of the board's first window")
     field: str | None = Field(None, description="For refused events: the field at fault")
     reason: str | None = None
+    board: str | None = Field(None, description="Only for events that named a board (or a board's batch route)")
+    windows: dict[str, WindowOut] | None = Field(None, description="With `board`: the answer in each window")
 
 
 class BatchOut(BaseModel):
@@ -144,3 +157,55 @@ class MonthOut(BaseModel):
 
 class MonthsOut(BaseModel):
     months: list[MonthOut]
+
+
+BOARD_ID_PATTERN = r"^[a-z0-9_.\-]{1,64}$"
+
+
+class BoardIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order: Literal["desc", "asc"] = Field("desc", description="desc: higher is better; asc: lower is better")
+    operator: Literal["incr", "best", "set"] = Field("incr", description="What an event does when it names no mode")
+    windows: list[Literal["all", "monthly", "weekly", "daily"]] = Field(
+        ["all"], min_length=1, max_length=4, description="The standings one event updates; the first is the default"
+    )
+
+
+class BoardConfigOut(BaseModel):
+    id: str
+    order: str
+    operator: str
+    windows: list[str]
+    status: Literal["open", "closed"]
+    players: dict[str, int] = Field(description="Per window: players in its current period")
+
+
+class BoardsOut(BaseModel):
+    boards: list[BoardConfigOut]
+
+
+class BoardScoreOut(BaseModel):
+    user_id: str
+    board: str
+    duplicate: bool
+    windows: dict[str, WindowOut]
+
+
+class BoardPlayerOut(BaseModel):
+    user_id: str
+    board: str
+    window: str
+    period: str
+    score: int
+    rank: int
+    percentile: float
+    total_players: int
+
+
+class BoardPageOut(BaseModel):
+    board: str
+    window: str
+    period: str
+    total_players: int
+    entries: list[EntryOut]

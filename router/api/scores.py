@@ -24,10 +24,20 @@ from router.api.schemas import (
     ScoreIn,
     ScoreOut,
 )
+from router.boards import LEGACY_BOARD, Board, check_board_id
 from router.core.board_service import outcome_error
-from router.errors import InvalidInput, MatchConflict, PeriodClosed, ScoreRefused, ShardUnavailable
+from router.core.shard_writes import WriteOutcome
+from router.errors import (
+    BoardClosed,
+    BoardNotFound,
+    InvalidInput,
+    MatchConflict,
+    PeriodClosed,
+    ScoreRefused,
+    ShardUnavailable,
+)
 from router.events import ScoreEvent
-from router.periods import month_label
+from router.periods import label_of
 from router.services import Services
 
 router = APIRouter()
@@ -46,7 +56,7 @@ async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> Respo
 
 async def score_body(svc: Services, token: str, body: ScoreIn) -> bytes:
     """The answer of `POST /v1/scores` for a valid body and token; also used by `router.asgi.shortcuts`."""
-    outcome = await svc.service.record(body, token)
+    (outcome,) = await svc.service.record(await svc.boards.get(LEGACY_BOARD), body, token)
     row = outcome.row
     assert row.score is not None
     out = ScoreOut(
@@ -54,7 +64,7 @@ async def score_body(svc: Services, token: str, body: ScoreIn) -> bytes:
         score=row.score,
         rank=outcome.rank,
         previous_rank=outcome.previous_rank,
-        month=month_label(row.month),
+        month=label_of(row.board_period),
         duplicate=row.status == "duplicate",
     )
     return out.model_dump_json().encode()
@@ -68,27 +78,43 @@ async def score_body(svc: Services, token: str, body: ScoreIn) -> bytes:
     summary=f"Record up to {BATCH_MAX} results; one result per event, a bad event does not sink the others",
 )
 async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Response:
-    if len(body.events) > BATCH_MAX:
-        raise InvalidInput("events", f"at most {BATCH_MAX} events per batch, got {len(body.events)}")
-    results: list[dict | None] = [None] * len(body.events)
-    accepted: list[tuple[int, ScoreEvent]] = []
+    return Response(await batch_body(svc, token, body.events, None), media_type="application/json")
+
+
+async def batch_body(svc: Services, token: str, raw_events: list[dict], path_board: str | None) -> bytes:
+    """A batch's answer. Each event may name its `board` (default `global`, or the
+    board in the path); an event on a board with several windows answers for each."""
+    if len(raw_events) > BATCH_MAX:
+        raise InvalidInput("events", f"at most {BATCH_MAX} events per batch, got {len(raw_events)}")
+    results: list[dict | None] = [None] * len(raw_events)
+    accepted: list[tuple[int, ScoreEvent, Board, bool]] = []
     now = svc.service.now()
-    for i, raw in enumerate(body.events):
+    for i, raw in enumerate(raw_events):
+        named = "board" in raw
         try:
-            accepted.append((i, svc.service.to_event(ScoreIn.model_validate(raw), now)))
+            raw = dict(raw)
+            board_id = raw.pop("board", path_board or LEGACY_BOARD)
+            if path_board is not None and board_id != path_board:
+                raise InvalidInput("board", f"this batch is for board {path_board}, not {board_id!r}")
+            if not isinstance(board_id, str):
+                raise InvalidInput("board", "must be a board id")
+            board = await svc.boards.get(check_board_id(board_id))
+            accepted.append((i, svc.service.to_event(board, ScoreIn.model_validate(raw), now), board, named))
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first.get("loc", ())) or None
             results[i] = _batch_item(index=i, status="refused", field=field, reason=first.get("msg"))
-        except (InvalidInput, PeriodClosed) as exc:
+        except (InvalidInput, PeriodClosed, BoardNotFound, BoardClosed) as exc:
             field = exc.field if isinstance(exc, InvalidInput) else "occurred_at"
+            if isinstance(exc, BoardNotFound | BoardClosed):
+                field = "board"
             results[i] = _batch_item(index=i, status="refused", field=field, reason=str(exc))
-    verdict = await svc.limiter.check(token, [event.user_id for _, event in accepted])
+    verdict = await svc.limiter.check(token, [event.user_id for _, event, _, _ in accepted])
     if verdict.token_retry_after:
         raise svc.limiter.token_refusal(verdict)
     if verdict.players_retry_after:
         limit = svc.settings.rate_limit_player_per_hour
-        for i, event in accepted:
+        for i, event, _, _ in accepted:
             if event.user_id in verdict.players_retry_after:
                 results[i] = _batch_item(
                     index=i,
@@ -97,33 +123,10 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
                     field="user_id",
                     reason=f"rate limited: at most {limit} events per player per hour",
                 )
-        accepted = [(i, e) for i, e in accepted if e.user_id not in verdict.players_retry_after]
-    outcomes = await svc.service.record_batch([event for _, event in accepted])
-    for (i, event), outcome in zip(accepted, outcomes, strict=True):
-        row = outcome.row
-        common = {"index": i, "user_id": event.user_id, "month": month_label(row.month)}
-        match outcome_error(outcome):
-            case ScoreRefused():
-                results[i] = _batch_item(**common, status="refused", field="score", reason=row.detail)
-            case PeriodClosed():
-                results[i] = _batch_item(**common, status="refused", field="occurred_at", reason=row.detail)
-            case MatchConflict():
-                results[i] = _batch_item(**common, status="conflict", field="match_id", reason=row.detail)
-            case ShardUnavailable() as unavailable:
-                results[i] = _batch_item(
-                    **common,
-                    status="unavailable",
-                    score=row.score,
-                    reason=f"{unavailable}; recorded, applied when the shard returns; resending is safe",
-                )
-            case None:
-                results[i] = _batch_item(
-                    **common,
-                    status="duplicate" if row.status == "duplicate" else "applied",
-                    score=row.score,
-                    rank=outcome.rank,
-                    previous_rank=outcome.previous_rank,
-                )
+        accepted = [a for a in accepted if a[1].user_id not in verdict.players_retry_after]
+    outcomes = await svc.service.record_batch([event for _, event, _, _ in accepted])
+    for (i, event, board, named), windows in zip(accepted, outcomes, strict=True):
+        results[i] = _batch_result(i, event, board, windows, named or path_board is not None)
     final = [r for r in results if r is not None]
     statuses = Counter(r["status"] for r in final)
     answer = {
@@ -132,8 +135,57 @@ async def post_batch(body: BatchIn, svc: ServicesDep, token: GameToken) -> Respo
         "refused": statuses["refused"] + statuses["conflict"],
         "results": final,
     }
-    body = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(body, media_type="application/json")
+    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _batch_result(i: int, event: ScoreEvent, board: Board, windows: list[WriteOutcome], per_window: bool) -> dict:
+    """One event's batch answer: about the board's first window (the original shape), and
+    with `per_window` also its board and every window's answer."""
+    outcome = windows[0]
+    row = outcome.row
+    score = None if row.score is None else board.shown(row.score)
+    common = {"index": i, "user_id": event.user_id, "month": label_of(row.board_period)}
+    if per_window:
+        common["board"] = board.id
+    item: dict
+    match outcome_error(outcome, board):
+        case ScoreRefused():
+            item = _batch_item(**common, status="refused", field="score", reason=row.detail)
+        case PeriodClosed() | BoardClosed():
+            item = _batch_item(**common, status="refused", field="occurred_at", reason=row.detail)
+        case MatchConflict():
+            item = _batch_item(**common, status="conflict", field="match_id", reason=row.detail)
+        case ShardUnavailable() as unavailable:
+            item = _batch_item(
+                **common,
+                status="unavailable",
+                score=score,
+                reason=f"{unavailable}; recorded, applied when the shard returns; resending is safe",
+            )
+        case _:
+            item = _batch_item(
+                **common,
+                status="duplicate" if row.status == "duplicate" else "applied",
+                score=score,
+                rank=outcome.rank,
+                previous_rank=outcome.previous_rank,
+            )
+    if per_window:
+        item["windows"] = windows_out(board, windows)
+    return item
+
+
+def windows_out(board: Board, windows: list[WriteOutcome]) -> dict[str, dict]:
+    out = {}
+    for window, outcome in zip(board.windows, windows, strict=True):
+        row = outcome.row
+        out[window] = {
+            "period": label_of(row.board_period),
+            "score": None if row.score is None else board.shown(row.score),
+            "rank": outcome.rank,
+            "previous_rank": outcome.previous_rank,
+        }
+    return out
 
 
 _BATCH_ITEM_FIELDS = tuple(BatchItemOut.model_fields)
@@ -145,7 +197,10 @@ def _batch_item(**values: object) -> dict:
     serialised, cost 4.5 us an event against 1.6 for dicts; FastAPI's own validation
     of the answer against `response_model` (kept for the OpenAPI schema), a third of
     a batch's CPU before it was skipped."""
-    return {name: values.get(name) for name in _BATCH_ITEM_FIELDS}
+    return {name: values.get(name) for name in _BATCH_ITEM_FIELDS if name not in _PER_BOARD or name in values}
+
+
+_PER_BOARD = ("board", "windows")  # only on events that named a board: the original answers keep their shape
 
 
 @router.get(
@@ -162,7 +217,8 @@ async def get_player(user_id: UserPath, svc: ServicesDep, month: MonthQuery = No
 
 async def player_body(svc: Services, user_id: str, month: str | None) -> bytes:
     """The answer of `GET /v1/scores/{user_id}`; also used by `router.asgi.shortcuts`."""
-    label, me = await svc.service.standing(user_id, month)
+    target = await svc.service.month_target(month)
+    label, me = target.label, await svc.service.standing(target, user_id)
     out = PlayerOut(
         user_id=user_id,
         score=me.score,
@@ -188,5 +244,6 @@ async def get_around(
     radius: Annotated[int, Query(ge=0, le=50)] = 4,
     month: MonthQuery = None,
 ) -> Response:
-    label, total, entries = await svc.service.around(user_id, month, radius)
-    return json_answer(BoardOut(month=label, total_players=total, entries=entries_out(entries)))
+    target = await svc.service.month_target(month)
+    total, entries = await svc.service.around(target, user_id, radius)
+    return json_answer(BoardOut(month=target.label, total_players=total, entries=entries_out(entries)))

@@ -1,4 +1,5 @@
-"""Keeps this router on the layout in force: a rebalance changes it, routers follow without restart."""
+"""Keeps this router on the layout and the boards in force: a rebalance or an admin changes them,
+routers follow without restart."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import logging
 
 from router.aio.periodic import Periodic
+from router.core.board_registry import BoardRegistry
 from router.metrics import LAYOUT_EPOCH
 from router.shards.client import ShardClients
 from router.store.postgres import Store
@@ -14,12 +16,13 @@ log = logging.getLogger(__name__)
 
 
 class LayoutWatcher:
-    def __init__(self, store: Store, shards: ShardClients, *, interval_s: float) -> None:
+    def __init__(self, store: Store, shards: ShardClients, boards: BoardRegistry, *, interval_s: float) -> None:
         self.store = store
         self.shards = shards
+        self.boards = boards
         self.interval_s = interval_s
         self._lock = asyncio.Lock()
-        self._loop = Periodic("layout watcher", self.refresh, interval_s, first_now=False)
+        self._loop = Periodic("layout watcher", self._follow, interval_s, first_now=False)
 
     def start(self) -> None:
         LAYOUT_EPOCH.set(self.shards.shard_map.epoch)
@@ -27,6 +30,11 @@ class LayoutWatcher:
 
     async def stop(self) -> None:
         await self._loop.stop()
+
+    async def _follow(self) -> None:
+        await self.refresh()
+        if await self.boards.refresh_if_changed():
+            log.info("boards: %d configured", len(self.boards.boards))
 
     async def refresh(self) -> bool:
         """Load the layout if its epoch moved on; True when this router switched."""

@@ -19,14 +19,12 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import date
 
 from router.aio.periodic import Periodic
 from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
 from router.events import PlayerRow
 from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
-from router.periods import month_label
 from router.shards.client import ShardClients
 from router.shards.protocol import player_state
 from router.shards.state import decode
@@ -73,20 +71,20 @@ class Reconciler:
         if not work:
             return 0
         # A player named by several rows is checked once.
-        by_month: dict[str, dict[tuple[date, str], PlayerRow]] = defaultdict(dict)
+        by_period: dict[str, dict[tuple[str, str], PlayerRow]] = defaultdict(dict)
         for players in work.values():
             for row in players:
-                by_month[month_label(row.month)][(row.month, row.user_id)] = row
+                by_period[row.board_period][(row.board_period, row.user_id)] = row
         repaired = 0
-        settled: set[tuple[date, str]] = set()
-        for month, month_rows in by_month.items():
-            fixed, in_place = await self._reconcile_month(month, list(month_rows.values()))
+        settled: set[tuple[str, str]] = set()
+        for board_period, period_rows in by_period.items():
+            fixed, in_place = await self._reconcile_period(board_period, list(period_rows.values()))
             repaired += fixed
             settled.update(in_place)
         done = [
             outbox_id
             for outbox_id, players in work.items()
-            if all((row.month, row.user_id) in settled for row in players)
+            if all((row.board_period, row.user_id) in settled for row in players)
         ]
         await self.store.ack_outbox(done)
         RECONCILER_REPAIRED.inc(repaired)
@@ -94,19 +92,23 @@ class Reconciler:
             log.info("reconciler repaired %d player(s)", repaired)
         return repaired
 
-    async def _reconcile_month(self, month: str, rows: Sequence[PlayerRow]) -> tuple[int, list[tuple[date, str]]]:
+    async def _reconcile_period(
+        self, board_period: str, rows: Sequence[PlayerRow]
+    ) -> tuple[int, list[tuple[str, str]]]:
         """Repairs what differs; returns how many were repaired and which players are now in place."""
         ids = self.shards.shard_map.ids
         rows = [r for r in rows if r.shard in ids]
         users = [r.user_id for r in rows]
-        answers = await asyncio.gather(*(self.shards.states(sid, month, users) for sid in ids), return_exceptions=True)
+        answers = await asyncio.gather(
+            *(self.shards.states(sid, board_period, users) for sid in ids), return_exceptions=True
+        )
         down = {sid for sid, a in zip(ids, answers, strict=True) if isinstance(a, ShardUnavailable)}
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, ShardUnavailable):
                 raise answer
         entries = {sid: a for sid, a in zip(ids, answers, strict=True) if sid not in down}
 
-        settled: list[tuple[date, str]] = []
+        settled: list[tuple[str, str]] = []
         broken: list[PlayerRow] = []
         for i, row in enumerate(rows):
             if down:
@@ -119,7 +121,7 @@ class Reconciler:
                 if sid != row.shard and _parse(entries[sid][i])[1] and _parse(entries[sid][i])[0] < row.version
             ]
             if target_version >= row.version and not strays:
-                settled.append((row.month, row.user_id))
+                settled.append((row.board_period, row.user_id))
             else:
                 broken.append(row)
         if not broken:
@@ -130,7 +132,10 @@ class Reconciler:
         for row in broken:
             adds[row.shard].append(row)
         added = await asyncio.gather(
-            *(self.shards.apply(sid, month, [(states[r.user_id], True) for r in rs]) for sid, rs in adds.items()),
+            *(
+                self.shards.apply(sid, board_period, [(states[r.user_id], True) for r in rs])
+                for sid, rs in adds.items()
+            ),
             return_exceptions=True,
         )
         landed = [
@@ -143,7 +148,7 @@ class Reconciler:
         # slow router's older add arriving later must find a newer version there.
         removed = await asyncio.gather(
             *(
-                self.shards.apply(sid, month, [(states[r.user_id], False) for r in landed if r.shard != sid])
+                self.shards.apply(sid, board_period, [(states[r.user_id], False) for r in landed if r.shard != sid])
                 for sid in ids
             ),
             return_exceptions=True,
@@ -151,6 +156,6 @@ class Reconciler:
         if any(isinstance(res, BaseException) for res in removed):
             return 0, settled
         for row in landed:
-            self.cache.put(month, row.user_id, row.shard)
-            settled.append((row.month, row.user_id))
+            self.cache.put(board_period, row.user_id, row.shard)
+            settled.append((row.board_period, row.user_id))
         return len(landed), settled

@@ -1,4 +1,4 @@
-"""Background monthly rotation: archive closed months, drop their Redis keys after retention.
+"""Background rotation: archive closed board periods, drop their Redis keys after retention.
 
 Every router runs it; archiving is idempotent and serialised in PostgreSQL, so
 several routers doing it at once only find the work done.
@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 
 from router.aio.periodic import Periodic
 from router.background.seasons import rotate
-from router.periods import month_label
 from router.shards.client import ShardClients
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ class SeasonKeeper:
         self.now = now
         self.interval_s = interval_s
         self.retention = timedelta(seconds=retention_s)
-        self._loop = Periodic("monthly rotation", self.run_once, interval_s, first_now=True)
+        self._loop = Periodic("season rotation", self.run_once, interval_s, first_now=True)
 
     def start(self) -> None:
         self._loop.start()
@@ -40,6 +39,6 @@ class SeasonKeeper:
         archived, dropped = await asyncio.to_thread(rotate, self.dsn, self.shards.shard_map, self.now(), self.retention)
         for result in archived:
             if result.created:
-                log.info("archived %s: %d players", month_label(result.month), result.players)
-        for month in dropped:
-            log.info("dropped the Redis keys of archived month %s", month_label(month))
+                log.info("archived %s: %d players", result.board_period, result.players)
+        for key in dropped:
+            log.info("dropped the Redis keys of archived period %s", key)

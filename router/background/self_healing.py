@@ -13,7 +13,7 @@ every `interval_s`:
   players on it, its reads are refused (503 naming the shard) until the repair ends:
   every rank below it would be wrong. Writes go on to it meanwhile.
 
-A repair makes the shard agree with PostgreSQL for every live month, in chunks: it
+A repair makes the shard agree with PostgreSQL for every live board period, in chunks: it
 applies the committed state of every player PostgreSQL places on the shard, then
 scans the shard's members and writes a tombstone for each one PostgreSQL places
 elsewhere. Both are versioned applies, like the reconciler's, so writes landing at
@@ -31,13 +31,12 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import datetime
 
 from router.aio.periodic import Periodic
-from router.errors import LeaderboardError
+from router.errors import LeaderboardError, StoreUnavailable
 from router.events import PlayerRow
 from router.metrics import SHARD_REPAIR_PLAYERS, SHARD_REPAIRING, SHARD_REPAIRS
-from router.periods import live_months, month_label
 from router.shards.client import ShardClients
 from router.shards.protocol import PlayerState, player_state
 from router.store.postgres import Store
@@ -61,14 +60,17 @@ class ShardHealer:
         store: Store,
         shards: ShardClients,
         now: Callable[[], datetime],
+        live_board_periods: Callable[[datetime], list[str]],
         *,
         interval_s: float,
         chunk: int,
         lease_s: float = 10.0,
     ) -> None:
+        """`live_board_periods`: every board period that takes events at a moment (of every open board)."""
         self.store = store
         self.shards = shards
         self.now = now
+        self.live_board_periods = live_board_periods
         self.chunk = chunk
         self.lease_s = lease_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -96,9 +98,16 @@ class ShardHealer:
     async def wait_repairs(self) -> None:
         await asyncio.gather(*self._repairs.values(), return_exceptions=True)
 
-    async def _months(self) -> list[date]:
-        archived = {month for month, _, _ in await self.store.archived_months()}
-        return [month for month in sorted(live_months(self.now())) if month not in archived]
+    async def _periods(self) -> list[str]:
+        """Every live board period of every open board, in a fixed order (a repair's progress
+        names the one it is in)."""
+        live = sorted(self.live_board_periods(self.now()))
+        if not live:
+            # Not even board `global`: the boards are not loaded yet. A repair over no
+            # periods would mark the shard checked without restoring anything.
+            raise StoreUnavailable("the boards are not loaded yet")
+        archived = set(await self.store.archived_among(live))
+        return [key for key in live if key not in archived]
 
     async def _check(self, shard_id: str) -> None:
         running = self._repairs.get(shard_id)
@@ -110,14 +119,14 @@ class ShardHealer:
                 self.shards.unready.pop(shard_id, None)
                 self.status[shard_id] = "checked"
                 return
-            months = await self._months()
+            periods = await self._periods()
             reason = "restarted" if identity.checked_run_id is not None else "lost_data"
             progress = await self.shards.repair_progress(shard_id)
             lost = progress.get("run_id") == identity.run_id and progress.get("lost") == "1"
             if not lost and reason == "lost_data":
-                lost = await self.shards.member_total(
-                    shard_id, [month_label(m) for m in months]
-                ) == 0 and await self.store.has_players_on_shard(months, shard_id)
+                lost = await self.shards.member_total(shard_id, periods) == 0 and await self.store.has_players_on_shard(
+                    periods, shard_id
+                )
             if lost:
                 self.shards.unready[shard_id] = LOST_DATA
             if not await self.shards.take_repair_lease(shard_id, self.owner, self.lease_s, identity.run_id):
@@ -129,15 +138,15 @@ class ShardHealer:
             return
         self.status[shard_id] = f"repairing ({reason})"
         self._repairs[shard_id] = asyncio.create_task(
-            self._repair(shard_id, identity.run_id, reason, months, lost), name=f"repair {shard_id}"
+            self._repair(shard_id, identity.run_id, reason, periods, lost), name=f"repair {shard_id}"
         )
 
-    async def _repair(self, shard_id: str, run_id: str, reason: str, months: Sequence[date], lost: bool) -> None:
+    async def _repair(self, shard_id: str, run_id: str, reason: str, periods: Sequence[str], lost: bool) -> None:
         SHARD_REPAIRING.labels(shard_id).set(1)
         log.warning("shard %s %s: repairing it from PostgreSQL", shard_id, reason.replace("_", " "))
         outcome = "interrupted"
         try:
-            checked = await self._run_repair(shard_id, run_id, months, lost)
+            checked = await self._run_repair(shard_id, run_id, periods, lost)
             if await self.shards.finish_repair(shard_id, self.owner, run_id):
                 self.shards.unready.pop(shard_id, None)
                 self.status[shard_id] = "checked"
@@ -156,26 +165,25 @@ class ShardHealer:
             SHARD_REPAIRING.labels(shard_id).set(0)
             SHARD_REPAIRS.labels(shard_id, reason, outcome).inc()
 
-    async def _run_repair(self, shard_id: str, run_id: str, months: Sequence[date], lost: bool) -> int:
+    async def _run_repair(self, shard_id: str, run_id: str, periods: Sequence[str], lost: bool) -> int:
         progress = await self.shards.repair_progress(shard_id)
-        labels = [month_label(m) for m in months]
-        if progress.get("run_id") != run_id or progress.get("month", "") not in ("", *labels):
-            progress = {"run_id": run_id, "lost": "1" if lost else "0", "phase": "adds", "month": "", "after": ""}
+        if progress.get("run_id") != run_id or progress.get("period", "") not in ("", *periods):
+            progress = {"run_id": run_id, "lost": "1" if lost else "0", "phase": "adds", "period": "", "after": ""}
             await self.shards.save_repair_progress(shard_id, progress)
         checked = 0
         for phase in ("adds", "strays"):
             if phase == "adds" and progress["phase"] == "strays":
                 continue
-            for month, label in zip(months, labels, strict=True):
-                if progress["month"] and label < progress["month"]:
+            for key in periods:
+                if progress["period"] and key < progress["period"]:
                     continue  # done before a takeover
-                if progress["month"] != label:
-                    progress.update(phase=phase, month=label, after="" if phase == "adds" else "0")
+                if progress["period"] != key:
+                    progress.update(phase=phase, period=key, after="" if phase == "adds" else "0")
                 if phase == "adds":
-                    checked += await self._restore_players(shard_id, month, progress)
+                    checked += await self._restore_players(shard_id, key, progress)
                 else:
-                    checked += await self._remove_strays(shard_id, month, progress)
-            progress.update(phase="strays", month="", after="0")
+                    checked += await self._remove_strays(shard_id, key, progress)
+            progress.update(phase="strays", period="", after="0")
         return checked
 
     async def _step_done(self, shard_id: str, progress: dict[str, str], count: int) -> None:
@@ -184,11 +192,11 @@ class ShardHealer:
             raise _LeaseLost()
         await self.shards.save_repair_progress(shard_id, progress)
 
-    async def _restore_players(self, shard_id: str, month: date, progress: dict[str, str]) -> int:
+    async def _restore_players(self, shard_id: str, label: str, progress: dict[str, str]) -> int:
         """Every player PostgreSQL places on the shard, put there at their committed version."""
-        label, done = month_label(month), 0
+        done = 0
         while True:
-            rows = await self.store.players_on_shard(month, shard_id, progress["after"], self.chunk)
+            rows = await self.store.players_on_shard(label, shard_id, progress["after"], self.chunk)
             if not rows:
                 return done
             await self.shards.apply(shard_id, label, [(_state(row), True) for row in rows])
@@ -196,14 +204,14 @@ class ShardHealer:
             progress["after"] = rows[-1].user_id
             await self._step_done(shard_id, progress, len(rows))
 
-    async def _remove_strays(self, shard_id: str, month: date, progress: dict[str, str]) -> int:
+    async def _remove_strays(self, shard_id: str, label: str, progress: dict[str, str]) -> int:
         """Every member PostgreSQL places on another shard, tombstoned here at its committed version."""
-        label, done = month_label(month), 0
+        done = 0
         cursor = int(progress["after"] or 0)
         while True:
             cursor, users = await self.shards.scan_members(shard_id, label, cursor, self.chunk)
             users = list(dict.fromkeys(users))
-            rows = await self.store.players(month, users) if users else {}
+            rows = await self.store.players(label, users) if users else {}
             strays = [row for row in rows.values() if row.shard != shard_id]
             unknown = len(users) - len(rows)
             if unknown:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from router.core.user_cache import UserShardCache
 from router.errors import PlayerNotFound
+from router.periods import describe
 from router.shards.client import ShardClients
 from router.shards.keys import user_of
 from router.shards.protocol import Lookup, ShardCount
@@ -30,7 +31,7 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class BoardCounts:
-    """Every shard's member count and generation for one month, under one layout: what a
+    """Every shard's member count and generation for one board period, under one layout: what a
     page is computed from, and what a rendered page is checked against before it is
     served again (equal fingerprints: no shard's sorted set changed in between)."""
 
@@ -57,7 +58,7 @@ class Standing:
     rank: int
     total_players: int
     shard_id: str
-    counts: BoardCounts | None  # what the rank was computed from; None for an archived month
+    counts: BoardCounts | None  # what the rank was computed from; None for an archived period
 
     @property
     def percentile(self) -> float:
@@ -70,7 +71,7 @@ class Page:
     counts: BoardCounts  # the shards' counts the page was read under
     entries: list[Entry]
     # False if every read found a shard changed since it was counted: the page is then
-    # not known to be one moment's board, and must not be kept (ranking.Board._page).
+    # not known to be one moment's board, and must not be kept (ranking.RankReader._page).
     consistent: bool = True
 
 
@@ -109,7 +110,7 @@ def window(shard_ids: Sequence[str], sizes: Mapping[str, int], offset: int, limi
     return slices
 
 
-class Board:
+class RankReader:
     def __init__(self, shards: ShardClients, cache: UserShardCache) -> None:
         self.shards = shards
         self.cache = cache
@@ -118,27 +119,28 @@ class Board:
     def shard_ids(self) -> tuple[str, ...]:
         return self.shards.shard_map.ids
 
-    async def standing(self, month: str, user_id: str) -> Standing:
+    async def standing(self, board_period: str, user_id: str) -> Standing:
         ids = self.shard_ids
-        hint = self.cache.get(month, user_id)
+        hint = self.cache.get(board_period, user_id)
         if hint in ids:
             others = [sid for sid in ids if sid != hint]
             found, *counts = await asyncio.gather(
-                self.shards.lookup(hint, month, user_id), *(self.shards.count(sid, month) for sid in others)
+                self.shards.lookup(hint, board_period, user_id),
+                *(self.shards.count(sid, board_period) for sid in others),
             )
             if found.rank >= 0:
                 read = dict(zip(others, counts, strict=True))
                 return self._standing(user_id, hint, found, BoardCounts(ids, {**read, hint: found.count}))
-            self.cache.forget(month, user_id)
-        lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid in ids))
+            self.cache.forget(board_period, user_id)
+        lookups = await asyncio.gather(*(self.shards.lookup(sid, board_period, user_id) for sid in ids))
         counts = BoardCounts(ids, {sid: lk.count for sid, lk in zip(ids, lookups, strict=True)})
         # Mid-move a player can briefly sit on two shards (add before remove); the
         # newer version is the one being moved to.
         present = [(lk.version, sid, lk) for sid, lk in zip(ids, lookups, strict=True) if lk.rank >= 0]
         if not present:
-            raise PlayerNotFound(user_id, month)
+            raise PlayerNotFound(user_id, describe(board_period))
         _, shard_id, found = max(present)
-        self.cache.put(month, user_id, shard_id)
+        self.cache.put(board_period, user_id, shard_id)
         return self._standing(user_id, shard_id, found, counts)
 
     def _standing(self, user_id: str, shard_id: str, found: Lookup, counts: BoardCounts) -> Standing:
@@ -146,21 +148,21 @@ class Board:
         rank = global_rank(found.rank, players_above(counts.ids, counts.sizes, shard_id))
         return Standing(user_id, found.score, rank, counts.total, shard_id, counts)
 
-    async def counts(self, month: str) -> BoardCounts:
+    async def counts(self, board_period: str) -> BoardCounts:
         ids = self.shard_ids
-        return BoardCounts(ids, await self.shards.counts(month, ids))
+        return BoardCounts(ids, await self.shards.counts(board_period, ids))
 
-    async def top(self, month: str, offset: int, limit: int, counts: BoardCounts | None = None) -> Page:
-        """`counts`: as read by `counts(month)` just before, if the caller has them."""
-        return await self._page(month, counts or await self.counts(month), offset, limit)
+    async def top(self, board_period: str, offset: int, limit: int, counts: BoardCounts | None = None) -> Page:
+        """`counts`: as read by `counts(board_period)` just before, if the caller has them."""
+        return await self._page(board_period, counts or await self.counts(board_period), offset, limit)
 
-    async def around(self, month: str, user_id: str, radius: int) -> Page:
-        me = await self.standing(month, user_id)
+    async def around(self, board_period: str, user_id: str, radius: int) -> Page:
+        me = await self.standing(board_period, user_id)
         assert me.counts is not None
         offset = max(0, me.rank - 1 - radius)
-        return await self._page(month, me.counts, offset, me.rank + radius - offset)
+        return await self._page(board_period, me.counts, offset, me.rank + radius - offset)
 
-    async def _page(self, month: str, counts: BoardCounts, offset: int, limit: int) -> Page:
+    async def _page(self, board_period: str, counts: BoardCounts, offset: int, limit: int) -> Page:
         """Global positions [offset, offset + limit), each player once, ranks consecutive.
 
         The member counts decide which stretch of which shard holds those positions.
@@ -180,7 +182,9 @@ class Board:
         while True:
             reads_left -= 1
             slices = window(counts.ids, counts.sizes, offset, want)
-            reads = await asyncio.gather(*(self.shards.range_desc(s.shard_id, month, s.start, s.stop) for s in slices))
+            reads = await asyncio.gather(
+                *(self.shards.range_desc(s.shard_id, board_period, s.start, s.stop) for s in slices)
+            )
             recounted = {s.shard_id: count for s, (count, _) in zip(slices, reads, strict=True)}
             changed = any(count != counts.counts[sid] for sid, count in recounted.items())
             consistent = not changed
@@ -194,14 +198,16 @@ class Board:
                 for member, score in members
             ]
             listed = len(rows)
-            rows = await self._without_stale_copies(month, rows)
+            rows = await self._without_stale_copies(board_period, rows)
             dropped = len(rows) < listed
             if len(rows) >= limit or offset + want >= counts.total or not dropped or reads_left <= 0:
                 entries = [Entry(offset + 1 + i, user_id, score) for i, (_, user_id, score) in enumerate(rows[:limit])]
                 return Page(counts, entries, consistent)
             want += limit - len(rows)
 
-    async def _without_stale_copies(self, month: str, rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    async def _without_stale_copies(
+        self, board_period: str, rows: list[tuple[str, str, int]]
+    ) -> list[tuple[str, str, int]]:
         """`rows` ((shard, user, score) in page order) without the older copies of players
         listed on several shards."""
         seen: dict[str, list[str]] = {}
@@ -211,7 +217,7 @@ class Board:
         if not twice:
             return rows
         pairs = [(sid, user_id) for user_id, shard_ids in twice.items() for sid in shard_ids]
-        lookups = await asyncio.gather(*(self.shards.lookup(sid, month, user_id) for sid, user_id in pairs))
+        lookups = await asyncio.gather(*(self.shards.lookup(sid, board_period, user_id) for sid, user_id in pairs))
         newest: dict[str, tuple[int, str]] = {}
         for (sid, user_id), found in zip(pairs, lookups, strict=True):
             if found.rank >= 0 and (user_id not in newest or found.version > newest[user_id][0]):

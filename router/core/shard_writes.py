@@ -19,7 +19,6 @@ from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
 from router.events import EventRow, ScoreEvent
 from router.metrics import PLAYERS_MOVED
-from router.periods import month_label
 from router.shards.client import ShardClients
 from router.shards.protocol import ApplyResult, PlayerState, player_state
 
@@ -39,7 +38,7 @@ class WriteOutcome:
 class _Player:
     """One player's part of a group: where they were before it, where they are after."""
 
-    month: str
+    board_period: str
     user_id: str
     prev_shard: str | None
     row: EventRow
@@ -61,20 +60,20 @@ class _Player:
 def _players_above(
     sizes_read: _Results, lowest: dict[str, int], ids: tuple[str, ...]
 ) -> dict[str, dict[str, int] | None]:
-    """Per month, the members of every shard above each shard from the month's lowest
+    """Per board period, the members of every shard above each shard from the period's lowest
     one the group touches (`lowest`, an index into `ids`), from the sizes the applies
     returned (read after the group's changes); None if one of those shards failed."""
     out: dict[str, dict[str, int] | None] = {}
-    for month, low in lowest.items():
+    for board_period, low in lowest.items():
         sizes: dict[str, int] = {}
         for sid in ids[low + 1 :]:
-            result = sizes_read[(month, sid)]
+            result = sizes_read[(board_period, sid)]
             if isinstance(result, ShardUnavailable):
-                out[month] = None
+                out[board_period] = None
                 break
             sizes[sid] = result[1]
         else:
-            out[month] = {sid: players_above(ids, sizes, sid) for sid in ids[low:]}
+            out[board_period] = {sid: players_above(ids, sizes, sid) for sid in ids[low:]}
     return out
 
 
@@ -90,7 +89,7 @@ class ShardWriter:
             row = outcome.row
             if row.version is None or row.shard is None:
                 continue  # refused before the player had any score: nothing to show
-            key = (month_label(row.month), outcome.event.user_id)
+            key = (row.board_period, outcome.event.user_id)
             player = players.get(key)
             if player is None:
                 player = players[key] = _Player(key[0], key[1], row.prev_shard, row)
@@ -104,26 +103,28 @@ class ShardWriter:
 
         adds: dict[tuple[str, str], list[_Player]] = defaultdict(list)
         for player in players.values():
-            group = adds[(player.month, player.target)]
+            group = adds[(player.board_period, player.target)]
             player.add_index = len(group)
             group.append(player)
         # Where each player must also be removed from: their old shard, and the shard
         # our cache last saw them on, if different.
         stale = {
-            player: sorted({player.prev_shard, self.cache.get(player.month, player.user_id)} - {None, player.target})
+            player: sorted(
+                {player.prev_shard, self.cache.get(player.board_period, player.user_id)} - {None, player.target}
+            )
             for player in players.values()
         }
         # A rank counts the members of the shards above the player's, so only the
         # shards above the lowest one a player of the group is (or was) on are read:
-        # a group on the top shard reads no other shard at all. (A month whose players
+        # a group on the top shard reads no other shard at all. (A board period whose players
         # all went to a shard this process has not heard of has no entry: no ranks.)
         lowest: dict[str, int] = {}
         for player in players.values():
             for sid in (player.target, player.prev_shard):
                 if sid in ids:
                     k = ids.index(sid)
-                    lowest[player.month] = min(k, lowest.get(player.month, k))
-        sized = [(month, sid) for month, low in lowest.items() for sid in ids[low + 1 :]]
+                    lowest[player.board_period] = min(k, lowest.get(player.board_period, k))
+        sized = [(board_period, sid) for board_period, low in lowest.items() for sid in ids[low + 1 :]]
         add_work = {key: [(p.state, True) for p in g] for key, g in adds.items()}
 
         if not any(stale.values()):
@@ -132,7 +133,9 @@ class ShardWriter:
             done = await self._run_applies({**dict.fromkeys(sized, []), **add_work})
             above = _players_above(done, lowest, ids)
             # A list, not a generator: every player is settled, even after one that failed.
-            return all([self._settle(player, done, done, ids, above.get(player.month)) for player in players.values()])
+            return all(
+                [self._settle(player, done, done, ids, above.get(player.board_period)) for player in players.values()]
+            )
 
         # Phase 1: the add on each player's (new) shard.
         added = await self._run_applies(add_work)
@@ -140,38 +143,40 @@ class ShardWriter:
         # on none is not), with every shard's size read after them for the ranks.
         removals: dict[tuple[str, str], list[_Player]] = defaultdict(list)
         for player, shard_ids in stale.items():
-            if isinstance(added[(player.month, player.target)], ShardUnavailable):
+            if isinstance(added[(player.board_period, player.target)], ShardUnavailable):
                 continue
             for shard_id in shard_ids:
                 if shard_id in ids:
-                    group = removals[(player.month, shard_id)]
+                    group = removals[(player.board_period, shard_id)]
                     player.removal_index[shard_id] = len(group)
                     group.append(player)
         removed = await self._run_applies(
             {**dict.fromkeys(sized, []), **{key: [(p.state, False) for p in group] for key, group in removals.items()}}
         )
         above = _players_above(removed, lowest, ids)
-        return all([self._settle(player, added, removed, ids, above.get(player.month)) for player in players.values()])
+        return all(
+            [self._settle(player, added, removed, ids, above.get(player.board_period)) for player in players.values()]
+        )
 
     def _settle(
         self, player: _Player, added: _Results, removed: _Results, ids: tuple[str, ...], above: dict[str, int] | None
     ) -> bool:
         """Record what the shards did for one player (cache, ranks); False if a shard failed them."""
-        month, target = player.month, player.target
-        touched = [(month, target)] + [(month, sid) for sid in player.removal_index]
+        board_period, target = player.board_period, player.target
+        touched = [(board_period, target)] + [(board_period, sid) for sid in player.removal_index]
         for key in touched:
             failure = added.get(key) if key[1] == target else removed.get(key)
             if isinstance(failure, ShardUnavailable):
                 for outcome in player.outcomes:
                     outcome.unavailable = failure
                 return False
-        self.cache.put(month, player.user_id, target)
+        self.cache.put(board_period, player.user_id, target)
         if player.prev_shard is not None and player.prev_shard != target:
             PLAYERS_MOVED.inc()
 
         if above is None:
             return True  # the write is done; a rank needs every shard's size
-        add_result = added[(month, target)]
+        add_result = added[(board_period, target)]
         assert not isinstance(add_result, ShardUnavailable)
         mine = add_result[0][player.add_index]
         rank = global_rank(mine.rank_after, above[target])
@@ -181,7 +186,7 @@ class ShardWriter:
             if prev == target:
                 before = mine.rank_before
             else:
-                prev_result = removed[(month, prev)]
+                prev_result = removed[(board_period, prev)]
                 assert not isinstance(prev_result, ShardUnavailable)
                 before = prev_result[0][player.removal_index[prev]].rank_before
             if before >= 0:
@@ -197,13 +202,13 @@ class ShardWriter:
     async def _run_applies(self, work: dict[tuple[str, str], list[tuple[PlayerState, bool]]]) -> _Results:
         keys = list(work)
 
-        async def one(month: str, shard_id: str, states: list[tuple[PlayerState, bool]]):
+        async def one(board_period: str, shard_id: str, states: list[tuple[PlayerState, bool]]):
             if states:
-                return await self.shards.apply(shard_id, month, states)
-            return [], await self.shards.size(shard_id, month)
+                return await self.shards.apply(shard_id, board_period, states)
+            return [], await self.shards.size(shard_id, board_period)
 
         results = await asyncio.gather(
-            *(one(month, sid, work[(month, sid)]) for month, sid in keys), return_exceptions=True
+            *(one(board_period, sid, work[(board_period, sid)]) for board_period, sid in keys), return_exceptions=True
         )
         out: _Results = {}
         for key, result in zip(keys, results, strict=True):

@@ -15,21 +15,21 @@ class UserShardCache:
         self._capacity = capacity
         self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
 
-    def get(self, month: str, user_id: str) -> str | None:
-        key = (month, user_id)
+    def get(self, board_period: str, user_id: str) -> str | None:
+        key = (board_period, user_id)
         shard_id = self._entries.get(key)
         if shard_id is not None:
             self._entries.move_to_end(key)
         return shard_id
 
-    def put(self, month: str, user_id: str, shard_id: str) -> None:
+    def put(self, board_period: str, user_id: str, shard_id: str) -> None:
         if self._capacity <= 0:
             return
-        key = (month, user_id)
+        key = (board_period, user_id)
         self._entries[key] = shard_id
         self._entries.move_to_end(key)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
-    def forget(self, month: str, user_id: str) -> None:
-        self._entries.pop((month, user_id), None)
+    def forget(self, board_period: str, user_id: str) -> None:
+        self._entries.pop((board_period, user_id), None)

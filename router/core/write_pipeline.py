@@ -55,7 +55,7 @@ Admission = Callable[[Sequence[tuple[str, str]]], Awaitable[Sequence[Leaderboard
 class _Queued:
     event: ScoreEvent
     sender: str
-    future: asyncio.Future[WriteOutcome]
+    future: asyncio.Future[list[WriteOutcome]]
 
 
 def _fail(batch: Sequence[_Queued], exc: Exception) -> None:
@@ -146,18 +146,19 @@ class WritePipeline:
         with contextlib.suppress(LeaderboardError):
             await self._flush_acks()
 
-    async def submit(self, event: ScoreEvent, sender: str = "") -> WriteOutcome:
-        """Commit one event with the next group. `sender` (the game token) is what
-        `admit` counts it against, with the rest of the group, in one call."""
-        future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+    async def submit(self, event: ScoreEvent, sender: str = "") -> list[WriteOutcome]:
+        """Commit one event with the next group; its outcome in each window of its board.
+        `sender` (the game token) is what `admit` counts it against, with the rest of
+        the group, in one call."""
+        future: asyncio.Future[list[WriteOutcome]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(event, sender, future))
         if self._enough is not None and self._queue.qsize() >= self._wanted:
             _resolve(self._enough)
         return await future
 
-    async def submit_batch(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+    async def submit_batch(self, events: Sequence[ScoreEvent]) -> list[list[WriteOutcome]]:
         """A batch from one caller is already a group: commit it directly, in chunks."""
-        outcomes: list[WriteOutcome] = []
+        outcomes: list[list[WriteOutcome]] = []
         for start in range(0, len(events), self.batch_max):
             outcomes += await self.commit_group(events[start : start + self.batch_max])
         return outcomes
@@ -256,7 +257,7 @@ class WritePipeline:
             if not queued.future.done():
                 queued.future.set_result(outcome)
 
-    async def commit_group(self, events: Sequence[ScoreEvent]) -> list[WriteOutcome]:
+    async def commit_group(self, events: Sequence[ScoreEvent]) -> list[list[WriteOutcome]]:
         return await self._to_shards(events, await self._commit(events))
 
     async def _commit(self, events: Sequence[ScoreEvent]) -> GroupCommit:
@@ -266,14 +267,15 @@ class WritePipeline:
         GROUP_EVENTS.observe(len(events))
         return commit
 
-    async def _to_shards(self, events: Sequence[ScoreEvent], commit: GroupCommit) -> list[WriteOutcome]:
-        rows = commit.rows
-        if any(row.shard is not None and row.shard not in self.shards.shard_map.ids for row in rows):
+    async def _to_shards(self, events: Sequence[ScoreEvent], commit: GroupCommit) -> list[list[WriteOutcome]]:
+        if any(
+            row.shard is not None and row.shard not in self.shards.shard_map.ids for rows in commit.rows for row in rows
+        ):
             # PostgreSQL placed a player on a shard this process has not heard of yet:
             # a rebalance added it. Catch up before touching the shards.
             await self.on_unknown_shard()
-        outcomes = [WriteOutcome(event, row) for event, row in zip(events, rows, strict=True)]
-        if await self.shard_writer.apply(outcomes) and commit.outbox_id is not None:
+        outcomes = [[WriteOutcome(event, row) for row in rows] for event, rows in zip(events, commit.rows, strict=True)]
+        if await self.shard_writer.apply([o for windows in outcomes for o in windows]) and commit.outbox_id is not None:
             self._finished.append(commit.outbox_id)
         return outcomes
 

@@ -5,7 +5,7 @@ shared with the operator's tools' synchronous client (`router.shards.sync_client
 
 Every call goes through `_call`, which turns connection failures and timeouts into
 `ShardUnavailable(shard_id)`, so callers deal in shards, never in sockets. Lookups
-and member counts of one shard and month that arrive while one is in flight share
+and member counts of one shard and board period that arrive while one is in flight share
 the next call (`router.aio.coalesce`): a rank read needs every shard, and under load
 this turns three round trips per read into three per batch of reads.
 """
@@ -220,10 +220,10 @@ class ShardClients:
         return result
 
     async def apply(
-        self, shard_id: str, month: str, states: Sequence[tuple[PlayerState, bool]]
+        self, shard_id: str, board_period: str, states: Sequence[tuple[PlayerState, bool]]
     ) -> tuple[list[ApplyResult], int]:
         """Apply (state, present) pairs in order on one shard; returns results and member count."""
-        keys, args = protocol.apply_call(month, states)
+        keys, args = protocol.apply_call(board_period, states)
 
         async def run(client: aioredis.Redis) -> list[int]:
             return await self._apply(keys=keys, args=args, client=client)
@@ -234,20 +234,20 @@ class ShardClients:
 
     # Plain futures rather than coroutines: a rank read gathers one per shard, and
     # gathering futures creates no task for each.
-    def lookup(self, shard_id: str, month: str, user_id: str) -> asyncio.Future[Lookup]:
-        return self._reads.enqueue((shard_id, month), user_id)  # type: ignore[return-value]
+    def lookup(self, shard_id: str, board_period: str, user_id: str) -> asyncio.Future[Lookup]:
+        return self._reads.enqueue((shard_id, board_period), user_id)  # type: ignore[return-value]
 
-    def count(self, shard_id: str, month: str) -> asyncio.Future[ShardCount]:
-        return self._reads.enqueue((shard_id, month), None)  # type: ignore[return-value]
+    def count(self, shard_id: str, board_period: str) -> asyncio.Future[ShardCount]:
+        return self._reads.enqueue((shard_id, board_period), None)  # type: ignore[return-value]
 
-    async def size(self, shard_id: str, month: str) -> int:
-        return (await self.count(shard_id, month)).size
+    async def size(self, shard_id: str, board_period: str) -> int:
+        return (await self.count(shard_id, board_period)).size
 
     async def _read_many(self, key: tuple[str, str], items: Sequence[str | None]) -> list[Lookup | ShardCount]:
-        shard_id, month = key
+        shard_id, board_period = key
         users = list(dict.fromkeys(item for item in items if item is not None))
 
-        keys, args = protocol.lookup_call(month, users)
+        keys, args = protocol.lookup_call(board_period, users)
 
         async def run(client: aioredis.Redis) -> list[Any]:
             return await self._lookup(keys=keys, args=args, client=client)
@@ -255,21 +255,21 @@ class ShardClients:
         count, found = protocol.lookup_reply(await self._call(shard_id, run, "lookup" if users else "size"), users)
         return [count if item is None else found[item] for item in items]
 
-    async def counts(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, ShardCount]:
+    async def counts(self, board_period: str, shard_ids: Iterable[str] | None = None) -> dict[str, ShardCount]:
         ids = list(shard_ids) if shard_ids is not None else list(self.shard_map.ids)
-        counts = await asyncio.gather(*(self.count(sid, month) for sid in ids))
+        counts = await asyncio.gather(*(self.count(sid, board_period) for sid in ids))
         return dict(zip(ids, counts, strict=True))
 
-    async def sizes(self, month: str, shard_ids: Iterable[str] | None = None) -> dict[str, int]:
-        return {sid: count.size for sid, count in (await self.counts(month, shard_ids)).items()}
+    async def sizes(self, board_period: str, shard_ids: Iterable[str] | None = None) -> dict[str, int]:
+        return {sid: count.size for sid, count in (await self.counts(board_period, shard_ids)).items()}
 
     async def range_desc(
-        self, shard_id: str, month: str, start: int, stop: int
+        self, shard_id: str, board_period: str, start: int, stop: int
     ) -> tuple[ShardCount, list[tuple[str, int]]]:
         """The shard's count and generation, and the members at 0-based positions
         start..stop (inclusive), highest first, with scores, read in one step."""
 
-        keys, args = protocol.range_call(month, start, stop)
+        keys, args = protocol.range_call(board_period, start, stop)
 
         async def run(client: aioredis.Redis) -> list[Any]:
             return await self._range(keys=keys, args=args, client=client)
@@ -303,7 +303,7 @@ class ShardClients:
         info = await self._call(shard_id, lambda c: c.info("memory"))
         return int(info.get("used_memory", 0))
 
-    async def states(self, shard_id: str, month: str, user_ids: Sequence[str]) -> list[str | None]:
+    async def states(self, shard_id: str, board_period: str, user_ids: Sequence[str]) -> list[str | None]:
         """Raw state-hash entries ("version:tie", "version" or None) for several users."""
         if not user_ids:
             return []
@@ -311,7 +311,7 @@ class ShardClients:
         async def run(client: aioredis.Redis) -> list[str | None]:
             pipe = client.pipeline(transaction=False)
             for user in user_ids:
-                pipe.hget(state_key(month, user), user)
+                pipe.hget(state_key(board_period, user), user)
             return await pipe.execute()
 
         return await self._call(shard_id, run, "states", deadline_s=self.write_deadline_s)
@@ -352,23 +352,23 @@ class ShardClients:
 
         return bool(await self._call(shard_id, run, "repair", reads=False))
 
-    async def scan_members(self, shard_id: str, month: str, cursor: int, count: int) -> tuple[int, list[str]]:
-        """One step of a ZSCAN over the month's sorted set: the next cursor (0: done)
+    async def scan_members(self, shard_id: str, board_period: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One step of a ZSCAN over the board period's sorted set: the next cursor (0: done)
         and the users of the members it returned (a scan may return one twice)."""
 
         async def run(client: aioredis.Redis) -> tuple[int, list[str]]:
-            next_cursor, pairs = await client.zscan(zset_key(month), cursor, count=count)
+            next_cursor, pairs = await client.zscan(zset_key(board_period), cursor, count=count)
             return int(next_cursor), [user_of(name) for name, _ in pairs]
 
         return await self._call(shard_id, run, "repair", reads=False, deadline_s=self.write_deadline_s)
 
-    async def member_total(self, shard_id: str, months: Iterable[str]) -> int:
-        """Members of these months' sorted sets on the shard, read even while its reads are refused."""
+    async def member_total(self, shard_id: str, board_periods: Iterable[str]) -> int:
+        """Members of these board periods' sorted sets on the shard, read even while its reads are refused."""
 
         async def run(client: aioredis.Redis) -> list[int]:
             pipe = client.pipeline(transaction=False)
-            for month in months:
-                pipe.zcard(zset_key(month))
+            for board_period in board_periods:
+                pipe.zcard(zset_key(board_period))
             return await pipe.execute()
 
         return sum(await self._call(shard_id, run, "repair", reads=False))

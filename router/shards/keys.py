@@ -30,23 +30,36 @@ def user_of(member_name: str) -> str:
     return member_name[TIE_WIDTH:]
 
 
-def zset_key(month_label: str) -> str:
-    return f"lb:{month_label}:z"
+def redis_prefix(board_period: str) -> str:
+    """Where a board period's keys live on a shard. The original board's months keep
+    the names they had before there were boards (`lb:2026-11:…`), so a cluster
+    upgraded in place needs no rebuild; every other board period is `lb:<board
+    period>:…` (which cannot collide: it has three parts, a month has one)."""
+    if board_period.startswith(LEGACY_BOARD_WINDOW):
+        return "lb:" + board_period[len(LEGACY_BOARD_WINDOW) :]
+    return "lb:" + board_period
 
 
-def generation_key(month_label: str) -> str:
-    """Changes with every change to the month's sorted set on a shard (lua/generation.lua)."""
-    return f"lb:{month_label}:g"
+LEGACY_BOARD_WINDOW = "global:monthly:"
 
 
-# A player's state lives in one of STATE_BUCKETS small hashes per month and shard,
+def zset_key(board_period: str) -> str:
+    return f"{redis_prefix(board_period)}:z"
+
+
+def generation_key(board_period: str) -> str:
+    """Changes with every change to the board period's sorted set on a shard (lua/generation.lua)."""
+    return f"{redis_prefix(board_period)}:g"
+
+
+# A player's state lives in one of STATE_BUCKETS small hashes per board period and shard,
 # chosen by a CRC of the user id, instead of one big hash. Redis keeps a hash of up to
 # hash-max-ziplist-entries (512 by default) short fields as one packed array: about 16
 # bytes an entry, against about 83 for an entry of a hash table (entry, field and
 # value each allocated on their own). 4096 buckets stay packed up to 2M entries per
-# shard and month (players plus tombstones); past that, full buckets turn into hash
+# shard and board period (players plus tombstones); past that, full buckets turn into hash
 # tables one by one: correct, only no smaller. Changing the count moves every player's
-# bucket, so it takes a rebuild of every month on the board.
+# bucket, so it takes a rebuild of every board period.
 STATE_BUCKETS = 4096
 
 
@@ -61,24 +74,24 @@ def state_bucket(user_id: str) -> int:
     return user_bucket(user_id, STATE_BUCKETS)
 
 
-def state_keys(month_label: str) -> list[str]:
-    """Every state hash a month can have on a shard, by bucket (most exist once it has players)."""
-    return [f"{legacy_state_key(month_label)}:{bucket}" for bucket in range(STATE_BUCKETS)]
+def state_keys(board_period: str) -> list[str]:
+    """Every state hash a board period can have on a shard, by bucket (most exist once it has players)."""
+    return [f"{legacy_state_key(board_period)}:{bucket}" for bucket in range(STATE_BUCKETS)]
 
 
-def state_key(month_label: str, user_id: str) -> str:
+def state_key(board_period: str, user_id: str) -> str:
     """The hash holding this player's entry: user_id -> "version:tie" (on the board)
     or "version" (a tombstone: the player left this shard at that version)."""
-    return f"{legacy_state_key(month_label)}:{state_bucket(user_id)}"
+    return f"{legacy_state_key(board_period)}:{state_bucket(user_id)}"
 
 
-def legacy_state_key(month_label: str) -> str:
+def legacy_state_key(board_period: str) -> str:
     """The single state hash per month of boards written before the buckets (and the
     prefix of the buckets' names)."""
-    return f"lb:{month_label}:v"
+    return f"{redis_prefix(board_period)}:v"
 
 
-LEGACY_STATE_PATTERN = legacy_state_key("[0-9][0-9][0-9][0-9]-[0-9][0-9]")
+LEGACY_STATE_PATTERN = "lb:[0-9][0-9][0-9][0-9]-[0-9][0-9]:v"
 
 
 def month_of_legacy_key(key: str) -> str:
@@ -86,10 +99,10 @@ def month_of_legacy_key(key: str) -> str:
     return key.split(":")[1]
 
 
-def script_keys(month_label: str, user_ids: Iterable[str]) -> list[str]:
+def script_keys(board_period: str, user_ids: Iterable[str]) -> list[str]:
     """KEYS for the apply and lookup scripts: the sorted set, the generation, then each
     user's state hash."""
-    return [zset_key(month_label), generation_key(month_label), *(state_key(month_label, user) for user in user_ids)]
+    return [zset_key(board_period), generation_key(board_period), *(state_key(board_period, user) for user in user_ids)]
 
 
 # Self-healing (router/background/self_healing.py). The marker names the server run (Redis's

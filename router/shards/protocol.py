@@ -38,7 +38,7 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class ShardCount:
-    """A shard's member count for a month, and the generation of its sorted set
+    """A shard's member count for a board_period, and the generation of its sorted set
     (lua/generation.lua; "" if it was never written), read in one step."""
 
     size: int
@@ -53,13 +53,13 @@ class Lookup:
     count: ShardCount  # read in the same step
 
 
-def apply_call(month: str, states: Iterable[tuple[PlayerState, bool]]) -> tuple[list[str], list[Any]]:
+def apply_call(board_period: str, states: Iterable[tuple[PlayerState, bool]]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of lua/apply.lua for (state, present) pairs, applied in order."""
     states = list(states)
     args: list[Any] = []
     for state, present in states:
         args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie]
-    return script_keys(month, (state.user_id for state, _ in states)), args
+    return script_keys(board_period, (state.user_id for state, _ in states)), args
 
 
 def apply_reply(raw: Sequence[Any]) -> tuple[list[ApplyResult], int]:
@@ -68,9 +68,9 @@ def apply_reply(raw: Sequence[Any]) -> tuple[list[ApplyResult], int]:
     return results, int(raw[-1])
 
 
-def lookup_call(month: str, users: Sequence[str]) -> tuple[list[str], list[str]]:
+def lookup_call(board_period: str, users: Sequence[str]) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of lua/lookup.lua: no users reads only the count and generation."""
-    return script_keys(month, users), list(users)
+    return script_keys(board_period, users), list(users)
 
 
 def lookup_reply(raw: Sequence[Any], users: Sequence[str]) -> tuple[ShardCount, dict[str, Lookup]]:
@@ -82,9 +82,9 @@ def lookup_reply(raw: Sequence[Any], users: Sequence[str]) -> tuple[ShardCount, 
     return count, found
 
 
-def range_call(month: str, start: int, stop: int) -> tuple[list[str], list[int]]:
+def range_call(board_period: str, start: int, stop: int) -> tuple[list[str], list[int]]:
     """KEYS and ARGV of lua/range.lua: members at 0-based positions start..stop, highest first."""
-    return [zset_key(month), generation_key(month)], [start, stop]
+    return [zset_key(board_period), generation_key(board_period)], [start, stop]
 
 
 def range_reply(raw: Sequence[Any]) -> tuple[ShardCount, list[tuple[str, int]]]:

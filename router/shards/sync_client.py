@@ -26,9 +26,9 @@ class SyncShard:
         self.retry_for_s = retry_for_s
         self._apply = self.client.register_script(APPLY_LUA)
 
-    def apply(self, month: str, states: Sequence[tuple[PlayerState, bool]]) -> tuple[list[ApplyResult], int]:
+    def apply(self, board_period: str, states: Sequence[tuple[PlayerState, bool]]) -> tuple[list[ApplyResult], int]:
         """Apply (state, present) pairs in order; per state what the shard did, and its member count."""
-        keys, args = protocol.apply_call(month, states)
+        keys, args = protocol.apply_call(board_period, states)
         give_up = time.monotonic() + self.retry_for_s
         while True:
             try:

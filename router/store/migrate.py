@@ -39,10 +39,11 @@ def functions() -> list[tuple[str, str]]:
     return sorted((entry.name, entry.read_text()) for entry in files.iterdir() if entry.name.endswith(".sql"))
 
 
-def migrate(dsn: str, *, with_functions: bool = True) -> list[str]:
+def migrate(dsn: str, *, with_functions: bool = True, up_to: int | None = None) -> list[str]:
     """Apply every migration not yet applied, then every function file that changed;
     return the names applied now. `with_functions=False` stops after the versioned
-    migrations (to compare what they alone define with the function files)."""
+    migrations (to compare what they alone define with the function files); `up_to`
+    stops after that version (to build a database as an older release left it)."""
     conn = psycopg2.connect(dsn)
     applied_now = []
     try:
@@ -56,7 +57,7 @@ def migrate(dsn: str, *, with_functions: bool = True) -> list[str]:
             cur.execute("SELECT version FROM schema_migrations")
             done = {row[0] for row in cur.fetchall()}
             for version, name, sql in available():
-                if version in done:
+                if version in done or (up_to is not None and version > up_to):
                     continue
                 cur.execute(sql)
                 cur.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))

@@ -27,8 +27,10 @@ import psycopg2.extensions
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from router.aio.circuit_breaker import CircuitBreaker
+from router.boards import Board
 from router.errors import StoreUnavailable
 from router.events import EventRow, GroupCommit, PlayerRow, ScoreEvent
+from router.store import boards as board_rows
 from router.store.layout import Layout, load_layout
 
 
@@ -256,22 +258,26 @@ class Store:
         return with_conflict_retries(self._apply_events_once, events)
 
     def _apply_events_once(self, events: Sequence[ScoreEvent]) -> GroupCommit:
+        row_events = [k for k, event in enumerate(events, start=1) for _ in event.board_periods]
+        row_periods = [period for event in events for period in event.board_periods]
         with self.pool.connection() as conn:
             try:
                 with conn.cursor() as cur:
                     cur.execute(
-                        "SELECT idx, status, detail, month, score, prev_score, version, prev_version, seq, shard,"
-                        " prev_shard, outbox_id"
-                        " FROM lb_apply_events(%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[],"
-                        " %s::timestamptz[], %s::int[])",
+                        "SELECT idx, event, status, detail, board_period, score, prev_score, version, prev_version,"
+                        " seq, shard, prev_shard, outbox_id"
+                        " FROM lb_apply_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+                        " %s::timestamptz[], %s::int[], %s::int[], %s::text[])",
                         (
+                            array_literal([e.board for e in events]),
                             array_literal([e.user_id for e in events]),
                             array_literal([e.match_id for e in events]),
-                            array_literal([e.month for e in events]),
                             array_literal([e.mode for e in events]),
                             array_literal([e.value for e in events]),
                             array_literal([e.occurred_at for e in events]),
                             array_literal(range(1, len(events) + 1)),
+                            array_literal(row_events),
+                            array_literal(row_periods),
                         ),
                     )
                     rows = cur.fetchall()
@@ -280,7 +286,10 @@ class Store:
             except psycopg2.errors.QueryCanceled as exc:
                 raise StoreUnavailable("statement timed out") from exc
         rows.sort(key=lambda r: r[0])
-        return GroupCommit([EventRow(*row[1:-1]) for row in rows], rows[0][-1] if rows else None)
+        per_event: list[list[EventRow]] = [[] for _ in events]
+        for row in rows:
+            per_event[row[1] - 1].append(EventRow(*row[2:-1]))
+        return GroupCommit(per_event, rows[0][-1] if rows else None)
 
     async def apply_events(self, events: Sequence[ScoreEvent]) -> GroupCommit:
         """Commit a group of events, in arrival order, in one transaction; rows come back in the same order.
@@ -310,20 +319,20 @@ class Store:
             # window runs over at most 1,000 rows, however long the backlog.
             cur.execute(
                 "WITH oldest AS ("
-                "  SELECT id, months, user_ids FROM redis_outbox"
+                "  SELECT id, board_periods, user_ids FROM redis_outbox"
                 "   WHERE created_at < now() - make_interval(secs => %s) ORDER BY id LIMIT 1000"
                 "), due AS ("
-                "  SELECT id, months, user_ids FROM ("
+                "  SELECT id, board_periods, user_ids FROM ("
                 "    SELECT *, sum(cardinality(user_ids)) OVER (ORDER BY id) - cardinality(user_ids) AS before"
                 "      FROM oldest) counted"
                 "   WHERE before < %s"
                 ")"
-                " SELECT d.id, s.month, s.user_id, s.score, s.version, s.seq, s.shard"
+                " SELECT d.id, s.board_period, s.user_id, s.score, s.version, s.seq, s.shard"
                 " FROM due d LEFT JOIN LATERAL ("
-                "   SELECT DISTINCT p.month, p.user_id, p.score, p.version, p.seq, p.shard"
-                "     FROM unnest(d.months, d.user_ids) AS x(month, user_id)"
-                "     JOIN player_scores p ON p.month = x.month AND p.user_id = x.user_id"
-                "    WHERE NOT EXISTS (SELECT 1 FROM month_archives a WHERE a.month = x.month)"
+                "   SELECT DISTINCT p.board_period, p.user_id, p.score, p.version, p.seq, p.shard"
+                "     FROM unnest(d.board_periods, d.user_ids) AS x(board_period, user_id)"
+                "     JOIN player_scores p ON p.board_period = x.board_period AND p.user_id = x.user_id"
+                "    WHERE NOT EXISTS (SELECT 1 FROM period_archives a WHERE a.board_period = x.board_period)"
                 " ) s ON true"
                 " ORDER BY d.id",
                 (settle_s, players),
@@ -337,8 +346,8 @@ class Store:
 
     async def unfinished(self, settle_s: float, players: int = 1000) -> dict[int, list[PlayerRow]]:
         """Outbox rows older than `settle_s`, oldest first, up to about `players` players in all:
-        each row's id and the current state of its players in live months (a player with no
-        state, only refused events, or in an archived month, needs nothing on the shards)."""
+        each row's id and the current state of its players in live periods (a player with no
+        state, only refused events, or in an archived period, needs nothing on the shards)."""
         return await self._run(self._outbox_sync, settle_s, players)
 
     async def outbox_backlog(self) -> int:
@@ -355,36 +364,60 @@ class Store:
         rows = await self._fetch("SELECT epoch FROM shard_layout WHERE id = 1")
         return rows[0][0] if rows else None
 
+    async def boards(self) -> tuple[datetime | None, dict[str, Board]]:
+        return await self._run(self._with_conn, board_rows.load_boards)
+
+    async def boards_version(self) -> datetime | None:
+        return await self._run(self._with_conn, board_rows.boards_version)
+
+    async def put_board(self, board: Board) -> tuple[Board, bool]:
+        return await self._run(self._with_conn, board_rows.put_board, board)
+
+    async def close_board(self, board_id: str) -> bool:
+        return await self._run(self._with_conn, board_rows.close_board, board_id)
+
+    async def board_players(self, board_periods: Sequence[str]) -> dict[str, int]:
+        """Players per board period (archived ones included), from PostgreSQL."""
+        rows = await self._fetch(
+            "SELECT board_period, count(*) FROM player_scores WHERE board_period = ANY(%s::text[]) GROUP BY 1",
+            (array_literal(board_periods),),
+        )
+        return dict(rows)
+
+    def _with_conn(self, fn: Callable[..., T], *args: object) -> T:
+        with self.pool.connection() as conn:
+            return fn(conn, *args)
+
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
 
     # -- self-healing -------------------------------------------------------------
 
-    async def players_on_shard(self, month: date, shard_id: str, after_user: str, limit: int) -> list[PlayerRow]:
-        """The month's players PostgreSQL places on this shard, by user id after `after_user`."""
+    async def players_on_shard(self, board_period: str, shard_id: str, after_user: str, limit: int) -> list[PlayerRow]:
+        """The board period's players PostgreSQL places on this shard, by user id after `after_user`."""
         rows = await self._fetch(
-            "SELECT month, user_id, score, version, seq, shard FROM player_scores"
-            " WHERE month = %s AND user_id > %s AND shard = %s ORDER BY user_id LIMIT %s",
-            (month, after_user, shard_id, limit),
+            "SELECT board_period, user_id, score, version, seq, shard FROM player_scores"
+            " WHERE board_period = %s AND user_id > %s AND shard = %s ORDER BY user_id LIMIT %s",
+            (board_period, after_user, shard_id, limit),
         )
         return [PlayerRow(*row) for row in rows]
 
-    async def players(self, month: date, user_ids: Sequence[str]) -> dict[str, PlayerRow]:
+    async def players(self, board_period: str, user_ids: Sequence[str]) -> dict[str, PlayerRow]:
         rows = await self._fetch(
-            "SELECT month, user_id, score, version, seq, shard FROM player_scores"
-            " WHERE month = %s AND user_id = ANY(%s::text[])",
-            (month, array_literal(user_ids)),
+            "SELECT board_period, user_id, score, version, seq, shard FROM player_scores"
+            " WHERE board_period = %s AND user_id = ANY(%s::text[])",
+            (board_period, array_literal(user_ids)),
         )
         return {row[1]: PlayerRow(*row) for row in rows}
 
-    async def has_players_on_shard(self, months: Sequence[date], shard_id: str) -> bool:
+    async def has_players_on_shard(self, board_periods: Sequence[str], shard_id: str) -> bool:
         rows = await self._fetch(
-            "SELECT EXISTS (SELECT 1 FROM player_scores WHERE month = ANY(%s::date[]) AND shard = %s)",
-            (array_literal(months), shard_id),
+            "SELECT EXISTS (SELECT 1 FROM player_scores WHERE board_period = ANY(%s::text[]) AND shard = %s)",
+            (array_literal(board_periods), shard_id),
         )
         return bool(rows[0][0])
 
-    # -- archived months ----------------------------------------------------------
+    # -- archived periods ---------------------------------------------------------
 
     def _fetch_sync(self, sql: str, params: tuple) -> list[tuple]:
         with self.pool.connection() as conn, conn.cursor() as cur:
@@ -395,24 +428,42 @@ class Store:
     async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
         return await self._run(self._fetch_sync, sql, params)
 
-    async def archived_players(self, month: date) -> int | None:
-        """Players in an archived month, or None if the month is not archived."""
-        rows = await self._fetch("SELECT players FROM month_archives WHERE month = %s", (month,))
+    async def archived_players(self, board_period: str) -> int | None:
+        """Players in an archived board period, or None if it is not archived."""
+        rows = await self._fetch("SELECT players FROM period_archives WHERE board_period = %s", (board_period,))
         return rows[0][0] if rows else None
 
-    async def archived_standing(self, month: date, user_id: str) -> tuple[int, int] | None:
+    async def archived_standing(self, board_period: str, user_id: str) -> tuple[int, int] | None:
         rows = await self._fetch(
-            "SELECT rank, score FROM archived_ranks WHERE month = %s AND user_id = %s", (month, user_id)
+            "SELECT rank, score FROM period_ranks WHERE board_period = %s AND user_id = %s", (board_period, user_id)
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
-    async def archived_range(self, month: date, offset: int, limit: int) -> list[tuple[int, str, int]]:
-        """Entries at 1-based ranks offset+1 .. offset+limit."""
+    async def archived_range(self, board_period: str, offset: int, limit: int) -> list[tuple[int, str, int]]:
+        """Entries at 1-based ranks offset+1 .. offset+limit (scores as the board shows them)."""
         return await self._fetch(
-            "SELECT rank, user_id, score FROM archived_ranks WHERE month = %s AND rank > %s AND rank <= %s"
+            "SELECT rank, user_id, score FROM period_ranks WHERE board_period = %s AND rank > %s AND rank <= %s"
             " ORDER BY rank",
-            (month, offset, offset + limit),
+            (board_period, offset, offset + limit),
         )
 
-    async def archived_months(self) -> list[tuple[date, int, datetime]]:
-        return await self._fetch("SELECT month, players, closed_at FROM month_archives ORDER BY month DESC")
+    async def archived_among(self, board_periods: Sequence[str]) -> list[str]:
+        return [
+            row[0]
+            for row in await self._fetch(
+                "SELECT board_period FROM period_archives WHERE board_period = ANY(%s::text[])",
+                (array_literal(board_periods),),
+            )
+        ]
+
+    async def archived_periods(self, board: str | None = None) -> list[tuple[str, int, datetime]]:
+        """(board period, players, closed at) of every archive (of one board), newest first."""
+        if board is None:
+            return await self._fetch(
+                "SELECT board_period, players, closed_at FROM period_archives ORDER BY closed_at DESC, board_period"
+            )
+        return await self._fetch(
+            "SELECT board_period, players, closed_at FROM period_archives WHERE board_period LIKE %s"
+            " ORDER BY board_period DESC",
+            (board.replace("_", r"\_") + ":%",),
+        )

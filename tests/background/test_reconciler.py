@@ -58,11 +58,11 @@ def test_outbox_rows_of_archived_months_are_acknowledged_without_touching_the_sh
     # Archived months are read from PostgreSQL's archive, and their Redis keys are
     # dropped after a while: the reconciler must not put players back there.
     board.sql(
-        "INSERT INTO player_scores (month, user_id, score, version, seq, shard, epoch)"
-        " VALUES ('2020-01-01', 'veteran', 500, 1, nextval('score_seq'), 's1', 1)"
+        "INSERT INTO player_scores (board_period, user_id, score, version, seq, shard, epoch)"
+        " VALUES ('global:monthly:2020-01', 'veteran', 500, 1, nextval('score_seq'), 's1', 1)"
     )
-    board.sql("INSERT INTO month_archives (month, players) VALUES ('2020-01-01', 1)")
-    board.sql("INSERT INTO redis_outbox (months, user_ids) VALUES ('{2020-01-01}', '{veteran}')")
+    board.sql("INSERT INTO period_archives (board_period, players) VALUES ('global:monthly:2020-01', 1)")
+    board.sql("INSERT INTO redis_outbox (board_periods, user_ids) VALUES ('{global:monthly:2020-01}', '{veteran}')")
     wait_outbox_empty(board, timeout=10)
     for index in range(3):
         assert board.redis(index).keys("*2020-01*") == []

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 
 from router.background.seasons import archive_month
+from router.periods import board_period
 from router.shards.keys import zset_key
 from tests.cluster import Cluster, commit_directly, shard_map_for
 from tests.invariants import wait_outbox_empty
@@ -115,7 +116,10 @@ def test_routers_rotate_in_the_background(board):
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            rows = board.sql("SELECT players, redis_dropped_at FROM month_archives WHERE month = %s", (old,))
+            rows = board.sql(
+                "SELECT players, redis_dropped_at FROM period_archives WHERE board_period = %s",
+                (board_period("global", "monthly", old),),
+            )
             if rows and rows[0][1] is not None:
                 break
             time.sleep(0.1)

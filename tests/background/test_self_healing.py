@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from router.background.self_healing import LOST_DATA, ShardHealer
-from router.periods import month_start
+from router.boards import LEGACY
+from router.periods import board_period, month_start
 from router.shards.client import ShardClients
 from router.shards.keys import (
     REPAIR_LEASE_KEY,
@@ -31,7 +32,7 @@ from shard_manager.verify import verify_month
 from tests.cluster import Cluster, commit_directly, running_cluster
 
 MONTH = month_start(datetime.now(UTC))
-LABEL = MONTH.strftime("%Y-%m")
+KEY = board_period("global", "monthly", MONTH)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,9 @@ def healing(cluster: Cluster, scenario, chunk: int = 100):
     async def main():
         store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000, deadline_s=10)
         shards = ShardClients(cluster.shard_map, read_deadline_s=2, write_deadline_s=5)
-        healer = ShardHealer(store, shards, lambda: datetime.now(UTC), interval_s=1, chunk=chunk)
+        healer = ShardHealer(
+            store, shards, lambda: datetime.now(UTC), LEGACY.live_board_periods, interval_s=1, chunk=chunk
+        )
         try:
             return await scenario(healer, shards)
         finally:
@@ -98,8 +101,8 @@ def test_a_lost_removal_is_tombstoned(board: Cluster):
     commit_directly(board, MONTH, [("mover", "m2", 1850)])
     forget_outbox(board)
     s1 = board.redis(1)
-    s1.zadd(zset_key(LABEL), {member(seq1, "mover"): 150})
-    s1.hset(state_key(LABEL, "mover"), "mover", encode(1, tie_prefix(seq1)))
+    s1.zadd(zset_key(KEY), {member(seq1, "mover"): 150})
+    s1.hset(state_key(KEY, "mover"), "mover", encode(1, tie_prefix(seq1)))
     s1.hset(SHARD_MARKER_KEY, "run_id", "an-earlier-run")
     board.redis(2).hset(SHARD_MARKER_KEY, "run_id", "an-earlier-run")
 
@@ -108,7 +111,7 @@ def test_a_lost_removal_is_tombstoned(board: Cluster):
         await healer.wait_repairs()
 
     healing(board, scenario)
-    assert s1.zcard(zset_key(LABEL)) == 0
+    assert s1.zcard(zset_key(KEY)) == 0
     assert verify_month(board.dsn, board.shard_map, MONTH, recheck_after_s=0).ok
 
 
@@ -121,7 +124,7 @@ def test_an_emptied_shard_refuses_reads_until_refilled(board: Cluster):
         await healer.check_once()
         refused_while_repairing = shards.unready.get("s1")
         await healer.wait_repairs()
-        return refused_while_repairing, dict(shards.unready), await shards.size("s1", LABEL)
+        return refused_while_repairing, dict(shards.unready), await shards.size("s1", KEY)
 
     refused, unready_after, size = healing(board, scenario)
     assert refused == LOST_DATA
@@ -140,11 +143,11 @@ def test_a_repair_another_router_left_half_done_resumes_where_it_stopped(board: 
 
     async def scenario(healer: ShardHealer, shards: ShardClients):
         # A router restored the first 600 players (in user order), then died; its lease expired.
-        first = await healer.store.players_on_shard(MONTH, "s1", "", 600)
-        await shards.apply("s1", LABEL, [(player_state(r.user_id, r.version, r.score, r.seq), True) for r in first])
+        first = await healer.store.players_on_shard(KEY, "s1", "", 600)
+        await shards.apply("s1", KEY, [(player_state(r.user_id, r.version, r.score, r.seq), True) for r in first])
         s1.hset(
             REPAIR_PROGRESS_KEY,
-            mapping={"run_id": run_id, "lost": "1", "phase": "adds", "month": LABEL, "after": first[-1].user_id},
+            mapping={"run_id": run_id, "lost": "1", "phase": "adds", "period": KEY, "after": first[-1].user_id},
         )
         before = checked_players("s1")
         await healer.check_once()
@@ -153,7 +156,7 @@ def test_a_repair_another_router_left_half_done_resumes_where_it_stopped(board: 
 
     # The other 400 restored, then the 1,000 members scanned for strays: not all 1,000 restored again.
     assert healing(board, scenario, chunk=100) == 400 + 1000
-    assert s1.zcard(zset_key(LABEL)) == 1000
+    assert s1.zcard(zset_key(KEY)) == 1000
     assert s1.hget(SHARD_MARKER_KEY, "run_id") == run_id
     assert verify_month(board.dsn, board.shard_map, MONTH, recheck_after_s=0).ok
 

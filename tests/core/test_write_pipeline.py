@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
 
+from router.boards import LEGACY
 from router.core.shard_writes import WriteOutcome
 from router.core.user_cache import UserShardCache
 from router.core.write_pipeline import WritePipeline
 from router.events import GroupCommit, ScoreEvent
-from router.periods import month_start
 from router.shards.client import ShardClients
 from router.store.postgres import Store
 from tests.cluster import Cluster, shard_map_for
@@ -39,7 +39,7 @@ class RecordingPipeline(WritePipeline):
 
 def event(user: str, n: int, score: int = 10) -> ScoreEvent:
     now = datetime.now(UTC)
-    return ScoreEvent(user, f"{user}-m{n}", month_start(now), "incr", score, now)
+    return ScoreEvent("global", user, f"{user}-m{n}", "incr", score, now, LEGACY.board_periods(now))
 
 
 def run_with_pipeline(cluster: Cluster, linger_s: float, scenario) -> RecordingPipeline:
@@ -64,7 +64,7 @@ async def closed_loop(pipeline: WritePipeline, writers: int, rounds: int) -> Non
 
     async def writer(i: int) -> None:
         for n in range(rounds):
-            outcome = await pipeline.submit(event(f"loop{i}", n))
+            (outcome,) = await pipeline.submit(event(f"loop{i}", n))
             assert outcome.row.status == "applied"
             await asyncio.sleep(0.003 * i)
 
@@ -195,7 +195,7 @@ def test_with_the_lowest_shard_down_writes_above_it_keep_their_ranks(board: Clus
     outcomes: list[WriteOutcome] = []
 
     async def write_top(pipeline: WritePipeline) -> None:
-        outcomes.append(await pipeline.submit(event("above-the-outage", 0, TOP)))
+        outcomes.extend(await pipeline.submit(event("above-the-outage", 0, TOP)))
 
     board.shards[0].stop()
     try:
@@ -218,7 +218,7 @@ def test_a_write_placed_on_a_shard_this_router_has_not_heard_of_is_unavailable_n
         pipeline = WritePipeline(store, shards, UserShardCache(1000), batch_max=500, flushers=1)
         await pipeline.start()
         try:
-            outcomes.append(await pipeline.submit(event("beyond-the-map", 0, TOP)))
+            outcomes.extend(await pipeline.submit(event("beyond-the-map", 0, TOP)))
         finally:
             await pipeline.stop()
             await shards.close()

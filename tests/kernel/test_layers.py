@@ -11,7 +11,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first. A module belongs to the longest prefix that names it. The kernel's
 # modules (plain values and errors every layer shares) may import one another.
-KERNEL = {"router.errors", "router.settings", "router.metrics", "router.periods", "router.shardmap", "router.events"}
+KERNEL = {
+    "router.errors",
+    "router.settings",
+    "router.metrics",
+    "router.periods",
+    "router.boards",
+    "router.shardmap",
+    "router.events",
+}
 LAYERS: list[set[str]] = [
     KERNEL,
     {"router.aio"},

@@ -15,27 +15,29 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
+from router.boards import LEGACY
 from router.events import GroupCommit
-from router.periods import month_start
 from router.store.postgres import Store, array_literal
 from tests.cluster import Cluster
 
 CALL = (
-    "SELECT idx, status, score, version FROM lb_apply_events("
-    "%s::text[], %s::text[], %s::date[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[])"
+    "SELECT idx, status, score, version FROM lb_apply_events(%s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::bigint[], %s::timestamptz[], %s::int[], %s::int[], %s::text[])"
 )
 
 
 def group_args(events: list[tuple[str, str, int]]) -> tuple[str, ...]:
     now = datetime.now(UTC)
     columns = (
+        ["global"] * len(events),
         [u for u, _, _ in events],
         [m for _, m, _ in events],
-        [month_start(now)] * len(events),
         ["incr"] * len(events),
         [v for _, _, v in events],
         [now] * len(events),
         list(range(1, len(events) + 1)),
+        list(range(1, len(events) + 1)),  # one window: one row per event
+        [LEGACY.board_periods(now)[0]] * len(events),
     )
     return tuple(array_literal(c) for c in columns)
 
@@ -142,7 +144,7 @@ def test_groups_bringing_the_same_new_players_in_opposite_orders_do_not_deadlock
             [datetime(2026, 11, 27, 12, 0, 1, 250000, tzinfo=UTC)] * 2 + [datetime(2026, 1, 1, tzinfo=UTC)],
             "timestamptz[]",
         ),
-        ([month_start(datetime.now(UTC))] * 3, "date[]"),
+        ([datetime.now(UTC).date()] * 3, "date[]"),
         ([], "text[]"),
     ],
 )

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from router.boards import LEGACY
 from router.errors import StoreUnavailable
 from router.events import ScoreEvent
-from router.periods import month_start
 from router.store.postgres import Store, _Retryable, with_conflict_retries
 from tests.cluster import Cluster
 
@@ -28,7 +28,8 @@ def test_group_commits_leave_no_garbage_in_cycles(board: Cluster) -> None:
     async def commit_many(store: Store, phase: str) -> None:
         now = datetime.now(UTC)
         for n in range(COMMITS):
-            await store.apply_events([ScoreEvent(f"gc{n % 7}", f"gc-{phase}{n}", month_start(now), "incr", 1, now)])
+            periods = LEGACY.board_periods(now)
+            await store.apply_events([ScoreEvent("global", f"gc{n % 7}", f"gc-{phase}{n}", "incr", 1, now, periods)])
 
     async def garbage_in_cycles(store: Store) -> int:
         # All in one event loop, as in the router: its worker threads stay alive, and

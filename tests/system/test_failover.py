@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from router.boards import LEGACY
 from router.periods import month_start
 from router.shardmap import ShardMap, dump_shard_map, shard_map_from_dict
 from router.store.layout import ensure_layout
@@ -135,7 +136,11 @@ def test_a_killed_primary_is_replaced_without_an_operator_and_nothing_acknowledg
         # Every acknowledged write is there, and the promoted replica holds what PostgreSQL
         # holds (self-healing repairs what asynchronous replication lost).
         _wait(lambda: cluster.sql("SELECT count(*) FROM redis_outbox") == [(0,)], 30, "the outbox to drain")
-        rows = dict(cluster.sql("SELECT user_id, score FROM player_scores WHERE month = %s", (month_start(now()),)))
+        rows = dict(
+            cluster.sql(
+                "SELECT user_id, score FROM player_scores WHERE board_period = %s", (LEGACY.board_periods(now())[0],)
+            )
+        )
         assert rows == dict(load.acked)
         _wait(
             lambda: verify_month(cluster.dsn, cluster.shard_map, month_start(now()), recheck_after_s=0).ok, 30, "verify"

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.boards import LEGACY
 from router.periods import month_start
 from router.shards.keys import SHARD_MARKER_KEY
 from shard_manager.verify import verify_month
@@ -85,7 +86,11 @@ def run(load: DrillLoad, seconds: float, fault) -> None:
 def assert_settled_and_exact(cluster: Cluster, load: DrillLoad, timeout: float = 30) -> None:
     """Every acknowledged write is in PostgreSQL, the shards hold what PostgreSQL holds."""
     wait_outbox_empty(cluster, timeout=timeout)
-    rows = dict(cluster.sql("SELECT user_id, score FROM player_scores WHERE month = %s", (month_start(now()),)))
+    rows = dict(
+        cluster.sql(
+            "SELECT user_id, score FROM player_scores WHERE board_period = %s", (LEGACY.board_periods(now())[0],)
+        )
+    )
     assert rows == dict(load.acked)
     deadline = time.monotonic() + timeout
     while True:

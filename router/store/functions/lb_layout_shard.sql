@@ -1,14 +1,14 @@
--- lb_layout_shard: its present definition (last changed in migrations/003_layout.sql).
+-- lb_layout_shard: its present definition (last changed in migrations/007_boards.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 -- Where a player with this score and tie-break belongs under a layout.
--- p_move: {"lo", "hi", "source", "dest", "up", "cursors": {"YYYY-MM-DD": [score, seq]}}
+-- p_move: {"lo", "hi", "source", "dest", "up", "cursors": {"<board period>": [score, seq]}}
 -- up = true: [lo, hi) goes from the lower shard to the upper one, highest first,
 -- so the moved players are those at or above the cursor; up = false: from the
 -- upper shard down, lowest first, moved = at or below the cursor. Either way the
 -- players on each side stay in rank order, so global ranks stay exact mid-move.
 CREATE OR REPLACE FUNCTION lb_layout_shard(
-    p_month date, p_score bigint, p_seq bigint, p_bounds bigint[], p_ids text[], p_move jsonb
+    p_board_period text, p_score bigint, p_seq bigint, p_bounds bigint[], p_ids text[], p_move jsonb
 ) RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     k int;
@@ -18,7 +18,7 @@ DECLARE
     moved boolean;
 BEGIN
     IF p_move IS NOT NULL AND p_score >= (p_move->>'lo')::bigint AND p_score < (p_move->>'hi')::bigint THEN
-        cursor_at := p_move->'cursors'->(p_month::text);
+        cursor_at := p_move->'cursors'->p_board_period;
         IF cursor_at IS NULL THEN
             RETURN p_move->>'source';
         END IF;

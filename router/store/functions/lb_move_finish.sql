@@ -1,27 +1,27 @@
--- lb_move_finish: its present definition (last changed in migrations/003_layout.sql).
+-- lb_move_finish: its present definition (last changed in migrations/007_boards.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
--- Ends a boundary move, under every given month's exclusive lock: if no player of
--- those months is left on the source side of the cursor, the layout takes the new
+-- Ends a boundary move, under every given board period's exclusive lock: if no
+-- player of those periods is left on the source side of the cursor, the layout takes the new
 -- shard list (with the moved boundary) and a new epoch. Returns whether it ended.
-CREATE OR REPLACE FUNCTION lb_move_finish(p_months date[], p_shards jsonb)
+CREATE OR REPLACE FUNCTION lb_move_finish(p_board_periods text[], p_shards jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    m date;
+    m text;
     mv jsonb;
     cs bigint;
     cq bigint;
     left_behind boolean;
 BEGIN
-    FOR m IN SELECT DISTINCT x FROM unnest(p_months) AS x ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(lb_month_lock(m));
+    FOR m IN SELECT DISTINCT x FROM unnest(p_board_periods) AS x ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(lb_period_lock(m));
     END LOOP;
     SELECT move INTO mv FROM shard_layout WHERE id = 1 FOR UPDATE;
     IF mv IS NOT NULL THEN
-        FOREACH m IN ARRAY p_months LOOP
-            IF mv->'cursors'->(m::text) IS NOT NULL THEN
-                cs := (mv->'cursors'->(m::text)->>0)::bigint;
-                cq := (mv->'cursors'->(m::text)->>1)::bigint;
+        FOREACH m IN ARRAY p_board_periods LOOP
+            IF mv->'cursors'->m IS NOT NULL THEN
+                cs := (mv->'cursors'->m->>0)::bigint;
+                cq := (mv->'cursors'->m->>1)::bigint;
             ELSIF (mv->>'up')::boolean THEN
                 cs := (mv->>'hi')::bigint; cq := 0;
             ELSE
@@ -29,11 +29,11 @@ BEGIN
             END IF;
             IF (mv->>'up')::boolean THEN
                 SELECT EXISTS (SELECT 1 FROM player_scores p
-                    WHERE p.month = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
+                    WHERE p.board_period = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
                       AND p.score <= cs AND (p.score < cs OR p.seq > cq)) INTO left_behind;
             ELSE
                 SELECT EXISTS (SELECT 1 FROM player_scores p
-                    WHERE p.month = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
+                    WHERE p.board_period = m AND p.score >= (mv->>'lo')::bigint AND p.score < (mv->>'hi')::bigint
                       AND p.score >= cs AND (p.score > cs OR p.seq < cq)) INTO left_behind;
             END IF;
             IF left_behind THEN

@@ -1,7 +1,7 @@
--- lb_move_step: its present definition (last changed in migrations/006_outbox_per_group.sql).
+-- lb_move_step: its present definition (last changed in migrations/007_boards.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
-CREATE OR REPLACE FUNCTION lb_move_step(p_month date, p_limit int)
+CREATE OR REPLACE FUNCTION lb_move_step(p_board_period text, p_limit int)
 RETURNS TABLE (user_id text, score bigint, version bigint, seq bigint, shard text, prev_shard text, outbox_id bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -22,7 +22,7 @@ DECLARE
     k int;
     work_id bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(lb_month_lock(p_month));
+    PERFORM pg_advisory_xact_lock(lb_period_lock(p_board_period));
     SELECT * INTO layout FROM shard_layout WHERE id = 1 FOR UPDATE;
     mv := layout.move;
     IF mv IS NULL THEN
@@ -31,9 +31,9 @@ BEGIN
     up := (mv->>'up')::boolean;
     lo := (mv->>'lo')::bigint;
     hi := (mv->>'hi')::bigint;
-    IF mv->'cursors'->(p_month::text) IS NOT NULL THEN
-        cs := (mv->'cursors'->(p_month::text)->>0)::bigint;
-        cq := (mv->'cursors'->(p_month::text)->>1)::bigint;
+    IF mv->'cursors'->p_board_period IS NOT NULL THEN
+        cs := (mv->'cursors'->p_board_period->>0)::bigint;
+        cq := (mv->'cursors'->p_board_period->>1)::bigint;
     ELSIF up THEN
         cs := hi; cq := 0;
     ELSE
@@ -41,19 +41,19 @@ BEGIN
     END IF;
 
     -- One statement: pick the next players past the cursor in move order (the
-    -- ORDER BY matches the (month, score DESC, seq) index, forwards or backwards),
-    -- move them. The month lock keeps writers out
+    -- ORDER BY matches the (board_period, score DESC, seq) index, forwards or backwards),
+    -- move them. The period lock keeps writers out
     -- meanwhile, so a step is kept to a few hundred players.
     IF up THEN
         WITH moving AS (
             SELECT p.user_id FROM player_scores p
-             WHERE p.month = p_month AND p.score >= lo AND p.score < hi
+             WHERE p.board_period = p_board_period AND p.score >= lo AND p.score < hi
                AND p.score <= cs AND (p.score < cs OR p.seq > cq)  -- "p.score <= cs" bounds the index scan
              ORDER BY p.score DESC, p.seq ASC LIMIT p_limit
         ), moved AS (
             UPDATE player_scores p
                SET version = p.version + 1, shard = mv->>'dest', epoch = layout.epoch, updated_at = now()
-              FROM moving m WHERE p.month = p_month AND p.user_id = m.user_id
+              FROM moving m WHERE p.board_period = p_board_period AND p.user_id = m.user_id
             RETURNING p.user_id, p.score, p.version, p.seq
         )
         SELECT array_agg(moved.user_id), array_agg(moved.score), array_agg(moved.version), array_agg(moved.seq)
@@ -61,13 +61,13 @@ BEGIN
     ELSE
         WITH moving AS (
             SELECT p.user_id FROM player_scores p
-             WHERE p.month = p_month AND p.score >= lo AND p.score < hi
+             WHERE p.board_period = p_board_period AND p.score >= lo AND p.score < hi
                AND p.score >= cs AND (p.score > cs OR p.seq < cq)
              ORDER BY p.score ASC, p.seq DESC LIMIT p_limit
         ), moved AS (
             UPDATE player_scores p
                SET version = p.version + 1, shard = mv->>'dest', epoch = layout.epoch, updated_at = now()
-              FROM moving m WHERE p.month = p_month AND p.user_id = m.user_id
+              FROM moving m WHERE p.board_period = p_board_period AND p.user_id = m.user_id
             RETURNING p.user_id, p.score, p.version, p.seq
         )
         SELECT array_agg(moved.user_id), array_agg(moved.score), array_agg(moved.version), array_agg(moved.seq)
@@ -75,8 +75,8 @@ BEGIN
     END IF;
 
     IF uids IS NOT NULL THEN
-        INSERT INTO redis_outbox (months, user_ids)
-        VALUES (array_fill(p_month, ARRAY[array_length(uids, 1)]), uids)
+        INSERT INTO redis_outbox (board_periods, user_ids)
+        VALUES (array_fill(p_board_period, ARRAY[array_length(uids, 1)]), uids)
         RETURNING redis_outbox.id INTO work_id;
     END IF;
     FOR k IN 1..coalesce(array_length(uids, 1), 0) LOOP
@@ -93,7 +93,7 @@ BEGIN
     END LOOP;
     IF last_score IS NOT NULL THEN
         UPDATE shard_layout
-           SET move = jsonb_set(move, ARRAY['cursors', p_month::text], jsonb_build_array(last_score, last_seq)),
+           SET move = jsonb_set(move, ARRAY['cursors', p_board_period], jsonb_build_array(last_score, last_seq)),
                updated_at = now()
          WHERE id = 1;
     END IF;

@@ -1,0 +1,230 @@
+"""Routes of the many-boards API (`/v1/boards/...`, `/v1/admin/boards/...`).
+
+The original routes (`/v1/scores`, `/v1/leaderboard/top`, `?month=`) serve board
+`global` and keep their answers; these name the board in the path and the window and
+period in the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
+
+from router.api.answers import entries_out, json_answer
+from router.api.deps import GameToken, ServicesDep, UserPath, require_admin_token, require_reader
+from router.api.errors import ERRORS
+from router.api.schemas import (
+    BOARD_ID_PATTERN,
+    BatchIn,
+    BatchOut,
+    BoardConfigOut,
+    BoardIn,
+    BoardPageOut,
+    BoardPlayerOut,
+    BoardScoreOut,
+    BoardsOut,
+    ErrorOut,
+    ScoreIn,
+)
+from router.api.scores import batch_body, windows_out
+from router.background.seasons import archive_period, unarchived_periods_of
+from router.boards import Board
+from router.services import Services
+
+router = APIRouter()
+
+NOT_FOUND = {404: {"model": ErrorOut, "description": "No such board (or, for a player, no score in that period)"}}
+
+BoardPath = Annotated[str, Path(pattern=BOARD_ID_PATTERN, description="1-64 characters of [a-z0-9_.-]")]
+WindowQuery = Annotated[
+    str | None, Query(pattern=r"^(all|monthly|weekly|daily)$", description="Default: the board's first window")
+]
+PeriodQuery = Annotated[
+    str | None,
+    Query(max_length=16, description="all, 2026-12, 2026-W49 or 2026-12-01 (per window); default: the current one"),
+]
+
+
+async def _config(svc: Services, board: Board) -> BoardConfigOut:
+    players: dict[str, int] = {}
+    if not board.closed:
+        now = svc.service.now()
+        current = {w: key for w, key in zip(board.windows, board.board_periods(now), strict=True)}
+        counts = await svc.store.board_players(list(current.values()))
+        players = {w: counts.get(key, 0) for w, key in current.items()}
+    return BoardConfigOut(
+        id=board.id,
+        order=board.order,
+        operator=board.operator,
+        windows=list(board.windows),
+        status="closed" if board.closed else "open",
+        players=players,
+    )
+
+
+@router.get("/v1/boards", tags=["boards"], response_model=BoardsOut, dependencies=[Depends(require_reader)])
+async def list_boards(svc: ServicesDep) -> Response:
+    """Every board, open and closed, with its config and its players in each window's current period."""
+    await svc.boards.refresh_if_changed()
+    boards = sorted(svc.boards.boards.values(), key=lambda b: b.id)
+    return json_answer(BoardsOut(boards=[await _config(svc, b) for b in boards]))
+
+
+@router.get(
+    "/v1/boards/{board}",
+    tags=["boards"],
+    response_model=BoardConfigOut,
+    dependencies=[Depends(require_reader)],
+    responses={**ERRORS, **NOT_FOUND},
+)
+async def get_board(board: BoardPath, svc: ServicesDep) -> Response:
+    return json_answer(await _config(svc, await svc.boards.get(board)))
+
+
+@router.put(
+    "/v1/admin/boards/{board}",
+    tags=["admin"],
+    response_model=BoardConfigOut,
+    dependencies=[Depends(require_admin_token)],
+    responses={**ERRORS, 409: {"model": ErrorOut, "description": "Order or windows of a board with scores"}},
+    summary="Create a board or change it (order and windows only while it has no scores)",
+)
+async def put_board(board: BoardPath, body: BoardIn, svc: ServicesDep) -> Response:
+    wanted = Board.checked(board, body.order, body.operator, body.windows)
+    stored, _ = await svc.store.put_board(wanted)
+    svc.boards.learn(stored)
+    return json_answer(await _config(svc, stored))
+
+
+@router.delete(
+    "/v1/admin/boards/{board}",
+    tags=["admin"],
+    response_model=BoardConfigOut,
+    dependencies=[Depends(require_admin_token)],
+    responses={**ERRORS, **NOT_FOUND},
+    summary="Close a board: it takes no more events, its standings are archived and stay readable",
+)
+async def delete_board(board: BoardPath, svc: ServicesDep) -> Response:
+    found = await svc.boards.get(board)
+    await svc.store.close_board(found.id)
+    closed = Board(found.id, found.order, found.operator, found.windows, closed=True)
+    svc.boards.learn(closed)
+    dsn, now = svc.settings.database_url, svc.service.now()
+
+    def archive_all() -> None:
+        for key in unarchived_periods_of(dsn, found.id):
+            archive_period(dsn, key, now, closing=True)
+
+    await asyncio.to_thread(archive_all)
+    return json_answer(await _config(svc, closed))
+
+
+@router.post(
+    "/v1/boards/{board}/scores",
+    tags=["boards"],
+    response_model=BoardScoreOut,
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        409: {"model": ErrorOut, "description": "Period or board closed, or match_id reused"},
+    },
+    summary="Record one result on a board: every window of the board, in one commit",
+)
+async def post_board_score(board: BoardPath, body: ScoreIn, svc: ServicesDep, token: GameToken) -> Response:
+    found = await svc.boards.get(board)
+    outcomes = await svc.service.record(found, body, token)
+    out = BoardScoreOut(
+        user_id=body.user_id,
+        board=found.id,
+        duplicate=outcomes[0].row.status == "duplicate",
+        windows=windows_out(found, outcomes),
+    )
+    return json_answer(out)
+
+
+@router.post(
+    "/v1/boards/{board}/scores/batch",
+    tags=["boards"],
+    response_model=BatchOut,
+    responses={**ERRORS, **NOT_FOUND},
+    summary="Record up to 1000 results on a board; one result per event",
+)
+async def post_board_batch(board: BoardPath, body: BatchIn, svc: ServicesDep, token: GameToken) -> Response:
+    await svc.boards.get(board)
+    return Response(await batch_body(svc, token, body.events, board), media_type="application/json")
+
+
+@router.get(
+    "/v1/boards/{board}/scores/{user_id}",
+    tags=["boards"],
+    response_model=BoardPlayerOut,
+    dependencies=[Depends(require_reader)],
+    responses={**ERRORS, **NOT_FOUND},
+)
+async def get_board_player(
+    board: BoardPath, user_id: UserPath, svc: ServicesDep, window: WindowQuery = None, period: PeriodQuery = None
+) -> Response:
+    target = await svc.service.target(await svc.boards.get(board), window, period)
+    me = await svc.service.standing(target, user_id)
+    out = BoardPlayerOut(
+        user_id=user_id,
+        board=board,
+        window=target.window,
+        period=target.label,
+        score=me.score,
+        rank=me.rank,
+        percentile=me.percentile,
+        total_players=me.total_players,
+    )
+    return json_answer(out)
+
+
+@router.get(
+    "/v1/boards/{board}/scores/{user_id}/around",
+    tags=["boards"],
+    response_model=BoardPageOut,
+    dependencies=[Depends(require_reader)],
+    responses={**ERRORS, **NOT_FOUND},
+)
+async def get_board_around(
+    board: BoardPath,
+    user_id: UserPath,
+    svc: ServicesDep,
+    radius: Annotated[int, Query(ge=0, le=50)] = 4,
+    window: WindowQuery = None,
+    period: PeriodQuery = None,
+) -> Response:
+    target = await svc.service.target(await svc.boards.get(board), window, period)
+    total, entries = await svc.service.around(target, user_id, radius)
+    return json_answer(
+        BoardPageOut(
+            board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
+        )
+    )
+
+
+@router.get(
+    "/v1/boards/{board}/top",
+    tags=["boards"],
+    response_model=BoardPageOut,
+    dependencies=[Depends(require_reader)],
+    responses={**ERRORS, **NOT_FOUND},
+)
+async def get_board_top(
+    board: BoardPath,
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    window: WindowQuery = None,
+    period: PeriodQuery = None,
+) -> Response:
+    target = await svc.service.target(await svc.boards.get(board), window, period)
+    total, entries = await svc.service.top(target, offset, limit)
+    return json_answer(
+        BoardPageOut(
+            board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
+        )
+    )

@@ -1,0 +1,181 @@
+"""Many boards through the API, against a real router, real shards and real PostgreSQL:
+order, operators, windows, closing, and the original endpoints beside them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from router.boards import MAX_SCORE
+from router.periods import period_label, period_start
+from tests.cluster import ADMIN_TOKEN, GAME_TOKEN
+
+AUTH = {"X-Game-Service-Token": GAME_TOKEN}
+ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
+
+
+def create(api, board, **config):
+    answer = api.put(f"/v1/admin/boards/{board}", json=config, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def post(api, board, user, match, score, **extra):
+    body = {"user_id": user, "match_id": match, "score": score, **extra}
+    return api.post(f"/v1/boards/{board}/scores", json=body, headers=AUTH)
+
+
+def top(api, board, **query):
+    answer = api.get(f"/v1/boards/{board}/top", params=query)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_an_asc_board_ranks_the_lowest_first_and_best_keeps_the_lowest(api):
+    create(api, "race", order="asc", operator="best", windows=["all"])
+    assert post(api, "race", "ann", "r1", 6100).json()["windows"]["all"]["rank"] == 1
+    assert post(api, "race", "ben", "r1", 5900).json()["windows"]["all"]["rank"] == 1
+    slower = post(api, "race", "ann", "r2", 7000).json()["windows"]["all"]
+    assert (slower["score"], slower["rank"]) == (6100, 2)  # a slower lap does not replace the best one
+    faster = post(api, "race", "ann", "r3", 5000).json()["windows"]["all"]
+    assert (faster["score"], faster["rank"], faster["previous_rank"]) == (5000, 1, 2)
+    page = top(api, "race")
+    assert [(e["rank"], e["user_id"], e["score"]) for e in page["entries"]] == [(1, "ann", 5000), (2, "ben", 5900)]
+    me = api.get("/v1/boards/race/scores/ben").json()
+    assert (me["score"], me["rank"], me["total_players"], me["period"]) == (5900, 2, 2, "all")
+
+
+def test_ties_go_to_whoever_reached_the_score_first_in_both_orders(api):
+    create(api, "strokes", order="asc", operator="set", windows=["all"])
+    create(api, "kills", order="desc", operator="set", windows=["all"])
+    for board in ("strokes", "kills"):
+        for user in ("first", "second", "third"):
+            assert post(api, board, user, "m1", 70).status_code == 200
+        assert [e["user_id"] for e in top(api, board)["entries"]] == ["first", "second", "third"]
+
+
+def test_one_event_updates_every_window_of_its_board_once(api):
+    create(api, "arena", windows=["daily", "weekly", "all"])
+    now = datetime.now(UTC)
+    answer = post(api, "arena", "cy", "a1", 3).json()
+    assert answer["board"] == "arena" and answer["duplicate"] is False
+    assert {w: (v["period"], v["score"], v["rank"]) for w, v in answer["windows"].items()} == {
+        "daily": (period_label("daily", period_start("daily", now)), 3, 1),
+        "weekly": (period_label("weekly", period_start("weekly", now)), 3, 1),
+        "all": ("all", 3, 1),
+    }
+    again = post(api, "arena", "cy", "a1", 3).json()
+    assert again["duplicate"] is True and again["windows"]["all"]["score"] == 3
+    assert post(api, "arena", "cy", "a2", 4).json()["windows"]["weekly"]["score"] == 7
+    for window in ("daily", "weekly", "all"):
+        page = top(api, "arena", window=window)
+        assert page["window"] == window and page["entries"] == [{"rank": 1, "user_id": "cy", "score": 7}]
+    assert top(api, "arena")["window"] == "daily"  # the first window is the default
+    # Yesterday's daily period is still live; the weekly and all-time ones are shared.
+    yesterday = now - timedelta(days=1)
+    late = post(api, "arena", "cy", "a3", 10, occurred_at=yesterday.isoformat()).json()["windows"]
+    assert late["daily"]["period"] == period_label("daily", period_start("daily", yesterday))
+    assert late["daily"]["score"] == 10 and late["all"]["score"] == 17
+    assert top(api, "arena", window="daily")["entries"][0]["score"] == 7
+    day = period_label("daily", period_start("daily", yesterday))
+    assert top(api, "arena", window="daily", period=day)["entries"][0]["score"] == 10
+
+
+def test_an_event_for_a_closed_period_is_refused_naming_it(api):
+    create(api, "dailies", windows=["daily"])
+    old = datetime.now(UTC) - timedelta(days=3)
+    answer = post(api, "dailies", "dee", "d1", 1, occurred_at=old.isoformat())
+    assert answer.status_code == 409
+    assert answer.json()["error"]["code"] == "period_closed"
+    assert period_label("daily", period_start("daily", old)) in answer.json()["error"]["message"]
+
+
+def test_a_score_that_would_leave_the_range_changes_nothing_in_any_window(api, board):
+    create(api, "capped", windows=["all", "monthly"])
+    assert post(api, "capped", "eve", "c1", MAX_SCORE).status_code == 200
+    refused = post(api, "capped", "eve", "c2", 1)
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "score"
+    for window in ("all", "monthly"):
+        assert top(api, "capped", window=window)["entries"][0]["score"] == MAX_SCORE
+    assert board.sql("SELECT count(*) FROM score_events WHERE board = 'capped'") == [(1,)]
+
+
+def test_boards_are_listed_and_unknown_ones_are_404(api):
+    create(api, "listed", order="asc", operator="best", windows=["weekly"])
+    post(api, "listed", "fay", "l1", 9)
+    boards = {b["id"]: b for b in api.get("/v1/boards").json()["boards"]}
+    assert boards["listed"] == {
+        "id": "listed",
+        "order": "asc",
+        "operator": "best",
+        "windows": ["weekly"],
+        "status": "open",
+        "players": {"weekly": 1},
+    }
+    assert boards["global"]["windows"] == ["monthly"]
+    for path in ("/v1/boards/nope", "/v1/boards/nope/top", "/v1/boards/nope/scores/fay"):
+        missing = api.get(path)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "board_not_found", path
+    assert post(api, "nope", "fay", "x", 1).status_code == 404
+
+
+def test_bad_board_config_is_422_naming_the_field_and_changes_nothing(api):
+    for body, field in (
+        ({"order": "sideways"}, "order"),
+        ({"operator": "max"}, "operator"),
+        ({"windows": []}, "windows"),
+        ({"windows": ["hourly"]}, "windows.0"),
+    ):
+        answer = api.put("/v1/admin/boards/bad", json=body, headers=ADMIN)
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == field, (body, answer.text)
+    assert api.put("/v1/admin/boards/Bad!", json={}, headers=ADMIN).status_code == 422
+    assert api.get("/v1/boards/bad").status_code == 404
+    assert api.put("/v1/admin/boards/bad", json={}, headers=AUTH).status_code == 401
+
+
+def test_order_and_windows_cannot_change_once_a_board_has_scores(api):
+    create(api, "fixed", windows=["all"])
+    create(api, "fixed", order="asc", windows=["daily"])  # no scores yet: allowed
+    post(api, "fixed", "gus", "f1", 5)
+    for change, field in (
+        ({"order": "desc", "windows": ["daily"]}, "order"),
+        ({"order": "asc", "windows": ["all"]}, "windows"),
+    ):
+        answer = api.put("/v1/admin/boards/fixed", json=change, headers=ADMIN)
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"] == {
+            "code": "board_conflict",
+            "field": field,
+            "message": answer.json()["error"]["message"],
+        }
+    assert create(api, "fixed", order="asc", operator="best", windows=["daily"])["operator"] == "best"
+
+
+def test_a_deleted_board_is_closed_archived_and_still_readable(api):
+    create(api, "event", windows=["all"])
+    post(api, "event", "hal", "e1", 4)
+    post(api, "event", "ida", "e1", 9)
+    closed = api.delete("/v1/admin/boards/event", headers=ADMIN)
+    assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    refused = post(api, "event", "hal", "e2", 1)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "board_closed"
+    assert [(e["user_id"], e["score"]) for e in top(api, "event", period="all")["entries"]] == [("ida", 9), ("hal", 4)]
+    assert api.get("/v1/boards/event").json()["status"] == "closed"
+
+
+def test_a_batch_fans_one_match_out_to_several_boards(api):
+    create(api, "mode_a", windows=["all"])
+    create(api, "mode_b", order="asc", operator="best", windows=["all", "daily"])
+    events = [
+        {"board": "mode_a", "user_id": "jo", "match_id": "x1", "score": 2},
+        {"board": "mode_b", "user_id": "jo", "match_id": "x1", "score": 41},
+        {"user_id": "jo", "match_id": "x1", "score": 1},
+        {"board": "nope", "user_id": "jo", "match_id": "x1", "score": 1},
+    ]
+    answer = api.post("/v1/scores/batch", json={"events": events}, headers=AUTH).json()
+    results = answer["results"]
+    assert answer["applied"] == 3 and answer["refused"] == 1
+    assert results[0]["board"] == "mode_a" and results[0]["windows"]["all"]["score"] == 2
+    assert results[1]["windows"]["daily"]["score"] == 41 and results[1]["score"] == 41
+    assert "board" not in results[2] and results[2]["score"] == 1  # the original board, the original shape
+    assert results[3]["status"] == "refused" and results[3]["field"] == "board"
+    assert api.get("/v1/scores/jo").json()["score"] == 1
