@@ -84,3 +84,77 @@ def test_each_function_file_holds_what_the_migrations_left_in_force(cluster):
     # Every function of ours has its file, and a file is only re-run when it changed.
     assert {name for name, _, _ in by_migrations} == {name.removesuffix(".sql") for name, _ in functions()}
     assert migrate(dsn) == []
+
+
+def test_a_populated_database_of_the_single_board_release_becomes_board_global(cluster):
+    """What migration 007 meets on an upgrade: months of events written by the previous
+    release's own function, an archived month, unfinished Redis work and a move in flight."""
+    dsn = fresh_database(cluster, "upgrade_007")
+    assert migrate(dsn, up_to=6, with_functions=False)[-1] == "006_outbox_per_group.sql"
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO shard_layout (id, epoch, shards) VALUES (1, 3, %s)",
+                (
+                    '[{"id": "s0", "address": "redis://a", "min_score": 0},'
+                    ' {"id": "s1", "address": "redis://b", "min_score": 100}]',
+                ),
+            )
+            for month, user, match, value in (
+                ("2026-10-01", "ann", "m1", 50),
+                ("2026-11-01", "ann", "m2", 70),
+                ("2026-11-01", "ann", "m3", 60),
+                ("2026-11-01", "bob", "m1", 120),
+            ):
+                cur.execute(
+                    "SELECT status FROM lb_apply_events(%s, %s, %s::date[], %s, %s::bigint[], %s::timestamptz[],"
+                    " %s::int[])",
+                    ([user], [match], [month], ["incr"], [value], [f"{month}T12:00:00Z"], [1]),
+                )
+                assert cur.fetchone() == ("applied",)
+            cur.execute("INSERT INTO month_archives (month, players) VALUES ('2026-10-01', 1)")
+            cur.execute("INSERT INTO archived_ranks (month, rank, user_id, score) VALUES ('2026-10-01', 1, 'ann', 50)")
+            cur.execute(
+                "UPDATE shard_layout SET move = %s",
+                (
+                    '{"lo": 100, "hi": 200, "source": "s1", "dest": "s0", "up": false,'
+                    ' "cursors": {"2026-11-01": [120, 7]}}',
+                ),
+            )
+            cur.execute("SELECT user_id, month, score, version, seq, shard FROM player_scores ORDER BY 1, 2")
+            before = cur.fetchall()
+            cur.execute("SELECT count(*) FROM redis_outbox")
+            (outbox_rows,) = cur.fetchone()
+
+        assert migrate(dsn)[0] == "007_boards.sql"
+
+        with conn, conn.cursor() as cur:
+            label = {"2026-10-01": "global:monthly:2026-10", "2026-11-01": "global:monthly:2026-11"}
+            cur.execute("SELECT user_id, board_period, score, version, seq, shard FROM player_scores ORDER BY 1, 2")
+            assert cur.fetchall() == [(u, label[str(m)], s, v, q, sh) for u, m, s, v, q, sh in before]
+            cur.execute("SELECT board, user_id, match_id, board_periods, scores_after FROM score_events ORDER BY 2, 3")
+            assert cur.fetchall() == [
+                ("global", "ann", "m1", ["global:monthly:2026-10"], [50]),
+                ("global", "ann", "m2", ["global:monthly:2026-11"], [70]),
+                ("global", "ann", "m3", ["global:monthly:2026-11"], [130]),
+                ("global", "bob", "m1", ["global:monthly:2026-11"], [120]),
+            ]
+            cur.execute("SELECT id, score_order, operator, windows FROM boards")
+            assert cur.fetchall() == [("global", "desc", "incr", ["monthly"])]
+            cur.execute("SELECT board_period, players FROM period_archives")
+            assert cur.fetchall() == [("global:monthly:2026-10", 1)]
+            cur.execute("SELECT board_period, rank, user_id, score FROM period_ranks")
+            assert cur.fetchall() == [("global:monthly:2026-10", 1, "ann", 50)]
+            cur.execute("SELECT count(*), bool_and(board_periods[1] LIKE 'global:monthly:%') FROM redis_outbox")
+            assert cur.fetchone() == (outbox_rows, True)
+            cur.execute("SELECT move->'cursors' FROM shard_layout")
+            assert cur.fetchone() == ({"global:monthly:2026-11": [120, 7]},)
+            # Idempotency survives the upgrade: an event recorded before it is a duplicate after it.
+            cur.execute(
+                "SELECT status, score FROM lb_apply_events('{global}', '{ann}', '{m2}', '{incr}', '{70}',"
+                " '{2026-11-20T00:00:00Z}', '{1}', '{1}', '{global:monthly:2026-11}')"
+            )
+            assert cur.fetchone() == ("duplicate", 130)
+    finally:
+        conn.close()
