@@ -10,11 +10,15 @@ need to know a board's order; `shown` turns a stored score back at the edge.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from router.errors import InvalidInput
 from router.periods import WINDOWS, board_period, live_periods, period_start
+from router.shardmap import ShardMapError, read_config_file
 
 MAX_SCORE = 2**53 - 1
 ORDERS = ("desc", "asc")
@@ -83,3 +87,40 @@ class Board:
 
 
 LEGACY = Board(LEGACY_BOARD)
+
+
+def boards_from_config(raw: Any) -> list[Board]:
+    """The `boards:` section of the shard map file (optional): a list of
+    `{id, order?, operator?, windows?}`, defaults as for `PUT /v1/admin/boards/{id}`.
+    A wrong entry raises ShardMapError naming its key, e.g. `boards[2].order`."""
+    entries = raw.get("boards") if isinstance(raw, Mapping) else None
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ShardMapError("boards", "must be a list of boards")
+    boards, seen = [], set()
+    for i, entry in enumerate(entries):
+        key = f"boards[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ShardMapError(key, "must be a mapping with id, order, operator, windows")
+        unknown = set(entry) - {"id", "order", "operator", "windows"}
+        if unknown:
+            raise ShardMapError(f"{key}.{sorted(unknown)[0]}", "unknown key")
+        windows = entry.get("windows", ["all"])
+        if not isinstance(windows, list):
+            raise ShardMapError(f"{key}.windows", "must be a list, e.g. [daily, all]")
+        try:
+            board = Board.checked(
+                str(entry.get("id", "")), entry.get("order", "desc"), entry.get("operator", "incr"), windows
+            )
+        except InvalidInput as exc:
+            raise ShardMapError(f"{key}.{exc.field}", exc.reason) from exc
+        if board.id in seen:
+            raise ShardMapError(f"{key}.id", f"board {board.id} is listed twice")
+        seen.add(board.id)
+        boards.append(board)
+    return boards
+
+
+def load_boards_file(path: str | Path) -> list[Board]:
+    return boards_from_config(read_config_file(Path(path)))

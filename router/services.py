@@ -14,6 +14,7 @@ from router.background.layout_watcher import LayoutWatcher
 from router.background.reconciler import Reconciler
 from router.background.season_keeper import SeasonKeeper
 from router.background.self_healing import ShardHealer
+from router.boards import Board, load_boards_file
 from router.core.board_registry import BoardRegistry
 from router.core.board_service import BoardService
 from router.core.page_cache import KnownQueries, PageCache
@@ -26,6 +27,7 @@ from router.settings import Settings
 from router.shardmap import ShardMap, load_shard_map
 from router.shards.client import ShardClients
 from router.shards.keys import month_of_legacy_key
+from router.store.boards import seed_boards
 from router.store.layout import ensure_layout
 from router.store.postgres import Store
 
@@ -56,9 +58,12 @@ class Services:
     @classmethod
     async def create(cls, settings: Settings, now=lambda: datetime.now(UTC)) -> Services:
         file_map = load_shard_map(settings.shards_file)
+        file_boards = load_boards_file(settings.shards_file)
         try:
-            # The layout in PostgreSQL is what is in force; the file only seeds it.
+            # The layout and boards in PostgreSQL are what is in force; the file only seeds them.
             shard_map = (await asyncio.to_thread(ensure_layout, settings.database_url, file_map)).shard_map
+            for note in await asyncio.to_thread(_seed_boards, settings.database_url, file_boards):
+                log.info("%s: %s", settings.shards_file, note)
         except psycopg2.Error as exc:
             log.warning("PostgreSQL unavailable at start (%s); using %s until it answers", exc, settings.shards_file)
             shard_map = file_map
@@ -189,6 +194,14 @@ class Services:
 
     def is_admin_token(self, token: str | None) -> bool:
         return _matches_any(token, [self.settings.admin_token] if self.settings.admin_token else [])
+
+
+def _seed_boards(dsn: str, boards: list[Board]) -> list[str]:
+    conn = psycopg2.connect(dsn)
+    try:
+        return seed_boards(conn, boards)
+    finally:
+        conn.close()
 
 
 def _matches_any(token: str | None, accepted: list[str]) -> bool:

@@ -247,9 +247,9 @@ def _parse_address(raw: Mapping[str, Any], key: str) -> str:
 def shard_map_from_dict(raw: Any) -> ShardMap:
     if not isinstance(raw, Mapping):
         raise ShardMapError("(root)", "must be a mapping with 'epoch' and 'shards'")
-    unknown = set(raw) - {"epoch", "shards"}
+    unknown = set(raw) - {"epoch", "shards", "boards"}
     if unknown:
-        raise ShardMapError(sorted(unknown)[0], "unknown key (expected 'epoch' and 'shards')")
+        raise ShardMapError(sorted(unknown)[0], "unknown key (expected 'epoch', 'shards' and 'boards')")
     epoch = raw.get("epoch", 1)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise ShardMapError("epoch", f"must be a positive integer, got {epoch!r}")
@@ -274,17 +274,21 @@ def shard_map_from_dict(raw: Any) -> ShardMap:
     return ShardMap(epoch=epoch, shards=tuple(shards))
 
 
-def load_shard_map(path: str | Path) -> ShardMap:
+def read_config_file(path: str | Path) -> Any:
+    """The parsed YAML of the file operators edit (shards, and boards: router.boards)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ShardMapError(str(path), f"cannot read: {exc.strerror}") from exc
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ShardMapError(str(path), f"not valid YAML: {exc}") from exc
-    return shard_map_from_dict(raw)
+
+
+def load_shard_map(path: str | Path) -> ShardMap:
+    return shard_map_from_dict(read_config_file(path))
 
 
 def dump_shard_map(shard_map: ShardMap) -> str:

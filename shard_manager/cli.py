@@ -47,7 +47,10 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def _load_target(path: Path):
+    from router.boards import load_boards_file
+
     try:
+        load_boards_file(path)  # a wrong boards section is refused here too, naming its key
         return load_shard_map(path)
     except ShardMapError as exc:
         print(f"invalid shard map {path}: {exc}", file=sys.stderr)

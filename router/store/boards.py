@@ -76,3 +76,23 @@ def close_board(conn, board_id: str) -> bool:
             (board_id,),
         )
         return cur.rowcount == 1
+
+
+def seed_boards(conn, wanted: list[Board]) -> list[str]:
+    """Create the boards a config file lists that PostgreSQL does not know yet; one that
+    exists is left as it is (the admin API may have changed it since: the file seeds,
+    PostgreSQL is in force). Returns what it did or found different, one line each."""
+    notes = []
+    _, known = load_boards(conn)
+    for board in wanted:
+        have = known.get(board.id)
+        if have is None:
+            put_board(conn, board)
+            notes.append(f"created board {board.id} ({board.order}, {board.operator}, {','.join(board.windows)})")
+        elif (have.order, have.operator, have.windows) != (board.order, board.operator, board.windows):
+            notes.append(
+                f"board {board.id} is {have.order}, {have.operator}, {','.join(have.windows)} in PostgreSQL"
+                f" (the file says {board.order}, {board.operator}, {','.join(board.windows)}): kept as it is;"
+                f" change it with PUT /v1/admin/boards/{board.id}"
+            )
+    return notes

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+import yaml
+
 from router.metrics import SUPERVISOR_STATE_ENV
 from router.settings import Settings
-from router.shardmap import ShardMap, dump_shard_map, load_shard_map, shard_map_from_dict
+from router.shardmap import ShardMap, dump_shard_map, load_shard_map, read_config_file, shard_map_from_dict
 from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
@@ -266,7 +268,8 @@ class LocalCluster:
         if self.served_map is self.shard_map:
             return self.settings.shards_file.resolve()
         path = self.data_dir / "shards.served.yaml"
-        path.write_text(dump_shard_map(self.served_map))
+        boards = read_config_file(self.settings.shards_file).get("boards")
+        path.write_text(dump_shard_map(self.served_map) + (yaml.safe_dump({"boards": boards}) if boards else ""))
         return path
 
     def _restart_router(self) -> None:

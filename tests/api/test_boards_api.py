@@ -179,3 +179,27 @@ def test_a_batch_fans_one_match_out_to_several_boards(api):
     assert "board" not in results[2] and results[2]["score"] == 1  # the original board, the original shape
     assert results[3]["status"] == "refused" and results[3]["field"] == "board"
     assert api.get("/v1/scores/jo").json()["score"] == 1
+
+
+def test_boards_listed_in_the_shard_map_file_are_created_when_a_router_starts(board, api, tmp_path):
+    create(api, "tuned", order="desc", operator="incr", windows=["all"])
+    seeded = tmp_path / "shards.yaml"
+    seeded.write_text(
+        board.shards_file.read_text()
+        + "boards:\n"
+        + "  - {id: sprint, order: asc, operator: best, windows: [weekly, all]}\n"
+        + "  - {id: tuned, order: asc, windows: [daily]}\n"
+    )
+    second = board.router(shards_file=seeded)
+    try:
+        with second.client() as client:
+            boards = {b["id"]: b for b in client.get("/v1/boards").json()["boards"]}
+    finally:
+        second.stop()
+    assert (boards["sprint"]["order"], boards["sprint"]["operator"], boards["sprint"]["windows"]) == (
+        "asc",
+        "best",
+        ["weekly", "all"],
+    )
+    # A board PostgreSQL already has is left as the admin API made it: the file only seeds.
+    assert (boards["tuned"]["order"], boards["tuned"]["windows"]) == ("desc", ["all"])

@@ -7,9 +7,22 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
+from router.boards import MAX_SCORE, Board, boards_from_config
 from router.core.ranking import global_rank, players_above
 from router.errors import InvalidInput
-from router.periods import live_months, month_label, month_start, parse_month, previous_month
+from router.periods import (
+    board_period,
+    live_months,
+    live_periods,
+    month_label,
+    month_start,
+    parse_month,
+    parse_period,
+    period_label,
+    period_start,
+    previous_month,
+)
+from router.shardmap import ShardMapError
 from router.shards.keys import SEQ_LIMIT, member, tie_prefix, user_of
 from router.shards.state import StateEntry, decode, encode
 
@@ -54,3 +67,49 @@ def test_global_rank_adds_the_members_of_every_better_shard():
     # The top member of s1 comes after the 3 members of s2.
     assert global_rank(0, players_above(ids, sizes, "s1")) == 4
     assert global_rank(9, players_above(ids, sizes, "s0")) == 17  # the last of 17
+
+
+def test_a_boards_section_is_read_with_defaults_and_a_wrong_entry_names_its_key():
+    assert boards_from_config({"shards": []}) == []
+    assert boards_from_config({"boards": [{"id": "wins"}, {"id": "race", "order": "asc", "windows": ["daily"]}]}) == [
+        Board("wins", "desc", "incr", ("all",)),
+        Board("race", "asc", "incr", ("daily",)),
+    ]
+    for entry, key in (
+        ({"id": "Bad!"}, "boards[0].id"),
+        ({"id": "b", "order": "up"}, "boards[0].order"),
+        ({"id": "b", "windows": "daily"}, "boards[0].windows"),
+        ({"id": "b", "windows": ["hourly"]}, "boards[0].windows"),
+        ({"id": "b", "ranges": []}, "boards[0].ranges"),
+    ):
+        with pytest.raises(ShardMapError) as raised:
+            boards_from_config({"boards": [entry]})
+        assert raised.value.key == key, entry
+    with pytest.raises(ShardMapError) as raised:
+        boards_from_config({"boards": [{"id": "b"}, {"id": "b"}]})
+    assert raised.value.key == "boards[1].id"
+
+
+def test_weekly_periods_are_iso_weeks_from_monday_utc_and_labels_parse_back():
+    sunday_night = datetime(2027, 1, 3, 23, 59, tzinfo=UTC)  # ISO week 53 of 2026
+    assert period_start("weekly", sunday_night) == date(2026, 12, 28)
+    assert period_label("weekly", date(2026, 12, 28)) == "2026-W53"
+    assert period_start("weekly", sunday_night + timedelta(minutes=1)) == date(2027, 1, 4)
+    assert live_periods("weekly", sunday_night) == (date(2026, 12, 28), date(2026, 12, 21))
+    assert live_periods("daily", sunday_night) == (date(2027, 1, 3), date(2027, 1, 2))
+    assert live_periods("all", sunday_night) == (period_start("all", sunday_night),)
+    for window, start in (("weekly", date(2026, 12, 28)), ("daily", date(2027, 1, 3)), ("monthly", date(2027, 1, 1))):
+        assert parse_period(window, period_label(window, start)) == start
+    for window, text in (("weekly", "2026-W54"), ("daily", "2026-02-30"), ("monthly", "2026-13"), ("all", "2026")):
+        with pytest.raises(InvalidInput) as raised:
+            parse_period(window, text)
+        assert raised.value.field == "period"
+    assert board_period("race", "weekly", date(2026, 12, 28)) == "race:weekly:2026-W53"
+
+
+def test_an_asc_board_stores_scores_so_that_higher_is_better():
+    race = Board("race", "asc")
+    assert race.stored(0) == MAX_SCORE and race.stored(MAX_SCORE) == 0
+    assert race.stored(5) > race.stored(6)  # the faster time is the better stored score
+    assert race.shown(race.stored(61250)) == 61250
+    assert Board("wins").stored(7) == 7
