@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor loadtest clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor bench-boards loadtest clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: install   ## throughput ratios against a private cluster started for the 
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		echo "wrk is not installed (Debian package wrk; installing needs root): the Python load generator runs"
 	$(PY) -m bench.http_bench $(BENCH_ARGS)
+
+bench-boards: install  ## a write on 3 windows vs 1, and writes and reads with 5,000 more boards vs 3, same run (wrk)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		echo "wrk is not installed (Debian package wrk; installing needs root)"
+	$(PY) -m bench.boards_bench $(BENCH_ARGS)
 
 bench-rebuild: install  ## rebuild of 1M players from PostgreSQL vs a plain bulk load, same run
 	$(PY) -m bench.rebuild_bench $(BENCH_ARGS)

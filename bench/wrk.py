@@ -77,23 +77,22 @@ def get_script(path: str) -> str:
     return _COMMON + f'request = function() return wrk.format("GET", "{path}") end\n'
 
 
-def rank_script(players: int, prefix: str) -> str:
-    """GET /v1/scores/{id} for random players <prefix>0 .. <prefix><players - 1>."""
+def rank_script(players: int, prefix: str, path: str = "/v1/scores/") -> str:
+    """GET `path`{id} (/v1/scores/{id}, or a board's) for random players <prefix>0 .. <prefix><players - 1>."""
     return _COMMON + (
-        "request = function()\n"
-        f'  return wrk.format("GET", "/v1/scores/{prefix}" .. math.random(0, {players - 1}))\n'
-        "end\n"
+        f'request = function()\n  return wrk.format("GET", "{path}{prefix}" .. math.random(0, {players - 1}))\nend\n'
     )
 
 
-def score_script(token: str, run_id: str, players: int, prefix: str = "p") -> str:
-    """POST /v1/scores for random players, each with a match_id no other request uses."""
+def score_script(token: str, run_id: str, players: int, prefix: str = "p", path: str = "/v1/scores") -> str:
+    """POST `path` (/v1/scores, or a board's /v1/boards/{board}/scores) for random
+    players, each with a match_id no other request uses."""
     return _COMMON + (
         "request = function()\n"
         "  sent = sent + 1\n"
         f'  local body = string.format(\'{{"user_id":"{prefix}%d","match_id":"{run_id}-%d-%d","score":%d}}\',\n'
         f"    math.random(0, {players - 1}), thread_id, sent, math.random(1, 40))\n"
-        f'  return wrk.format("POST", "/v1/scores", {{["X-Game-Service-Token"] = "{token}", '
+        f'  return wrk.format("POST", "{path}", {{["X-Game-Service-Token"] = "{token}", '
         '["Content-Type"] = "application/json"}, body)\n'
         "end\n"
     )

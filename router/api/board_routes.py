@@ -48,21 +48,27 @@ PeriodQuery = Annotated[
 ]
 
 
+async def _configs(svc: Services, boards: list[Board]) -> list[BoardConfigOut]:
+    """The boards' configs with their players in each window's current period: one
+    PostgreSQL query for all of them, however many boards there are."""
+    now = svc.service.now()
+    current = {b.id: dict(zip(b.windows, b.board_periods(now), strict=True)) for b in boards if not b.closed}
+    counts = await svc.store.board_players([key for periods in current.values() for key in periods.values()])
+    return [
+        BoardConfigOut(
+            id=b.id,
+            order=b.order,
+            operator=b.operator,
+            windows=list(b.windows),
+            status="closed" if b.closed else "open",
+            players={w: counts.get(key, 0) for w, key in current.get(b.id, {}).items()},
+        )
+        for b in boards
+    ]
+
+
 async def _config(svc: Services, board: Board) -> BoardConfigOut:
-    players: dict[str, int] = {}
-    if not board.closed:
-        now = svc.service.now()
-        current = {w: key for w, key in zip(board.windows, board.board_periods(now), strict=True)}
-        counts = await svc.store.board_players(list(current.values()))
-        players = {w: counts.get(key, 0) for w, key in current.items()}
-    return BoardConfigOut(
-        id=board.id,
-        order=board.order,
-        operator=board.operator,
-        windows=list(board.windows),
-        status="closed" if board.closed else "open",
-        players=players,
-    )
+    return (await _configs(svc, [board]))[0]
 
 
 @router.get("/v1/boards", tags=["boards"], response_model=BoardsOut, dependencies=[Depends(require_reader)])
@@ -70,7 +76,7 @@ async def list_boards(svc: ServicesDep) -> Response:
     """Every board, open and closed, with its config and its players in each window's current period."""
     await svc.boards.refresh_if_changed()
     boards = sorted(svc.boards.boards.values(), key=lambda b: b.id)
-    return json_answer(BoardsOut(boards=[await _config(svc, b) for b in boards]))
+    return json_answer(BoardsOut(boards=await _configs(svc, boards)))
 
 
 @router.get(
