@@ -16,6 +16,7 @@ from router.api.schemas import (
     MonthsOut,
 )
 from router.boards import LEGACY_BOARD
+from router.core.board_service import shown_entries
 from router.core.page_cache import TopQuery
 from router.metrics import TOP_PAGES
 from router.services import Services
@@ -67,7 +68,9 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
         TOP_PAGES.labels("reused").inc()
         return body
     page = await svc.ranks.top(target.board_period, query.offset, query.limit, counts)
-    out = BoardOut(month=target.label, total_players=page.counts.total, entries=entries_out(page.entries))
+    out = BoardOut(
+        month=target.label, total_players=page.counts.total, entries=entries_out(shown_entries(target.board, page))
+    )
     body = out.model_dump_json().encode()
     if page.consistent:
         # Under the counts it was read with (a shard that changed meanwhile was counted anew).

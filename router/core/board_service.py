@@ -130,10 +130,11 @@ class BoardService:
 
     async def month_target(self, month: str | None) -> ReadTarget:
         """The original endpoints' `?month=`: board `global`, window `monthly`."""
+        board = await self.boards.get(LEGACY.id)
         live = live_periods("monthly", self.now())
         if month is None:
-            return ReadTarget(LEGACY, "monthly", board_period(LEGACY.id, "monthly", live[0]), None)
-        return await self._target(LEGACY, "monthly", parse_month(month), live, "month")
+            return ReadTarget(board, "monthly", board_period(board.id, "monthly", live[0]), None)
+        return await self._target(board, "monthly", parse_month(month), live, "month")
 
     async def _target(self, board: Board, window: str, start, live, field: str) -> ReadTarget:
         key = board_period(board.id, window, start)

@@ -104,29 +104,23 @@ BEGIN
 
     FOR r IN 1..rounds LOOP
         RETURN QUERY
-        WITH ev AS (
-            SELECT t.pos::int AS pos, t.board, t.user_id, t.match_id, t.mode, t.value, t.occurred,
-                   seqs[t.arrival] AS new_seq, t.board = ANY (asc_boards) AS flip
-              FROM unnest(p_boards, p_user_ids, p_match_ids, p_modes, p_values, p_occurred, p_arrival)
-                   WITH ORDINALITY AS t(board, user_id, match_id, mode, value, occurred, arrival, pos)
-             WHERE round_of[t.pos] = r
-        ), rows_in AS (
-            SELECT x.k::int AS k, x.e AS pos, x.bp, row_number() OVER (PARTITION BY x.e ORDER BY x.k)::int AS w
+        WITH rows_in AS (
+            -- One row per (event, window); the event's own fields by subscript, so no
+            -- join between rows and events (planned without statistics, a join of two
+            -- unnested arrays becomes a nested loop: quadratic in the group).
+            SELECT x.k::int AS k, x.e AS pos, x.bp, row_number() OVER (PARTITION BY x.e ORDER BY x.k)::int AS w,
+                   p_boards[x.e] AS board, p_user_ids[x.e] AS user_id, p_match_ids[x.e] AS match_id,
+                   p_modes[x.e] AS mode, p_values[x.e] AS value, p_occurred[x.e] AS occurred,
+                   seqs[p_arrival[x.e]] AS new_seq, p_boards[x.e] = ANY (asc_boards) AS flip
               FROM unnest(p_row_events, p_row_periods) WITH ORDINALITY AS x(e, bp, k)
              WHERE round_of[x.e] = r
-        ), ev_prior AS (
-            -- An earlier event with this match_id on this board, by primary key.
-            SELECT ev.*, pr.mode AS prior_mode, pr.value AS prior_value, pr.board_periods AS prior_periods
-              FROM ev
-              LEFT JOIN LATERAL (
-                   SELECT e.mode, e.value, e.board_periods FROM score_events e
-                    WHERE e.board = ev.board AND e.user_id = ev.user_id AND e.match_id = ev.match_id LIMIT 1) pr ON true
         ), calc AS (
-            -- Per row: the player's state in that period; for a resend first recorded
-            -- in another period, that period's state (a resend is answered with the
-            -- state it names). Index probes per row (LATERAL ... LIMIT 1) keep the cost
-            -- linear whatever the planner guesses about the arrays' length.
-            SELECT s.*, ri.k, ri.bp, ri.w,
+            -- Per row, by primary key: an earlier event with this match_id on this board;
+            -- the player's state in that period; for a resend first recorded in another
+            -- period, that period's state (a resend is answered with the state it names).
+            -- Index probes per row (LATERAL ... LIMIT 1) keep the cost linear whatever the
+            -- planner guesses about the arrays' length.
+            SELECT s.*, pr.mode AS prior_mode, pr.value AS prior_value, pr.board_periods AS prior_periods,
                    c.score AS cur_score, c.version AS cur_version, c.seq AS cur_seq, c.shard AS cur_shard,
                    po.score IS NOT NULL AS prior_elsewhere, po.score AS po_score, po.version AS po_version,
                    po.seq AS po_seq, po.shard AS po_shard,
@@ -136,14 +130,16 @@ BEGIN
                         ELSE CASE WHEN s.flip THEN coalesce(c.score, max_score) - s.value
                                   ELSE coalesce(c.score, 0) + s.value END
                    END AS new_score
-              FROM rows_in ri
-              JOIN ev_prior s ON s.pos = ri.pos
+              FROM rows_in s
+              LEFT JOIN LATERAL (
+                   SELECT e.mode, e.value, e.board_periods FROM score_events e
+                    WHERE e.board = s.board AND e.user_id = s.user_id AND e.match_id = s.match_id LIMIT 1) pr ON true
               LEFT JOIN LATERAL (
                    SELECT one.score, one.version, one.seq, one.shard FROM player_scores one
-                    WHERE one.board_period = ri.bp AND one.user_id = s.user_id LIMIT 1) c ON true
+                    WHERE one.board_period = s.bp AND one.user_id = s.user_id LIMIT 1) c ON true
               LEFT JOIN LATERAL (
                    SELECT other.score, other.version, other.seq, other.shard FROM player_scores other
-                    WHERE s.prior_periods[ri.w] <> ri.bp AND other.board_period = s.prior_periods[ri.w]
+                    WHERE pr.board_periods[s.w] <> s.bp AND other.board_period = pr.board_periods[s.w]
                       AND other.user_id = s.user_id
                     LIMIT 1) po ON true
         ), judged AS (
@@ -199,14 +195,16 @@ BEGIN
             RETURNING e.board, e.user_id, e.match_id
         )
         SELECT p.k, p.pos,
+               -- (NOT IN over a subquery is hashed once; a correlated NOT EXISTS here would scan
+               -- the CTE for every row, quadratic in the group.)
                -- Under the player locks neither can happen; a writer that bypassed them
                -- would, and then the whole group must be retried, not half-applied.
                CASE WHEN p.changes AND p.cur_version IS NULL
-                         AND NOT EXISTS (SELECT 1 FROM inserted i WHERE i.board_period = p.bp AND i.user_id = p.user_id)
+                         AND (p.bp, p.user_id) NOT IN (SELECT i.board_period, i.user_id FROM inserted i)
                         THEN lb_retry('player ' || p.user_id || ' was created concurrently')
                     WHEN p.outcome = 'applied'
-                         AND NOT EXISTS (SELECT 1 FROM recorded x
-                                          WHERE x.board = p.board AND x.user_id = p.user_id AND x.match_id = p.match_id)
+                         AND (p.board, p.user_id, p.match_id) NOT IN (SELECT x.board, x.user_id, x.match_id
+                                                                        FROM recorded x)
                         THEN lb_retry('match_id ' || p.match_id || ' was recorded concurrently')
                     ELSE p.outcome END,
                CASE p.outcome
