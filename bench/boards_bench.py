@@ -6,7 +6,8 @@ Against a private cluster (3 shards, PostgreSQL, a router with 2 workers), with 
   (1) a write to a board with three windows (daily, weekly, all) against a write to a
       board with one (all): how much the extra windows cost an event;
   (2) writes and rank reads on one board with only a few boards configured, and again
-      with 5,000 more boards configured: the cost of the registry's size.
+      with 5,000 more boards configured: the cost of the registry's size;
+  (3) bytes per event in PostgreSQL, and per player and window in PostgreSQL and Redis.
 
 Each round measures /healthz next to the scenarios, and the report gives the medians
 of per-round ratios, so a noisy machine shows as spread, not as a wrong figure. The
@@ -27,9 +28,10 @@ from pathlib import Path
 
 import httpx
 import psycopg2
+import redis
 
 from bench import wrk
-from bench.http_bench import TOKEN, bench_cluster
+from bench.http_bench import TOKEN, bench_cluster, board_memory
 
 PLAYERS = 20_000
 ADMIN = "bench-admin-token-0123456789"
@@ -63,6 +65,33 @@ def _set_extra_boards(dsn: str, count: int) -> None:
         # A version newer than any so far, so routers reload also after a deletion.
         cur.execute("UPDATE boards SET updated_at = clock_timestamp() WHERE id = 'global'")
     conn.close()
+
+
+def _print_storage(dsn: str, cluster) -> None:
+    """(3) What an event and a standing cost to keep: PostgreSQL bytes per audit row and
+    per player state (tables with their indexes and TOAST), Redis bytes per player of
+    one standing (its sorted set and state hashes, over all shards)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True  # VACUUM runs outside a transaction
+    with conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE score_events, player_scores")
+        cur.execute(
+            "SELECT pg_total_relation_size('score_events'), (SELECT count(*) FROM score_events),"
+            " pg_total_relation_size('player_scores'), (SELECT count(*) FROM player_scores)"
+        )
+        events_bytes, events, states_bytes, states = cur.fetchone()
+    conn.close()
+    clients = [redis.Redis.from_url(s.address) for s in cluster.shard_map.shards]
+    try:
+        redis_bytes, players = board_memory(clients, "one:all:all")
+    finally:
+        for client in clients:
+            client.close()
+    print(
+        f"  (3) PostgreSQL {events_bytes / events:.0f} bytes per event ({events:,} in score_events),"
+        f" {states_bytes / states:.0f} bytes per player per window ({states:,} in player_scores);"
+        f" Redis {redis_bytes / players:.0f} bytes per player per window ({players:,} players of one:all:all)"
+    )
 
 
 def main() -> int:
@@ -144,6 +173,7 @@ def main() -> int:
             f" (writes/healthz {med['few_write']:.3f} vs {med['many_write']:.3f},"
             f" rank/healthz {med['few_rank']:.3f} vs {med['many_rank']:.3f})"
         )
+        _print_storage(dsn, cluster)
         return 0
     finally:
         cluster.stop()

@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import wrk
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,3 +57,25 @@ def test_bench_prints_every_figure_from_one_run() -> None:
     assert number(r"large board ÷ small: ([\d.]+)") > 0
     assert number(r"Redis memory\s+([\d.]+) bytes per player in the board keys") > 0  # (6)
     assert re.search(r"^\s+64\s+\d+\s+\d+\s+[\d.]+", out, re.MULTILINE), out  # the sweep's row
+
+
+@pytest.mark.skipif(wrk.available() is None, reason="bench.boards_bench measures with wrk (Debian package wrk)")
+def test_the_boards_bench_prints_its_figures_from_one_run() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.boards_bench", "--rounds=1", "--seconds=1", "--boards=200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    for pattern in (
+        r"\(1\) an event on 3 windows costs ([\d.]+)x",
+        r"\(2\) with 203 boards vs 3: writes ([\d.]+)x",
+        r"rank reads ([\d.]+)x",
+        r"\(3\) PostgreSQL (\d+) bytes per event",
+        r"Redis (\d+) bytes per player per window \(20,000 players",
+    ):
+        found = re.search(pattern, out)
+        assert found and float(found.group(1)) > 0, f"no {pattern!r} in:\n{out}"
