@@ -17,7 +17,7 @@ from datetime import date
 import psycopg2
 import redis
 
-from router.periods import board_period
+from router.periods import board_period, split_board_period
 from router.shardmap import ShardMap
 from router.shards.connect import sync_client
 from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
@@ -181,7 +181,9 @@ def verify_period(
             if client.exists(legacy_state_key(label)):
                 # A board from before the state buckets: its players' states look
                 # missing above, and what fixes that is the conversion, so name it.
-                fix = f"`shard-manager rebuild --period {label}`"
+                board, window, period = split_board_period(label)
+                option = f"--month {period}" if (board, window) == ("global", "monthly") else f"--period {label}"
+                fix = f"`shard-manager rebuild {option}`"
                 report.add("old_layout", f"{sid} holds {legacy_state_key(label)}: {fix}")
         return report
     finally:

@@ -173,7 +173,7 @@ def test_a_group_on_the_top_shard_reads_no_other_shard(board: Cluster):
     async def top_players(pipeline: WritePipeline) -> None:
         await pipeline.submit(event("top0", 0, TOP + 2))
         await pipeline.submit(event("top1", 0, TOP))
-        ranks.append((await pipeline.submit(event("top2", 0, TOP + 1))).rank)
+        ranks.append((await pipeline.submit(event("top2", 0, TOP + 1)))[0].rank)
 
     assert calls_during(board, top_players) == {"s0": 0, "s1": 0, "s2": 3}
     assert ranks == [2]
@@ -184,7 +184,7 @@ def test_a_group_on_a_middle_shard_reads_only_the_shards_above_it(board: Cluster
 
     async def seed_then_middle(pipeline: WritePipeline) -> None:
         await asyncio.gather(*(pipeline.submit(event(f"high{i}", 0, TOP)) for i in range(2)))
-        ranks.append((await pipeline.submit(event("mid", 0, MIDDLE))).rank)
+        ranks.append((await pipeline.submit(event("mid", 0, MIDDLE)))[0].rank)
 
     # The seed's group on s2, then the middle player's: its add on s1 and s2's size.
     assert calls_during(board, seed_then_middle) == {"s0": 0, "s1": 1, "s2": 2}
