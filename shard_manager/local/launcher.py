@@ -106,6 +106,13 @@ class LocalCluster:
         }
         first_port = min(shard.port for shard in self.shard_map.shards)
         self.sentinel_ports = [first_port + SENTINEL_PORT_OFFSET + i for i in range(3)] if settings.replicas else []
+        derived = self.sentinel_ports + [port for ports in self.replica_ports.values() for port in ports]
+        if derived and max(derived) > 65535:
+            raise ValueError(
+                f"LB_REPLICAS={settings.replicas} puts replicas {REPLICA_PORT_STEP} ports above each shard and"
+                f" sentinels {SENTINEL_PORT_OFFSET} above the lowest one: port {max(derived)} does not exist;"
+                " give the shards lower ports in the shard map"
+            )
         self.served_map = self._served_map()
         self.data_dir = settings.data_dir.resolve()
         self.redis: list[RedisServer] = []

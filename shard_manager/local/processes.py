@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,22 @@ class ServerStartError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(below: int | None = None) -> int:
+    """A port nothing listens on now: any the kernel offers, or one under `below` (for
+    ports that others are derived from by adding to them)."""
+    if below is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    for _ in range(1000):
+        port = random.randint(10_000, below - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {below}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
+from router.settings import Settings
 from router.shards.keys import legacy_state_key, state_key
-from shard_manager.local.launcher import _port_free
+from shard_manager.local.launcher import LocalCluster, _port_free
 from shard_manager.local.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +65,8 @@ def _manager(command: str, env: dict) -> subprocess.CompletedProcess:
 def _local_cluster(tmp_path: Path, **settings: str) -> tuple[Path, list[int], int, int, dict]:
     """A data dir, a 3-shard map on free ports, and the environment `make up` reads."""
     data_dir = tmp_path / "data"
-    ports = [free_port() for _ in range(3)]
+    # Low enough that a replica (1,000 above) and the sentinels (20,000 above) fit too.
+    ports = [free_port(below=40_000) for _ in range(3)]
     shards_file = tmp_path / "shards.yaml"
     shards_file.write_text(
         "epoch: 1\nshards:\n"
@@ -244,3 +247,14 @@ def test_up_with_replicas_serves_each_shard_through_sentinels_and_fails_over(tmp
     finally:
         _manager("down", env)
     assert all(_port_free(p) for p in [*ports, pg_port, http_port])
+
+
+def test_replicas_whose_ports_would_not_exist_are_refused_before_anything_starts(tmp_path):
+    shards_file = tmp_path / "shards.yaml"
+    shards_file.write_text(
+        "epoch: 1\nshards:\n  - {id: s0, address: 'redis://127.0.0.1:50000/0', min_score: 0, max_score: null}\n"
+    )
+    settings = Settings(data_dir=tmp_path / "data", shards_file=shards_file, replicas=1)
+    with pytest.raises(ValueError, match="port 70002 does not exist"):
+        LocalCluster(settings)
+    assert not (tmp_path / "data").exists()
