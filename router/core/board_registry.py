@@ -2,13 +2,15 @@
 
 A write or read looks its board up in a dict, so it costs the same with one board
 as with thousands. The copy is refreshed when the registry's version in PostgreSQL
-moves (router.background.layout_watcher polls it) and, at most every
-`miss_refresh_s`, when a request names a board this copy does not know, so a
-board created through another router is usable at once.
+moves (router.background.layout_watcher polls it) and when a request names a board
+this copy does not know: the request waits for a reload that began after it asked,
+so a board created through another router is usable at once. Requests that miss at
+the same time share one reload (a flood of unknown boards costs one query at a time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from datetime import datetime
@@ -19,12 +21,15 @@ from router.store.postgres import Store
 
 
 class BoardRegistry:
-    def __init__(self, store: Store, *, miss_refresh_s: float = 0.05) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.miss_refresh_s = miss_refresh_s
+        self._reload: asyncio.Future[None] | None = None
+        self._reload_started = 0.0
         self._boards: dict[str, Board] = {}
         self._version: datetime | None = None
-        self._refreshed_at = 0.0
+        # Changes this router made itself, with when: a refresh that read PostgreSQL
+        # before such a change committed must not undo it here.
+        self._learned: dict[str, tuple[float, Board]] = {}
 
     @property
     def boards(self) -> dict[str, Board]:
@@ -35,12 +40,19 @@ class BoardRegistry:
         return [key for board in self._boards.values() if not board.closed for key in board.live_board_periods(now)]
 
     def learn(self, board: Board) -> None:
-        """A change this router made itself: known here at once."""
+        """A change this router made itself (committed): known here at once."""
+        self._learned[board.id] = (time.monotonic(), board)
         self._boards = {**self._boards, board.id: board}
 
     async def refresh(self) -> None:
-        self._refreshed_at = time.monotonic()
-        self._version, self._boards = await self.store.boards()
+        started = time.monotonic()
+        version, boards = await self.store.boards()
+        for board_id, (learned_at, board) in list(self._learned.items()):
+            if learned_at >= started:
+                boards[board_id] = board  # committed after our read began: ours is newer
+            else:
+                del self._learned[board_id]  # the read saw it
+        self._version, self._boards = version, boards
 
     async def refresh_if_changed(self) -> bool:
         if await self.store.boards_version() == self._version and self._boards:
@@ -53,10 +65,23 @@ class BoardRegistry:
         board = self._boards.get(board_id)
         if board is not None:
             return board
-        if time.monotonic() - self._refreshed_at >= self.miss_refresh_s:
-            with contextlib.suppress(LeaderboardError):  # PostgreSQL away: what we know is all we go by
-                await self.refresh()
-            board = self._boards.get(board_id)
-            if board is not None:
-                return board
+        with contextlib.suppress(LeaderboardError):  # PostgreSQL away: what we know is all we go by
+            await self._reload_since(time.monotonic())
+        board = self._boards.get(board_id)
+        if board is not None:
+            return board
         raise BoardNotFound(board_id)
+
+    async def _reload_since(self, asked_at: float) -> None:
+        """Wait for a reload that began at or after `asked_at`, joining one that did."""
+        while True:
+            running = self._reload
+            if running is not None and not running.done():
+                await asyncio.shield(running)
+                if self._reload_started >= asked_at:
+                    return
+                continue
+            self._reload_started = time.monotonic()
+            self._reload = asyncio.ensure_future(self.refresh())
+            await asyncio.shield(self._reload)
+            return

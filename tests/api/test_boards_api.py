@@ -203,3 +203,19 @@ def test_boards_listed_in_the_shard_map_file_are_created_when_a_router_starts(bo
     )
     # A board PostgreSQL already has is left as the admin API made it: the file only seeds.
     assert (boards["tuned"]["order"], boards["tuned"]["windows"]) == ("desc", ["all"])
+
+
+def test_a_board_created_through_one_router_is_usable_through_another_at_once(board, api):
+    other = board.router(extra_env={"LB_LAYOUT_POLL_S": "60"})  # no poll would find it in time
+    try:
+        with other.client() as client:
+            assert client.get("/v1/boards/fresh").status_code == 404
+            for n in range(20):
+                create(api, f"fresh{n}", windows=["all"])
+                written = client.post(
+                    f"/v1/boards/fresh{n}/scores", json={"user_id": "kim", "match_id": "f1", "score": n}, headers=AUTH
+                )
+                assert written.status_code == 200, written.text
+                assert client.get(f"/v1/boards/fresh{n}/scores/kim").json()["score"] == n
+    finally:
+        other.stop()
