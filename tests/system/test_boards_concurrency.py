@@ -1,0 +1,163 @@
+"""Two boards of opposite orders under two routers and many clients, with players
+pushed across shard boundaries both ways and a boundary moved online meanwhile:
+afterwards every standing is exact and the shards hold exactly what PostgreSQL does."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from router.boards import MAX_SCORE, Board
+from router.shardmap import ShardMap
+from router.store.layout import read_layout
+from shard_manager.rebalance import Rebalancer
+from shard_manager.verify import verify_period
+from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, running_cluster
+from tests.invariants import wait_outbox_empty
+
+AUTH = {"X-Game-Service-Token": GAME_TOKEN}
+BOARDS = {
+    # desc: incr deltas carry players over 100 and 1000 both ways
+    "kills": Board("kills", "desc", "incr", ("all", "daily")),
+    # asc, set: stored scores are 2^53-1 - score, so times just under 2^53-1 land low
+    "laps": Board("laps", "asc", "set", ("all",)),
+}
+PLAYERS = [f"c{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def split_cluster() -> Iterator[Cluster]:
+    """A cluster of its own: the test moves a boundary of its layout."""
+    with running_cluster("lb-boards-conc-") as cluster:
+        yield cluster
+
+
+def _event(board: str, rng: random.Random, n: int, client_id: int) -> dict:
+    user = rng.choice(PLAYERS)
+    # kills: deltas that carry players over 100 and 1000 both ways; laps: times whose
+    # stored score (2^53-1 - time) lies anywhere in 0..1500, across all three shards.
+    kills = rng.choice([1, -1, 60, -60, 500, -500, 950, -950])
+    score = kills if board == "kills" else MAX_SCORE - rng.randint(0, 1500)
+    return {"user_id": user, "match_id": f"w{client_id}-{n}", "score": score}
+
+
+async def _writer(urls: list[str], client_id: int, until: float, acked: list, seed: int) -> None:
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(timeout=10) as client:
+        n = 0
+        while time.monotonic() < until:
+            board = rng.choice(sorted(BOARDS))
+            body = _event(board, rng, n, client_id)
+            n += 1
+            for _ in range(20):  # resend the same match_id on an unknown outcome, as clients must
+                try:
+                    reply = await client.post(f"{rng.choice(urls)}/v1/boards/{board}/scores", json=body, headers=AUTH)
+                except httpx.TransportError:
+                    continue
+                if reply.status_code < 500:
+                    break
+            if reply.status_code == 200:
+                acked.append((board, body["user_id"], body["match_id"]))
+            else:
+                assert reply.status_code == 422 and reply.json()["error"]["field"] == "score", reply.text
+
+
+def _pg_standings(cluster: Cluster) -> dict[str, list[tuple[str, int]]]:
+    rows = cluster.sql(
+        "SELECT board_period, user_id, score FROM player_scores WHERE board_period LIKE 'kills:%%'"
+        " OR board_period LIKE 'laps:%%' ORDER BY board_period, score DESC, seq"
+    )
+    out: dict[str, list[tuple[str, int]]] = {}
+    for key, user, stored in rows:
+        out.setdefault(key, []).append((user, BOARDS[key.split(":")[0]].shown(stored)))
+    return out
+
+
+def test_two_boards_two_routers_a_boundary_move_stay_exact(split_cluster: Cluster):
+    cluster = split_cluster
+    cluster.reset()
+    routers = [cluster.router(extra_env={"LB_LAYOUT_POLL_S": "0.2"}) for _ in range(2)]
+    try:
+        with routers[0].client() as admin:
+            for board in BOARDS.values():
+                config = {"order": board.order, "operator": board.operator, "windows": list(board.windows)}
+                reply = admin.put(f"/v1/admin/boards/{board.id}", json=config, headers={"X-Admin-Token": ADMIN_TOKEN})
+                assert reply.status_code == 200, reply.text
+        before = read_layout(cluster.dsn)
+        assert before is not None
+        # The s0/s1 boundary moves from 100 up to 300: every board's players in [100, 300)
+        # go from s1 down to s0.
+        target = ShardMap.from_bounds(
+            before.epoch,
+            [
+                (shard.id, shard.address, bound)
+                for shard, bound in zip(before.shard_map.shards, (0, 300, 1000), strict=True)
+            ],
+        )
+        moved: list = []
+
+        def move_midway() -> None:
+            time.sleep(1.5)
+            rebalancer = Rebalancer(cluster.dsn, step_players=5, settle_s=1.0)
+            try:
+                moved.append(rebalancer.apply(target))
+            finally:
+                rebalancer.close()
+
+        mover = threading.Thread(target=move_midway)
+        mover.start()
+        acked: list = []
+        until = time.monotonic() + 6
+        urls = [r.url for r in routers]
+
+        async def load() -> None:
+            await asyncio.gather(*(_writer(urls, i, until, acked, seed=i) for i in range(12)))
+
+        asyncio.run(load())
+        mover.join(timeout=120)
+        assert moved, "the boundary move did not finish"
+        assert len(acked) > 300, f"too little load to mean anything: {len(acked)}"
+
+        wait_outbox_empty(cluster, timeout=15)
+        layout = read_layout(cluster.dsn)
+        assert layout is not None and layout.move is None and layout.shard_map.same_layout(target)
+        recorded = set(cluster.sql("SELECT board, user_id, match_id FROM score_events"))
+        assert set(acked) <= recorded, "an acknowledged event is missing from PostgreSQL"
+        standings = _pg_standings(cluster)
+        today = datetime.now(UTC)
+        assert set(standings) == {"kills:all:all", f"kills:daily:{today.date().isoformat()}", "laps:all:all"}
+        # Both boards had players in the range the move handed from s1 to s0 (so it moved
+        # some of each), and players of both went up and down across boundaries.
+        in_moved_range = dict(
+            cluster.sql(
+                "SELECT split_part(board_period, ':', 1), count(*) FROM player_scores"
+                " WHERE score >= 100 AND score < 300 AND shard = 's0' GROUP BY 1"
+            )
+        )
+        assert in_moved_range.get("kills", 0) > 0 and in_moved_range.get("laps", 0) > 0, in_moved_range
+        changed = dict(
+            cluster.sql(
+                "SELECT split_part(board_period, ':', 1), count(*) FROM player_scores WHERE version > 2 GROUP BY 1"
+            )
+        )
+        assert changed.get("kills", 0) > 10 and changed.get("laps", 0) > 10, changed
+        for key, expected in standings.items():
+            report = verify_period(cluster.dsn, layout.shard_map, key, recheck_after_s=0)
+            assert report.ok, report.render()
+            board, window, period = key.split(":")
+            for router in routers:
+                with router.client() as api:
+                    page = api.get(f"/v1/boards/{board}/top?limit=100&window={window}&period={period}").json()
+                    assert page["total_players"] == len(expected)
+                    assert [(e["user_id"], e["score"]) for e in page["entries"]] == expected, key
+                    assert [e["rank"] for e in page["entries"]] == list(range(1, len(expected) + 1))
+    finally:
+        for router in routers:
+            router.stop()
