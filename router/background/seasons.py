@@ -92,7 +92,9 @@ def archive_period(dsn: str, board_period: str, now: datetime, *, closing: bool 
                 return ArchiveResult(board_period, existing[0], created=False)
             cur.execute("SELECT score_order = 'asc' FROM boards WHERE id = %s", (board,))
             found = cur.fetchone()
-            flip = bool(found and found[0])
+            if found is None:
+                raise ArchiveRefused(f"there is no board {board}")
+            flip = bool(found[0])
             cur.execute("SELECT count(*) FROM player_scores WHERE board_period = %s", (board_period,))
             (players,) = cur.fetchone()
             cur.execute("INSERT INTO period_archives (board_period, players) VALUES (%s, %s)", (board_period, players))

@@ -1,4 +1,5 @@
-"""Monthly seasons: closing a month into PostgreSQL, reading it back, dropping its Redis keys."""
+"""Seasons: closing a period (the original board's months, other boards' days) into
+PostgreSQL, reading it back, dropping its Redis keys."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 
-from router.background.seasons import archive_month
+import pytest
+
+from router.background.seasons import ArchiveRefused, archive_month, archive_period
 from router.periods import board_period
 from router.shards.keys import zset_key
-from tests.cluster import Cluster, commit_directly, shard_map_for
+from tests.cluster import ADMIN_TOKEN, Cluster, commit_directly, shard_map_for
 from tests.invariants import wait_outbox_empty
 from tests.load import AUTH
 
@@ -129,3 +132,40 @@ def test_routers_rotate_in_the_background(board):
             assert api.get(f"/v1/scores/eve?month={label}").json()["rank"] == 1
     finally:
         router.stop()
+
+
+def test_a_closed_daily_period_of_an_asc_board_is_archived_as_the_board_shows_it(api, board):
+    reply = api.put(
+        "/v1/admin/boards/sprint",
+        json={"order": "asc", "operator": "best", "windows": ["daily"]},
+        headers={"X-Admin-Token": ADMIN_TOKEN},
+    )
+    assert reply.status_code == 200, reply.text
+    moment = datetime.now(UTC) - timedelta(days=3)
+    day = moment.date().isoformat()
+    key = f"sprint:daily:{day}"
+    # Events of a day that has since closed, through the function routers call.
+    times = {"ann": 6100, "ben": 5900, "cat": 6100}
+    for user, value in times.items():
+        rows = board.sql(
+            "SELECT status FROM lb_apply_events('{sprint}', %s, '{d1}', '{best}', %s, %s, '{1}', '{1}', %s)",
+            ([user], [value], [moment], [key]),
+        )
+        assert rows == [("applied",)]
+    result = archive_period(board.dsn, key, datetime.now(UTC))
+    assert (result.created, result.players) == (True, 3)
+    page = api.get(f"/v1/boards/sprint/top?period={day}").json()
+    # Lowest time first; ann reached 6100 before cat.
+    assert [(e["rank"], e["user_id"], e["score"]) for e in page["entries"]] == [
+        (1, "ben", 5900),
+        (2, "ann", 6100),
+        (3, "cat", 6100),
+    ]
+    late = api.post(
+        "/v1/boards/sprint/scores",
+        json={"user_id": "dan", "match_id": "late", "score": 1, "occurred_at": moment.isoformat()},
+        headers=AUTH,
+    )
+    assert late.status_code == 409 and late.json()["error"]["code"] == "period_closed", late.text
+    with pytest.raises(ArchiveRefused, match="no board nope"):
+        archive_period(board.dsn, f"nope:daily:{day}", datetime.now(UTC))
