@@ -27,7 +27,14 @@ import yaml
 
 from router.metrics import SUPERVISOR_STATE_ENV
 from router.settings import Settings
-from router.shardmap import ShardMap, dump_shard_map, load_shard_map, read_config_file, shard_map_from_dict
+from router.shardmap import (
+    ShardMap,
+    ShardMapError,
+    dump_shard_map,
+    load_shard_map,
+    read_config_file,
+    shard_map_from_dict,
+)
 from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
@@ -122,6 +129,8 @@ class LocalCluster:
         self.router: subprocess.Popen | None = None
         self.game_token = ""
         self.admin_token = ""
+        self._shards_file_seen: float | None = None  # the shard map file's mtime when last read
+        self._added: dict[str, RedisServer] = {}  # servers started for shards added to the file since
 
     def _served_map(self) -> ShardMap:
         if not self.sentinel_ports:
@@ -306,6 +315,49 @@ class LocalCluster:
         )
         return supervisor
 
+    def start_listed_servers(self, supervisor: Supervisor) -> list[str]:
+        """The redis-servers for shards the shard map file lists now and this cluster does
+        not run yet: started and supervised like the others, so that an operator who adds
+        a shard to the file can `shard-manager apply` it at once. Returns the shard ids
+        started. Only plain 127.0.0.1 addresses, and not with replicas (restart for that)."""
+        path = self.settings.shards_file
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return []
+        if mtime == self._shards_file_seen:
+            return []
+        self._shards_file_seen = mtime
+        try:
+            listed = load_shard_map(path)
+        except ShardMapError as exc:
+            print(f"  note          {path} cannot be read ({exc}); no servers started from it", flush=True)
+            return []
+        running = {shard.id for shard in self.shard_map.shards} | set(self._added)
+        started = []
+        for shard in listed.shards:
+            if shard.id in running or shard.sentinel is not None or shard.host not in LOOPBACK:
+                continue
+            if self.settings.replicas:
+                print(
+                    f"  note          {shard.id} is new in {path}: restart the cluster to give it replicas", flush=True
+                )
+                continue
+            if not _port_free(shard.port):
+                print(f"  note          {shard.id} is new in {path}, but port {shard.port} is taken", flush=True)
+                continue
+            server = RedisServer(require_redis_server(), shard.port, self.data_dir / "redis" / shard.id)
+            server.start()
+            self._added[shard.id] = server
+            supervisor.watch(f"redis {shard.id}", server.start, _exit_code_of(server))
+            print(
+                f"  redis-server  {shard.id:<4} {shard.address}  new in {path}: started;"
+                f" `shard-manager apply {path}` splits onto it",
+                flush=True,
+            )
+            started.append(shard.id)
+        return started
+
     def stop(self) -> None:
         if self.router is not None and self.router.poll() is None:
             # SIGTERM: uvicorn stops accepting, finishes in-flight requests, then the
@@ -323,7 +375,7 @@ class LocalCluster:
             sentinel.stop()  # first, so that no failover starts while the servers stop
         for _, replica in self.replicas:
             replica.stop()
-        for server in self.redis:
+        for server in [*self.redis, *self._added.values()]:
             server.stop()
         if self.postgres is not None:
             self.postgres.stop()
@@ -369,9 +421,11 @@ def run_foreground(settings: Settings) -> int:
         return 1
     print(cluster.banner() + "Press Ctrl-C to stop everything.\n", flush=True)
     supervisor = cluster.supervise(lambda: stopping)
+    cluster.start_listed_servers(supervisor)  # reads the file's mtime: what it lists now runs
     try:
         while not stopping:
             supervisor.check()
+            cluster.start_listed_servers(supervisor)
             time.sleep(0.2)
     finally:
         print("Stopping the local cluster...", flush=True)

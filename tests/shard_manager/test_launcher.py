@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from router.settings import Settings
-from router.shards.keys import legacy_state_key, state_key
+from router.shards.keys import legacy_state_key, state_key, zset_key
 from shard_manager.local.launcher import LocalCluster, _port_free
 from shard_manager.local.processes import free_port
 
@@ -51,9 +52,9 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
-def _manager(command: str, env: dict) -> subprocess.CompletedProcess:
+def _manager(command: str, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "shard_manager", command],
+        [sys.executable, "-m", "shard_manager", command, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -258,3 +259,42 @@ def test_replicas_whose_ports_would_not_exist_are_refused_before_anything_starts
     with pytest.raises(ValueError, match="port 70002 does not exist"):
         LocalCluster(settings)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_shard_added_to_the_file_is_started_and_a_board_split_onto_it(tmp_path):
+    data_dir, ports, pg_port, http_port, env = _local_cluster(tmp_path)
+    base = f"http://127.0.0.1:{http_port}"
+    shards_file = Path(env["LB_SHARDS_FILE"])
+    try:
+        started = _manager("up", env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        token = (data_dir / "game_token").read_text().strip()
+        for user, score in (("low", 50), ("high", 7000)):
+            reply = httpx.post(
+                base + "/v1/scores",
+                headers={"X-Game-Service-Token": token},
+                json={"user_id": user, "match_id": "m1", "score": score},
+            )
+            assert reply.status_code == 200, reply.text
+        # The operator's steps from the README: add a shard to the file, then apply it.
+        new_port = free_port(below=40_000)
+        shards_file.write_text(
+            shards_file.read_text().replace("min_score: 1000, max_score: null", "min_score: 1000, max_score: 5000")
+            + f"  - {{id: s3, address: 'redis://127.0.0.1:{new_port}/0', min_score: 5000, max_score: null}}\n"
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=new_port).ping():
+                    break
+            time.sleep(0.2)
+        applied = _manager("apply", env, str(shards_file))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert redis.Redis(port=new_port).zcard(zset_key(datetime.now(UTC).strftime("%Y-%m"))) == 1  # high
+        assert httpx.get(base + "/v1/scores/high").json()["rank"] == 1
+        assert httpx.get(base + "/v1/scores/low").json()["rank"] == 2
+        status = _manager("status", env)
+        assert "redis s3" in status.stdout and f"127.0.0.1:{new_port}" in status.stdout, status.stdout
+    finally:
+        _manager("down", env)
+    assert all(_port_free(p) for p in [*ports, new_port, pg_port, http_port])
