@@ -63,11 +63,21 @@ def _manager(command: str, env: dict, *args: str) -> subprocess.CompletedProcess
     )
 
 
+def _shard_ports() -> list[int]:
+    """Three free shard ports whose replica (1,000 above) and sentinel (20,000 above the
+    lowest) ports are free too: all below the kernel's ephemeral range (32768 and up),
+    where other processes' connections would come and go on them."""
+    while True:
+        ports = sorted(free_port(below=12_000) for _ in range(3))
+        derived = [p + 1000 for p in ports] + [ports[0] + 20_000 + i for i in range(3)]
+        if len(set(ports)) == 3 and all(_port_free(p) for p in derived):
+            return ports
+
+
 def _local_cluster(tmp_path: Path, **settings: str) -> tuple[Path, list[int], int, int, dict]:
     """A data dir, a 3-shard map on free ports, and the environment `make up` reads."""
     data_dir = tmp_path / "data"
-    # Low enough that a replica (1,000 above) and the sentinels (20,000 above) fit too.
-    ports = [free_port(below=40_000) for _ in range(3)]
+    ports = _shard_ports()
     shards_file = tmp_path / "shards.yaml"
     shards_file.write_text(
         "epoch: 1\nshards:\n"
@@ -277,7 +287,7 @@ def test_a_shard_added_to_the_file_is_started_and_a_board_split_onto_it(tmp_path
             )
             assert reply.status_code == 200, reply.text
         # The operator's steps from the README: add a shard to the file, then apply it.
-        new_port = free_port(below=40_000)
+        new_port = free_port(below=12_000)
         shards_file.write_text(
             shards_file.read_text().replace("min_score: 1000, max_score: null", "min_score: 1000, max_score: 5000")
             + f"  - {{id: s3, address: 'redis://127.0.0.1:{new_port}/0', min_score: 5000, max_score: null}}\n"
