@@ -21,15 +21,10 @@ def add_players(dsn: str, first: int, last: int, prefix: str = "r") -> None:
         cur.execute("SET synchronous_commit = off")
         cur.execute(
             """
-            WITH layout AS (
-                SELECT array_agg((s->>'min_score')::bigint ORDER BY o) AS bounds,
-                       array_agg(s->>'id' ORDER BY o) AS ids
-                  FROM shard_layout, jsonb_array_elements(shards) WITH ORDINALITY AS e(s, o)
-            )
             INSERT INTO player_scores (board_period, user_id, score, version, seq, shard, epoch, updated_at)
-            SELECT %(key)s, %(prefix)s || g, sc, 1, seq, lb_layout_shard(%(key)s, sc, seq, bounds, ids, NULL), 1,
+            SELECT %(key)s, %(prefix)s || g, sc, 1, seq, lb_layout_shard(%(key)s, sc, seq, shards, NULL), 1,
                    now() - interval '1 hour'
-              FROM layout, generate_series(%(first)s, %(last)s) AS g,
+              FROM shard_layout, generate_series(%(first)s, %(last)s) AS g,
                    LATERAL (SELECT (hashint4(g) & 2147483647) %% 2000 AS sc, nextval('score_seq') AS seq) s
             """,
             {"key": key, "first": first, "last": last, "prefix": prefix},

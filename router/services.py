@@ -14,7 +14,7 @@ from router.background.layout_watcher import LayoutWatcher
 from router.background.reconciler import Reconciler
 from router.background.season_keeper import SeasonKeeper
 from router.background.self_healing import ShardHealer
-from router.boards import Board, load_boards_file
+from router.boards import BoardSpec, load_boards_file
 from router.core.board_registry import BoardRegistry
 from router.core.board_service import BoardService
 from router.core.page_cache import KnownQueries, PageCache
@@ -196,7 +196,7 @@ class Services:
         return _matches_any(token, [self.settings.admin_token] if self.settings.admin_token else [])
 
 
-def _seed_boards(dsn: str, boards: list[Board]) -> list[str]:
+def _seed_boards(dsn: str, boards: list[BoardSpec]) -> list[str]:
     conn = psycopg2.connect(dsn)
     try:
         return seed_boards(conn, boards)

@@ -156,6 +156,37 @@ class ShardMap:
     def bounds(self) -> list[tuple[str, str, int]]:
         return [(s.id, s.address, s.range.start) for s in self.shards]
 
+    def split(self) -> tuple[tuple[str, int], ...]:
+        """The shards holding part of the range, each with its lower bound: a board's split."""
+        return tuple(
+            (s.id, s.range.start)
+            for s in self.shards
+            if s.range.start <= MAX_SCORE and (s.range.end is None or s.range.end > s.range.start)
+        )
+
+    def over_split(self, split: Sequence[tuple[str, int]] | None) -> ShardMap:
+        """A board's placement laid over this map's shards, in their order: each shard of
+        `split` from its lower bound, every other shard empty (an empty range just below
+        the next shard that has one, or above them all). None: this map's own split."""
+        if split is None:
+            return self
+        starts = dict(split)
+        if min(starts.values(), default=None) != 0:
+            raise ShardMapError("split", "its lowest shard must start at 0")
+        unknown = [shard_id for shard_id in starts if shard_id not in self.ids]
+        if unknown:
+            raise ShardMapError("split", f"names {unknown[0]!r}, which is not a shard of the layout")
+        bounds, following = [0] * len(self.shards), MAX_SCORE + 1
+        for k in range(len(self.shards) - 1, -1, -1):
+            following = starts.get(self.shards[k].id, following)
+            bounds[k] = following
+        bounds[0] = 0
+        if sorted(bounds) != bounds:
+            raise ShardMapError("split", "its shards must follow the layout's shard order, " + ", ".join(self.ids))
+        return ShardMap.from_bounds(
+            self.epoch, [(s.id, s.address, b) for s, b in zip(self.shards, bounds, strict=True)]
+        )
+
     def same_layout(self, other: ShardMap) -> bool:
         """Same shards, addresses and ranges, whatever the epochs."""
         return self.bounds() == other.bounds()

@@ -159,7 +159,7 @@ class Cluster:
                         cur.execute("DELETE FROM boards WHERE id <> 'global'")
                         cur.execute(
                             "UPDATE boards SET score_order = 'desc', operator = 'incr', windows = '{monthly}',"
-                            " closed_at = NULL, updated_at = clock_timestamp() WHERE id = 'global'"
+                            " closed_at = NULL, split = NULL, updated_at = clock_timestamp() WHERE id = 'global'"
                         )
                     break
                 except psycopg2.errors.DeadlockDetected:

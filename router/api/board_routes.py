@@ -8,6 +8,7 @@ period in the query.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -27,12 +28,14 @@ from router.api.schemas import (
     BoardScoreOut,
     BoardsOut,
     ErrorOut,
+    RangeOut,
     ScoreIn,
 )
 from router.api.scores import batch_body, windows_out
 from router.background.seasons import archive_period, unarchived_periods_of
-from router.boards import Board
+from router.boards import Board, parse_ranges
 from router.services import Services
+from router.shardmap import ShardMapError
 
 router = APIRouter()
 
@@ -62,9 +65,17 @@ async def _configs(svc: Services, boards: list[Board]) -> list[BoardConfigOut]:
             windows=list(b.windows),
             status="closed" if b.closed else "open",
             players={w: counts.get(key, 0) for w, key in current.get(b.id, {}).items()},
+            ranges=[RangeOut(shard=s, min_score=lo, max_score=hi) for s, lo, hi in _ranges(svc, b)],
         )
         for b in boards
     ]
+
+
+def _ranges(svc: Services, board: Board) -> list:
+    try:
+        return board.ranges(svc.shard_map.over_split(board.split))
+    except ShardMapError:  # a layout this router has not loaded yet: show the split as stored
+        return [(shard_id, board.shown(start), None) for shard_id, start in board.split or ()]
 
 
 async def _config(svc: Services, board: Board) -> BoardConfigOut:
@@ -95,12 +106,16 @@ async def get_board(board: BoardPath, svc: ServicesDep) -> Response:
     tags=["admin"],
     response_model=BoardConfigOut,
     dependencies=[Depends(require_admin_token)],
-    responses={**ERRORS, 409: {"model": ErrorOut, "description": "Order or windows of a board with scores"}},
-    summary="Create a board or change it (order and windows only while it has no scores)",
+    responses={
+        **ERRORS,
+        409: {"model": ErrorOut, "description": "Order, windows or ranges of a board with scores"},
+    },
+    summary="Create a board or change it (order, windows and ranges only while it has no scores)",
 )
 async def put_board(board: BoardPath, body: BoardIn, svc: ServicesDep) -> Response:
     wanted = Board.checked(board, body.order, body.operator, body.windows)
-    stored, _ = await svc.store.put_board(wanted)
+    ranges = None if body.ranges is None else parse_ranges([r.model_dump() for r in body.ranges])
+    stored, _ = await svc.store.put_board(wanted, ranges)
     svc.boards.learn(stored)
     return json_answer(await _config(svc, stored))
 
@@ -116,7 +131,7 @@ async def put_board(board: BoardPath, body: BoardIn, svc: ServicesDep) -> Respon
 async def delete_board(board: BoardPath, svc: ServicesDep) -> Response:
     found = await svc.boards.get(board)
     await svc.store.close_board(found.id)
-    closed = Board(found.id, found.order, found.operator, found.windows, closed=True)
+    closed = replace(found, closed=True)
     svc.boards.learn(closed)
     dsn, now = svc.settings.database_url, svc.service.now()
 

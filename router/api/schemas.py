@@ -162,6 +162,20 @@ class MonthsOut(BaseModel):
 BOARD_ID_PATTERN = r"^[a-z0-9_.\-]{1,64}$"
 
 
+class RangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shard: str = Field(description="A shard of the layout (GET /v1/admin/shards)")
+    min_score: int = Field(description="Lowest score of the range, as the board shows scores")
+    max_score: int | None = Field(None, description="End of the range (excluded); null for the highest range")
+
+
+class RangeOut(BaseModel):
+    shard: str
+    min_score: int
+    max_score: int | None
+
+
 class BoardIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -169,6 +183,12 @@ class BoardIn(BaseModel):
     operator: Literal["incr", "best", "set"] = Field("incr", description="What an event does when it names no mode")
     windows: list[Literal["all", "monthly", "weekly", "daily"]] = Field(
         ["all"], min_length=1, max_length=4, description="The standings one event updates; the first is the default"
+    )
+    ranges: list[RangeIn] | None = Field(
+        None,
+        max_length=64,
+        description="Which shard holds which scores (covering 0 to unbounded); default for a new board: one shard."
+        " A board with scores is re-split with `shard-manager apply --board`",
     )
 
 
@@ -179,6 +199,7 @@ class BoardConfigOut(BaseModel):
     windows: list[str]
     status: Literal["open", "closed"]
     players: dict[str, int] = Field(description="Per window: players in its current period")
+    ranges: list[RangeOut] = Field(description="Which shard holds which scores, lowest first")
 
 
 class BoardsOut(BaseModel):

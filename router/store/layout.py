@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg2
 
+from router.boards import Board
 from router.shardmap import ShardMap
 
 
@@ -25,6 +26,18 @@ class Layout:
     @property
     def epoch(self) -> int:
         return self.shard_map.epoch
+
+    def placement(self, board: Board) -> ShardMap:
+        """Where the board's players belong: its split over the layout's shards (or the
+        layout's own split, for a board without one)."""
+        return self.shard_map.over_split(board.split)
+
+    def moving(self, board: Board) -> bool:
+        """Whether the running move (if any) re-splits this board."""
+        if self.move is None:
+            return False
+        named = self.move.get("board")
+        return board.split is None if named is None else named == board.id
 
 
 def shards_json(shard_map: ShardMap) -> str:

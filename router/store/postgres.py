@@ -27,7 +27,7 @@ import psycopg2.extensions
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from router.aio.circuit_breaker import CircuitBreaker
-from router.boards import Board
+from router.boards import Board, Range
 from router.errors import StoreUnavailable
 from router.events import EventRow, GroupCommit, PlayerRow, ScoreEvent
 from router.store import boards as board_rows
@@ -370,8 +370,8 @@ class Store:
     async def boards_version(self) -> datetime | None:
         return await self._run(self._with_conn, board_rows.boards_version)
 
-    async def put_board(self, board: Board) -> tuple[Board, bool]:
-        return await self._run(self._with_conn, board_rows.put_board, board)
+    async def put_board(self, board: Board, ranges: tuple[Range, ...] | None = None) -> tuple[Board, bool]:
+        return await self._run(self._with_conn, board_rows.put_board, board, ranges)
 
     async def close_board(self, board_id: str) -> bool:
         return await self._run(self._with_conn, board_rows.close_board, board_id)

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from router.boards import MAX_SCORE
 from router.periods import period_label, period_start
+from router.shards.keys import user_of, zset_key
+from router.store.boards import first_shard
 from tests.cluster import ADMIN_TOKEN, GAME_TOKEN
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
@@ -110,6 +112,8 @@ def test_boards_are_listed_and_unknown_ones_are_404(api):
         "windows": ["weekly"],
         "status": "open",
         "players": {"weekly": 1},
+        # Created without ranges: on one shard, picked by the board's id.
+        "ranges": [{"shard": first_shard("listed", ("s0", "s1", "s2")), "min_score": 0, "max_score": None}],
     }
     assert boards["global"]["windows"] == ["monthly"]
     for path in ("/v1/boards/nope", "/v1/boards/nope/top", "/v1/boards/nope/scores/fay"):
@@ -219,3 +223,95 @@ def test_a_board_created_through_one_router_is_usable_through_another_at_once(bo
                 assert client.get(f"/v1/boards/fresh{n}/scores/kim").json()["score"] == n
     finally:
         other.stop()
+
+
+def _placed(cluster, board: str) -> dict[str, str]:
+    """Where PostgreSQL places each player of the board, checked against the shards."""
+    placed = dict(cluster.sql("SELECT user_id, shard FROM player_scores WHERE board_period LIKE %s", (f"{board}:%",)))
+    key = zset_key(f"{board}:all:all")
+    on_shards = {f"s{i}": {user_of(m) for m in cluster.redis(i).zrange(key, 0, -1)} for i in range(3)}
+    for user, shard in placed.items():
+        assert [s for s, users in on_shards.items() if user in users] == [shard], (user, shard, on_shards)
+    return placed
+
+
+def test_a_board_is_split_by_its_own_ranges_and_ranks_add_up_across_them(api, board):
+    ranges = [
+        {"shard": "s0", "min_score": 0, "max_score": 10},
+        {"shard": "s1", "min_score": 10, "max_score": 20},
+        {"shard": "s2", "min_score": 20, "max_score": None},
+    ]
+    assert create(api, "wins", windows=["all"], ranges=ranges)["ranges"] == ranges
+    for user, score in (("low", 5), ("mid", 15), ("high", 25), ("also_low", 7)):
+        assert post(api, "wins", user, "w1", score).status_code == 200
+    assert _placed(board, "wins") == {"low": "s0", "also_low": "s0", "mid": "s1", "high": "s2"}
+    page = top(api, "wins")
+    assert [(e["rank"], e["user_id"]) for e in page["entries"]] == [
+        (1, "high"),
+        (2, "mid"),
+        (3, "also_low"),
+        (4, "low"),
+    ]
+    assert api.get("/v1/boards/wins/scores/also_low").json()["rank"] == 3
+    # Crossing the board's boundary 20 (the original board's would be 100) moves the player.
+    assert post(api, "wins", "mid", "w2", 11).json()["windows"]["all"]["rank"] == 1
+    assert _placed(board, "wins")["mid"] == "s2"
+
+
+def test_an_asc_boards_ranges_are_written_in_its_own_scores_fastest_on_the_last_shard(api, board):
+    ranges = [
+        {"shard": "s2", "min_score": 0, "max_score": 60},
+        {"shard": "s1", "min_score": 60, "max_score": 120},
+        {"shard": "s0", "min_score": 120, "max_score": None},
+    ]
+    assert create(api, "laps", order="asc", operator="best", windows=["all"], ranges=ranges)["ranges"] == ranges
+    for user, time in (("slow", 200), ("fast", 50), ("fair", 90)):
+        assert post(api, "laps", user, "l1", time).status_code == 200
+    assert _placed(board, "laps") == {"fast": "s2", "fair": "s1", "slow": "s0"}
+    assert [e["user_id"] for e in top(api, "laps")["entries"]] == ["fast", "fair", "slow"]
+    assert api.get("/v1/boards/laps/scores/slow").json()["rank"] == 3
+
+
+def test_a_board_without_ranges_lives_on_one_shard_whatever_its_scores(api, board):
+    create(api, "event", windows=["all"])
+    home = first_shard("event", ("s0", "s1", "s2"))
+    for user, score in (("a", 1), ("b", 500), ("c", 50_000)):
+        assert post(api, "event", user, "e1", score).status_code == 200
+    assert set(_placed(board, "event").values()) == {home}
+    assert [e["user_id"] for e in top(api, "event")["entries"]] == ["c", "b", "a"]
+
+
+def test_bad_ranges_are_422_naming_the_entry_and_a_board_with_scores_keeps_its_ranges(api, board):
+    good = [{"shard": "s0", "min_score": 0, "max_score": 10}, {"shard": "s1", "min_score": 10, "max_score": None}]
+    for ranges, field in (
+        (
+            [{"shard": "s0", "min_score": 0, "max_score": 10}, {"shard": "s1", "min_score": 11, "max_score": None}],
+            "ranges[1].min_score",
+        ),
+        ([{"shard": "s0", "min_score": 0, "max_score": 10}], "ranges[0].max_score"),
+        ([{"shard": "s9", "min_score": 0, "max_score": None}], "ranges"),
+        # desc: higher scores must be on later shards of the layout
+        (
+            [{"shard": "s1", "min_score": 0, "max_score": 10}, {"shard": "s0", "min_score": 10, "max_score": None}],
+            "ranges",
+        ),
+        (
+            [{"shard": "s0", "min_score": 0, "max_score": 10}, {"shard": "s0", "min_score": 10, "max_score": None}],
+            "ranges[1].shard",
+        ),
+    ):
+        answer = api.put("/v1/admin/boards/split", json={"windows": ["all"], "ranges": ranges}, headers=ADMIN)
+        assert answer.status_code == 422, (ranges, answer.text)
+        assert answer.json()["error"]["field"] == field, (ranges, answer.text)
+    assert api.get("/v1/boards/split").status_code == 404  # nothing was created
+    create(api, "split", windows=["all"], ranges=good)
+    # No scores yet: the ranges may change at once.
+    moved = [{"shard": "s1", "min_score": 0, "max_score": 30}, {"shard": "s2", "min_score": 30, "max_score": None}]
+    assert create(api, "split", windows=["all"], ranges=moved)["ranges"] == moved
+    post(api, "split", "p", "m1", 40)
+    refused = api.put("/v1/admin/boards/split", json={"windows": ["all"], "ranges": good}, headers=ADMIN)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "board_conflict", refused.text
+    assert "apply --board split" in refused.json()["error"]["message"]
+    # The operator may still change, and the ranges stay as they were.
+    assert create(api, "split", operator="best", windows=["all"])["ranges"] == moved
+    assert _placed(board, "split") == {"p": "s2"}

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from router.boards import MAX_SCORE, Board, boards_from_config
+from router.boards import MAX_SCORE, Board, boards_from_config, parse_ranges
 from router.core.ranking import global_rank, players_above
 from router.errors import InvalidInput
 from router.periods import (
@@ -22,7 +22,7 @@ from router.periods import (
     period_start,
     previous_month,
 )
-from router.shardmap import ShardMapError
+from router.shardmap import ShardMap, ShardMapError
 from router.shards.keys import SEQ_LIMIT, member, tie_prefix, user_of
 from router.shards.state import StateEntry, decode, encode
 
@@ -71,7 +71,8 @@ def test_global_rank_adds_the_members_of_every_better_shard():
 
 def test_a_boards_section_is_read_with_defaults_and_a_wrong_entry_names_its_key():
     assert boards_from_config({"shards": []}) == []
-    assert boards_from_config({"boards": [{"id": "wins"}, {"id": "race", "order": "asc", "windows": ["daily"]}]}) == [
+    entries = [{"id": "wins"}, {"id": "race", "order": "asc", "windows": ["daily"]}]
+    assert [spec.board for spec in boards_from_config({"boards": entries})] == [
         Board("wins", "desc", "incr", ("all",)),
         Board("race", "asc", "incr", ("daily",)),
     ]
@@ -81,6 +82,7 @@ def test_a_boards_section_is_read_with_defaults_and_a_wrong_entry_names_its_key(
         ({"id": "b", "windows": "daily"}, "boards[0].windows"),
         ({"id": "b", "windows": ["hourly"]}, "boards[0].windows"),
         ({"id": "b", "ranges": []}, "boards[0].ranges"),
+        ({"id": "b", "ranges": [{"shard": "s0", "min_score": 5, "max_score": None}]}, "boards[0].ranges[0].min_score"),
     ):
         with pytest.raises(ShardMapError) as raised:
             boards_from_config({"boards": [entry]})
@@ -113,3 +115,43 @@ def test_an_asc_board_stores_scores_so_that_higher_is_better():
     assert race.stored(5) > race.stored(6)  # the faster time is the better stored score
     assert race.shown(race.stored(61250)) == 61250
     assert Board("wins").stored(7) == 7
+
+
+def test_ranges_as_a_board_shows_scores_become_a_stored_split_over_the_layout_and_back():
+    cluster = ShardMap.from_bounds(
+        1, [("s0", "redis://h:1/0", 0), ("s1", "redis://h:2/0", 100), ("s2", "redis://h:3/0", 1000)]
+    )
+    wins = Board("wins", "desc")
+    ranges = parse_ranges(
+        [
+            {"shard": "s2", "min_score": 50, "max_score": None},
+            {"shard": "s0", "min_score": 0, "max_score": 50},
+        ]
+    )
+    assert ranges == (("s0", 0, 50), ("s2", 50, None))  # sorted, lowest first
+    split = wins.split_of(ranges, cluster.ids)
+    assert split == (("s0", 0), ("s2", 50))
+    placement = cluster.over_split(split)
+    assert [str(s.range) for s in placement.shards] == ["[0, 50)", "[50, 50)", "[50, inf)"]
+    assert placement.shard_for_score(49).id == "s0" and placement.shard_for_score(50).id == "s2"
+    assert placement.split() == split and wins.ranges(placement) == list(ranges)
+    # asc: the lowest times are the best, so they go on the later shard of the layout.
+    race = Board("race", "asc")
+    times = parse_ranges(
+        [
+            {"shard": "s2", "min_score": 0, "max_score": 60},
+            {"shard": "s1", "min_score": 60, "max_score": None},
+        ]
+    )
+    placement = cluster.over_split(race.split_of(times, cluster.ids))
+    assert placement.shard_for_score(race.stored(59)).id == "s2"
+    assert placement.shard_for_score(race.stored(60)).id == "s1"
+    assert placement.shard_for_score(race.stored(MAX_SCORE)).id == "s1"
+    assert race.ranges(placement) == list(times)
+    with pytest.raises(InvalidInput) as wrong_way:
+        wins.split_of(times, cluster.ids)  # on a desc board the higher scores must be on s2
+    assert wrong_way.value.field == "ranges"
+    assert cluster.over_split(None) is cluster  # no split of its own: the layout's
+    one = cluster.over_split((("s1", 0),))
+    assert one.split() == (("s1", 0),)
+    assert one.shard_for_score(0).id == one.shard_for_score(MAX_SCORE).id == "s1"

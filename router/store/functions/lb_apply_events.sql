@@ -1,4 +1,4 @@
--- lb_apply_events: its present definition (last changed in migrations/007_boards.sql).
+-- lb_apply_events: its present definition (last changed in migrations/008_board_ranges.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 -- Commits a group of events. An event names its board; it updates one row per window
@@ -46,8 +46,9 @@ DECLARE
     asc_boards text[];
     layout_epoch bigint;
     layout_move jsonb;
-    bounds bigint[];
-    shard_ids text[];
+    layout_shards jsonb;
+    splits jsonb;
+    moving_boards text[];
     round_of int[];
     rounds int;
     r int;
@@ -77,22 +78,26 @@ BEGIN
     -- committed before we got them): a rebalance step changes the layout only under
     -- the period's exclusive lock, so this group places every player by the layout it
     -- sees, and an archive committed before us is seen as closed.
-    SELECT l.epoch, l.move,
-           (SELECT array_agg((e.s->>'min_score')::bigint ORDER BY e.o)
-              FROM jsonb_array_elements(l.shards) WITH ORDINALITY AS e(s, o)),
-           (SELECT array_agg(e.s->>'id' ORDER BY e.o)
-              FROM jsonb_array_elements(l.shards) WITH ORDINALITY AS e(s, o)),
+    SELECT l.epoch, l.move, l.shards,
            (SELECT coalesce(array_agg(a.board_period), '{}') FROM period_archives a
              WHERE a.board_period = ANY (p_row_periods))
-      INTO layout_epoch, layout_move, bounds, shard_ids, archived
+      INTO layout_epoch, layout_move, layout_shards, archived
       FROM shard_layout l WHERE l.id = 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no shard layout: start a router or run shard-manager migrate';
     END IF;
-    -- A board that is closed (or was never created here) takes no events.
+    -- A board that is closed (or was never created here) takes no events. Each board is
+    -- placed by its own split, or the layout's where it has none; a running move
+    -- re-splits the board it names, or (naming none) every board with no split of its own.
+    -- (A move finishes under the exclusive locks of its board's periods, so the split and
+    -- the move read here belong together for every board of this group.)
     SELECT coalesce(array_agg(wanted.id) FILTER (WHERE b.id IS NULL OR b.closed_at IS NOT NULL), '{}'),
-           coalesce(array_agg(wanted.id) FILTER (WHERE b.score_order = 'asc'), '{}')
-      INTO closed_boards, asc_boards
+           coalesce(array_agg(wanted.id) FILTER (WHERE b.score_order = 'asc'), '{}'),
+           jsonb_object_agg(wanted.id, coalesce(b.split, layout_shards)),
+           coalesce(array_agg(wanted.id) FILTER (
+               WHERE layout_move IS NOT NULL AND CASE WHEN layout_move->>'board' IS NULL THEN b.split IS NULL
+                                                      ELSE layout_move->>'board' = wanted.id END), '{}')
+      INTO closed_boards, asc_boards, splits, moving_boards
       FROM (SELECT DISTINCT unnest(p_boards) AS id) wanted LEFT JOIN boards b ON b.id = wanted.id;
 
     -- The group's Redis work, one row for all its (period, player) pairs (a player
@@ -167,7 +172,8 @@ BEGIN
         ), placed AS (
             SELECT d.*, d.outcome = 'applied' AND d.new_score IS DISTINCT FROM d.cur_score AS changes,
                    CASE WHEN d.outcome = 'applied' AND d.new_score IS DISTINCT FROM d.cur_score
-                        THEN lb_layout_shard(d.bp, d.new_score, d.new_seq, bounds, shard_ids, layout_move)
+                        THEN lb_layout_shard(d.bp, d.new_score, d.new_seq, splits->d.board,
+                                             CASE WHEN d.board = ANY (moving_boards) THEN layout_move END)
                    END AS new_shard
               FROM decided d
         ), inserted AS (

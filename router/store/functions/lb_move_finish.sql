@@ -1,9 +1,10 @@
--- lb_move_finish: its present definition (last changed in migrations/007_boards.sql).
+-- lb_move_finish: its present definition (last changed in migrations/008_board_ranges.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 -- Ends a boundary move, under every given board period's exclusive lock: if no
--- player of those periods is left on the source side of the cursor, the layout takes the new
--- shard list (with the moved boundary) and a new epoch. Returns whether it ended.
+-- player of those periods is left on the source side of the cursor, the new split (with
+-- the moved boundary) takes effect: the board's own, for a move that names a board, else
+-- the layout's shard list; either way with a new layout epoch. Returns whether it ended.
 CREATE OR REPLACE FUNCTION lb_move_finish(p_board_periods text[], p_shards jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
@@ -41,6 +42,14 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    UPDATE shard_layout SET shards = p_shards, move = NULL, epoch = epoch + 1, updated_at = now() WHERE id = 1;
+    IF mv->>'board' IS NOT NULL THEN
+        -- Under the boards' lock (router/store/boards.py BOARDS_LOCK), so that updated_at,
+        -- the registry's version that routers follow, only ever grows.
+        PERFORM pg_advisory_xact_lock(1818387055);
+        UPDATE boards SET split = p_shards, updated_at = clock_timestamp() WHERE id = mv->>'board';
+        UPDATE shard_layout SET move = NULL, epoch = epoch + 1, updated_at = now() WHERE id = 1;
+    ELSE
+        UPDATE shard_layout SET shards = p_shards, move = NULL, epoch = epoch + 1, updated_at = now() WHERE id = 1;
+    END IF;
     RETURN true;
 END $$;

@@ -1,4 +1,4 @@
--- lb_move_step: its present definition (last changed in migrations/007_boards.sql).
+-- lb_move_step: its present definition (last changed in migrations/008_board_ranges.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 CREATE OR REPLACE FUNCTION lb_move_step(p_board_period text, p_limit int)
@@ -25,7 +25,11 @@ BEGIN
     PERFORM pg_advisory_xact_lock(lb_period_lock(p_board_period));
     SELECT * INTO layout FROM shard_layout WHERE id = 1 FOR UPDATE;
     mv := layout.move;
-    IF mv IS NULL THEN
+    -- A move re-splits the board it names, or (naming none) the boards without a split
+    -- of their own: any other board's players stay where they are.
+    IF mv IS NULL OR NOT coalesce(
+        (SELECT CASE WHEN mv->>'board' IS NULL THEN b.split IS NULL ELSE b.id = mv->>'board' END
+           FROM boards b WHERE b.id = split_part(p_board_period, ':', 1)), false) THEN
         RETURN;
     END IF;
     up := (mv->>'up')::boolean;
