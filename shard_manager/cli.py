@@ -57,12 +57,77 @@ def _load_target(path: Path):
         return None
 
 
+def _board_target(path: Path, board_id: str, settings):
+    """(the board in force, the split `apply --board` heads for: the file's ranges for it,
+    laid over the layout's shards), or None after saying why not."""
+    from router.boards import load_boards_file
+    from router.errors import InvalidInput
+    from router.store.layout import read_layout
+
+    specs = load_boards_file(path)
+    index, spec = next(((i, s) for i, s in enumerate(specs) if s.board.id == board_id), (None, None))
+    if spec is None or spec.ranges is None:
+        print(
+            f"{path} names no ranges for board {board_id}: add them to its entry under `boards:`"
+            " (- id: ..., ranges: [{shard, min_score, max_score}, ...])",
+            file=sys.stderr,
+        )
+        return None
+    layout = read_layout(settings.database_url)
+    board = _boards(settings).get(board_id)
+    if layout is None or board is None:
+        print(
+            f"there is no board {board_id} in PostgreSQL (routers create the file's boards when they start)",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        split = board.split_of(spec.ranges, layout.shard_map.ids)
+    except InvalidInput as exc:
+        print(f"invalid shard map {path}: boards[{index}].{exc.field}: {exc.reason}", file=sys.stderr)
+        return None
+    return board, layout.shard_map.over_split(split)
+
+
+def _boards(settings) -> dict:
+    import psycopg2
+
+    from router.store.boards import load_boards
+
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        return load_boards(conn)[1]
+    finally:
+        conn.close()
+
+
+def _print_ranges(board, placement) -> None:
+    for shard_id, start, end in board.ranges(placement):
+        print(f"  {shard_id:<6} {placement.by_id(shard_id).address:<28} [{start}, {'inf' if end is None else end})")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from shard_manager.rebalance import RebalanceRefused, plan_steps, unreachable
 
     shard_map = _load_target(args.file)
     if shard_map is None:
         return 2
+    if args.board:
+        settings = _settings()
+        found = _board_target(args.file, args.board, settings)
+        if found is None:
+            return 2
+        board, placement = found
+        _print_ranges(board, placement)
+        current = placement.over_split(board.split)
+        try:
+            steps = plan_steps(current, placement)
+        except RebalanceRefused as exc:
+            print(f"cannot be applied to board {board.id}: {exc}", file=sys.stderr)
+            return 4
+        change = f"{len(steps)} step(s) from its split in force; see `plan`" if steps else "same as its split in force"
+        print(f"ok: board {board.id}, {len(placement.split())} shard(s); {change}")
+        return 0
     for shard in shard_map.shards:
         print(f"  {shard.id:<6} {shard.address:<28} {shard.range}")
     if args.offline:
@@ -91,7 +156,6 @@ def _describe_counts(counts: dict) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from router.background.seasons import unarchived_periods
     from shard_manager.rebalance import (
         MOVE_RATE_ESTIMATE,
         MoveBoundary,
@@ -100,21 +164,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         players_in_range,
     )
 
-    target = _load_target(args.file)
+    settings = _settings()
+    target = _target(args, settings)
     if target is None:
         return 2
-    settings = _settings()
     rebalancer = Rebalancer(settings.database_url)
     try:
-        steps = rebalancer.check(target)
+        steps = rebalancer.check(target, args.board)
         layout = rebalancer.layout()
         conn = psycopg2.connect(settings.database_url)
-        months = unarchived_periods(conn)
+        months = rebalancer.periods(args.board)
+        what = f"board {args.board}" if args.board else "the layout"
         print(
             f"layout in force: epoch {layout.epoch}" + (" (a move is running; apply resumes it)" if layout.move else "")
         )
         if not steps:
-            print("nothing to do: the layout already matches " + str(args.file))
+            print(f"nothing to do: {what} already matches {args.file}")
             return 0
         total_players = 0
         for number, step in enumerate(steps, start=1):
@@ -142,10 +207,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from shard_manager.rebalance import MoveBoundary, Progress, Rebalancer, RebalanceRefused
 
-    target = _load_target(args.file)
+    settings = _settings()
+    target = _target(args, settings)
     if target is None:
         return 2
-    settings = _settings()
     rebalancer = Rebalancer(settings.database_url, step_players=args.step_players)
     started = time.monotonic()
 
@@ -161,7 +226,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
-        layout = rebalancer.apply(target, Progress(on_step, on_moved))
+        layout = rebalancer.apply(target, Progress(on_step, on_moved), args.board)
     except RebalanceRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -171,9 +236,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     finally:
         rebalancer.close()
     print(f"done in {time.monotonic() - started:.1f} s: layout epoch {layout.epoch}")
+    if args.board:
+        board = _boards(settings)[args.board]
+        _print_ranges(board, layout.shard_map.over_split(board.split))
+        return 0
     for shard in layout.shard_map.shards:
         print(f"  {shard.id:<6} {shard.address:<28} {shard.range}")
     return 0
+
+
+def _target(args: argparse.Namespace, settings):
+    """What plan and apply head for: the file's shards, or with --board its ranges for that board."""
+    shard_map = _load_target(args.file)
+    if shard_map is None or not args.board:
+        return shard_map
+    found = _board_target(args.file, args.board, settings)
+    return None if found is None else found[1]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -186,9 +264,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings()
     layout = read_layout(settings.database_url)
     shard_map = layout.shard_map if layout else load_shard_map(settings.shards_file)
-    month = board_period(
-        LEGACY_BOARD, "monthly", parse_month(args.month) if args.month else month_start(datetime.now(UTC))
-    )
+    ranges = {shard.id: str(shard.range) for shard in shard_map.shards}
+    if args.board:
+        board = _boards(settings).get(args.board)
+        if board is None:
+            print(f"there is no board {args.board}", file=sys.stderr)
+            return 2
+        month = args.period or board.board_periods(datetime.now(UTC))[0]
+        if layout:
+            placement = layout.shard_map.over_split(board.split)
+            ranges = {sid: "-" for sid in ranges} | {
+                sid: f"[{lo}, {'inf' if hi is None else hi})" for sid, lo, hi in board.ranges(placement)
+            }
+    else:
+        month = board_period(
+            LEGACY_BOARD, "monthly", parse_month(args.month) if args.month else month_start(datetime.now(UTC))
+        )
     counts: dict[str, int | None] = {}
     memory: dict[str, int | None] = {}
     healing: dict[str, str] = {}
@@ -212,18 +303,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         finally:
             client.close()
     total = sum(c for c in counts.values() if c)
-    fair = 1 / len(shard_map.shards)
+    fair = 1 / max(1, sum(1 for r in ranges.values() if r != "-"))
     print(f"layout epoch {shard_map.epoch}, {month}, {total} players")
     if layout and layout.move:
         mv = layout.move
-        print(f"rebalance running: scores [{mv['lo']}, {mv['hi']}) {mv['source']} -> {mv['dest']}")
+        scope = f" of board {mv['board']}" if mv.get("board") else ""
+        print(f"rebalance running{scope}: stored scores [{mv['lo']}, {mv['hi']}) {mv['source']} -> {mv['dest']}")
     print(f"{'shard':<6} {'address':<28} {'range':<24} {'players':>10} {'share':>7} {'memory':>10}  self-healing")
     for shard in shard_map.shards:
         count, mem = counts[shard.id], memory[shard.id]
         share = count / total if total and count is not None else None
-        skew = " skewed" if share is not None and total >= 100 and not fair / 2 <= share <= fair * 1.5 else ""
+        in_use = ranges[shard.id] != "-"
+        skew = (
+            " skewed" if in_use and share is not None and total >= 100 and not fair / 2 <= share <= fair * 1.5 else ""
+        )
         print(
-            f"{shard.id:<6} {shard.address:<28} {str(shard.range):<24} "
+            f"{shard.id:<6} {shard.address:<28} {ranges[shard.id]:<24} "
             f"{'DOWN' if count is None else count:>10} {'-' if share is None else f'{100 * share:.1f}%':>7} "
             f"{'-' if mem is None else f'{mem / 2**20:.1f} MiB':>10}  {healing[shard.id]}{skew}"
         )
@@ -238,29 +333,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    import psycopg2
-
     from router.shardmap import dump_shard_map, shard_map_from_dict
 
     settings = _settings()
     current, _ = _layout(settings)
+    if args.board:
+        return _suggest_board(args, settings, current)
     month = month_start(datetime.now(UTC))
-    fractions = [k / args.shards for k in range(1, args.shards)]
-    conn = psycopg2.connect(settings.database_url)
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY score), count(*)"
-            " FROM player_scores WHERE board_period = %s",
-            (fractions, board_period(LEGACY_BOARD, "monthly", month)),
-        )
-        cuts, players = cur.fetchone()
-    conn.close()
+    bounds, players = _quantile_bounds(settings.database_url, board_period(LEGACY_BOARD, "monthly", month), args.shards)
     if not players:
         print("no players this month: nothing to base a suggestion on", file=sys.stderr)
         return 1
-    bounds = [0]
-    for cut in cuts or []:
-        bounds.append(max(int(cut), bounds[-1] + 1))  # equal quantiles: keep ranges non-empty
     existing = list(current.shards)
     last_port = max(s.port for s in existing)
     shards = []
@@ -282,6 +365,66 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(f"wrote {args.write}")
     else:
         print(header + text, end="")
+    return 0
+
+
+def _quantile_bounds(dsn: str, key: str, shards: int) -> tuple[list[int], int]:
+    """Lower bounds (stored scores) that cut a board period into `shards` equal parts."""
+    import psycopg2
+
+    fractions = [k / shards for k in range(1, shards)]
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY score), count(*)"
+            " FROM player_scores WHERE board_period = %s",
+            (fractions, key),
+        )
+        cuts, players = cur.fetchone()
+    conn.close()
+    bounds = [0]
+    for cut in cuts or []:
+        bounds.append(max(int(cut), bounds[-1] + 1))  # equal quantiles: keep ranges non-empty
+    return bounds, players
+
+
+def _suggest_board(args: argparse.Namespace, settings, layout_map) -> int:
+    """Ranges for one board from its current period's quantiles, over the layout's shards
+    in order, as the entry to put under `boards:` (and `apply --board`)."""
+    import yaml
+
+    board = _boards(settings).get(args.board)
+    if board is None:
+        print(f"there is no board {args.board}", file=sys.stderr)
+        return 2
+    if args.shards > len(layout_map.shards):
+        print(f"the layout has {len(layout_map.shards)} shards: add servers with `apply FILE` first", file=sys.stderr)
+        return 2
+    key = board.board_periods(datetime.now(UTC))[0]
+    bounds, players = _quantile_bounds(settings.database_url, key, args.shards)
+    if not players:
+        print(f"no players in {key}: nothing to base a suggestion on", file=sys.stderr)
+        return 1
+    # Stored scores grow with rank on every board; the best part goes on the last shard used.
+    used = layout_map.shards[len(layout_map.shards) - len(bounds) :]
+    split = tuple((shard.id, start) for shard, start in zip(used, bounds, strict=True))
+    ranges = board.ranges(layout_map.over_split(split))
+    entry = {
+        "id": board.id,
+        "order": board.order,
+        "operator": board.operator,
+        "windows": list(board.windows),
+        "ranges": [{"shard": sid, "min_score": lo, "max_score": hi} for sid, lo, hi in ranges],
+    }
+    header = f"# suggested for {players} players in {key}: about {players // args.shards} per shard\n"
+    if args.write:
+        raw = yaml.safe_load(args.write.read_text()) if args.write.exists() else {}
+        raw = raw or {}
+        raw["boards"] = [b for b in raw.get("boards") or [] if b.get("id") != board.id] + [entry]
+        args.write.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+        print(f"wrote board {board.id}'s ranges into {args.write}; `apply --board {board.id} {args.write}` moves it")
+    else:
+        print(header + yaml.safe_dump({"boards": [entry]}, sort_keys=False), end="")
     return 0
 
 
@@ -317,6 +460,25 @@ def _layout(settings):
     return layout.shard_map, layout.move is not None
 
 
+def _placements(settings):
+    """For a board period, (where its players belong, whether a running move re-splits it):
+    the board's own split over the layout, or the layout's."""
+    from router.boards import LEGACY
+    from router.store.layout import read_layout
+
+    layout = read_layout(settings.database_url)
+    if layout is None:
+        file_map = load_shard_map(settings.shards_file)
+        return lambda key: (file_map, False)
+    boards = _boards(settings)
+
+    def placement(key: str):
+        board = boards.get(key.split(":", 1)[0], LEGACY)
+        return layout.placement(board), layout.moving(board)
+
+    return placement
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import psycopg2
     import redis
@@ -324,9 +486,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from shard_manager.verify import verify_period
 
     settings = _settings()
-    shard_map, moving = _layout(settings)
+    placement = _placements(settings)
     ok = True
     for key in _periods(args, settings):
+        shard_map, moving = placement(key)
         try:
             report = verify_period(
                 settings.database_url, shard_map, key, recheck_after_s=args.recheck_after, moving=moving
@@ -343,9 +506,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from shard_manager.rebuild import progress_printer, rebuild_period
 
     settings = _settings()
-    shard_map, _ = _layout(settings)
+    placement = _placements(settings)
     for key in _periods(args, settings):
-        report = rebuild_period(settings.database_url, shard_map, key, progress_printer())
+        report = rebuild_period(settings.database_url, placement(key)[0], key, progress_printer())
         shards = ", ".join(f"{sid} {n}" for sid, n in report.per_shard.items())
         print(
             f"rebuilt {report.board_period}: {report.players} players ({shards}) in {report.seconds:.2f} s; "
@@ -388,25 +551,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start the local cluster in the background").set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop the cluster `up` started").set_defaults(fn=cmd_down)
     sub.add_parser("migrate", help="apply pending PostgreSQL schema migrations").set_defaults(fn=cmd_migrate)
+    board_help = "only this board's ranges (from the file's boards entry)"
     p = sub.add_parser("validate", help="check a shard map file, its servers, and that it can be applied")
     p.add_argument("file", type=Path)
+    p.add_argument("--board", default=None, help=board_help)
     p.add_argument("--offline", action="store_true", help="only check the file itself")
     p.set_defaults(fn=cmd_validate)
     p = sub.add_parser("plan", help="dry run: what `apply FILE` would move, and how long it would take")
     p.add_argument("file", type=Path)
+    p.add_argument("--board", default=None, help=board_help)
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("apply", help="re-split the score ranges online to match FILE (resumable)")
     p.add_argument("file", type=Path)
+    p.add_argument("--board", default=None, help="re-split only this board, to the ranges of its entry in FILE")
     p.add_argument(
         "--step-players", type=int, default=200, help="players moved per step (writes to the month wait during a step)"
     )
     p.set_defaults(fn=cmd_apply)
     p = sub.add_parser("status", help="per-shard range, players, share and memory; flags skew")
-    p.add_argument("--month", default=None, help="YYYY-MM (default: current)")
+    p.add_argument("--month", default=None, help="YYYY-MM of the original board (default: current)")
+    p.add_argument("--board", default=None, help="this board's ranges and players instead")
+    p.add_argument("--period", default=None, help="with --board: BOARD:WINDOW:PERIOD (default: its current one)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("suggest", help="boundaries from this month's score quantiles")
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--write", type=Path, default=None, help="write the suggested map to this file")
+    p.add_argument("--board", default=None, help="ranges for this board (its current period), over the layout's shards")
     p.set_defaults(fn=cmd_suggest)
     period_help = "one board period, e.g. race:daily:2026-12-01 (default: every live period)"
     p = sub.add_parser("verify", help="check every player on the shards against PostgreSQL")

@@ -13,6 +13,11 @@ bumps the layout epoch. All progress lives in PostgreSQL (the layout row: shards
 the running move with a per-board-period cursor, and the target), so an apply that is
 killed is resumed by running it again; the point of no return of each move is its
 first step, after which it can only be finished.
+
+What is re-split is either the layout's own split (the shard map file's `shards:`; it
+places every board without a split of its own, such as the original board) together
+with adding and removing shards, or one board's split (`apply --board`): the same
+moves, over that board's periods only, ending in the board's row. One at a time.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import psycopg2
 import redis
 
 from router.background.seasons import unarchived_periods
+from router.boards import Board
 from router.shardmap import MAX_SCORE, ShardMap
 from router.shards.connect import sync_client
 from router.shards.keys import SHARD_MARKER_KEY
 from router.shards.protocol import player_state
 from router.shards.sync_client import SyncShard
+from router.store.boards import load_boards, split_json
 from router.store.layout import Layout, load_layout, shards_json
 
 APPLY_LOCK = 0x6C62_7262  # one apply at a time, cluster-wide
@@ -159,6 +166,23 @@ def plan_steps(current: ShardMap, target: ShardMap) -> list[Step]:
     return steps
 
 
+def _target_record(target: ShardMap, board: str | None):
+    """How an unfinished apply's target is kept in the layout row."""
+    if board is None:
+        return target.to_dict()["shards"]
+    return {"board": board, "split": [list(item) for item in target.split()]}
+
+
+def _describe_scope(board: str | None) -> str:
+    return "the layout's split" if board is None else f"board {board}"
+
+
+def _describe_target(record) -> str:
+    if isinstance(record, dict) and "board" in record:
+        return f"board {record['board']}: run the same `apply --board {record['board']}` again"
+    return "the layout: apply that shard map file again"
+
+
 def layout_after(layout_map: ShardMap, step: Step, order: list[tuple[str, str]] | None = None) -> ShardMap:
     """The layout once `step` is done."""
     bounds = layout_map.bounds()
@@ -256,21 +280,48 @@ class Rebalancer:
         with self.conn, self.conn.cursor() as cur:
             cur.execute(f"UPDATE shard_layout SET {', '.join(sets)} WHERE id = 1", params)
 
-    def remaining(self, target: ShardMap) -> list[Step]:
+    def board(self, board_id: str) -> Board:
+        _, boards = load_boards(self.conn)
+        board = boards.get(board_id)
+        if board is None:
+            raise RebalanceRefused(f"there is no board {board_id}")
+        if board.closed:
+            raise RebalanceRefused(f"board {board_id} is closed: its standings are archived and stay where they are")
+        return board
+
+    def current(self, layout: Layout, board: str | None = None) -> ShardMap:
+        """The split in force: the layout's, or a board's laid over the layout's shards."""
+        return layout.shard_map if board is None else layout.shard_map.over_split(self.board(board).split)
+
+    def periods(self, board: str | None = None) -> list[str]:
+        """The board periods a move walks: the board's, or those of every board that
+        follows the layout's split."""
+        _, boards = load_boards(self.conn)
+        follows = {b.id for b in boards.values() if b.split is None} if board is None else {board}
+        return [key for key in unarchived_periods(self.conn) if key.split(":", 1)[0] in follows]
+
+    def remaining(self, target: ShardMap, board: str | None = None) -> list[Step]:
         """The steps still to do: a move already running first (it can only be finished)."""
         layout = self.layout()
-        if layout.target is not None and layout.target != target.to_dict()["shards"]:
+        if layout.target is not None and layout.target != _target_record(target, board):
             raise RebalanceRefused(
-                "another rebalance is unfinished (towards a different map); finish it by applying that map again"
+                f"another rebalance is unfinished ({_describe_target(layout.target)}); finish it first"
             )
+        current = self.current(layout, board)
+        if board is not None and target.ids != current.ids:
+            raise RebalanceRefused("a board's ranges are re-split over the layout's shards; add or remove shards first")
         if layout.move is None:
-            return plan_steps(layout.shard_map, target)
+            return plan_steps(current, target)
+        if layout.move.get("board") != board:
+            raise RebalanceRefused(
+                f"a move of {_describe_scope(layout.move.get('board'))} is unfinished; finish it first"
+            )
         running = MoveBoundary(**{k: layout.move[k] for k in ("shard_id", "source", "dest", "lo", "hi", "up")})
-        return [running] + plan_steps(layout_after(layout.shard_map, running), target)
+        return [running] + plan_steps(layout_after(current, running), target)
 
-    def check(self, target: ShardMap) -> list[Step]:
+    def check(self, target: ShardMap, board: str | None = None) -> list[Step]:
         """Refuse what cannot be applied safely; return the steps that remain."""
-        steps = self.remaining(target)
+        steps = self.remaining(target, board)
         layout = self.layout()
         addresses = {s.id: s.address for s in layout.shard_map.shards} | {s.id: s.address for s in target.shards}
         involved: dict[str, str] = {}
@@ -279,6 +330,8 @@ class Rebalancer:
                 involved.update(step.shards)
             elif isinstance(step, MoveBoundary):
                 involved.update({sid: addresses[sid] for sid in (step.source, step.dest)})
+            else:
+                self._refuse_removing_a_boards_shard(step)
         problems = unreachable(sorted(involved.items()))
         if problems:
             raise RebalanceRefused(
@@ -288,7 +341,18 @@ class Rebalancer:
             )
         return steps
 
-    def apply(self, target: ShardMap, progress: Progress | None = None) -> Layout:
+    def _refuse_removing_a_boards_shard(self, step: RemoveShards) -> None:
+        _, boards = load_boards(self.conn)
+        for board in sorted(boards.values(), key=lambda b: b.id):
+            used = {shard_id for shard_id, _ in board.split or ()} & set(step.ids)
+            if used and not board.closed:
+                raise RebalanceRefused(
+                    f"board {board.id} still has a range on {', '.join(sorted(used))}: re-split it off first"
+                    f" (`shard-manager apply --board {board.id} FILE`)"
+                )
+
+    def apply(self, target: ShardMap, progress: Progress | None = None, board: str | None = None) -> Layout:
+        """Re-split the layout (board None) or one board to `target`."""
         progress = progress or Progress()
         with self.conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (APPLY_LOCK,))
@@ -297,14 +361,14 @@ class Rebalancer:
         if not held:
             raise RebalanceRefused("another `shard-manager apply` is running")
         try:
-            total = len(self.check(target))
+            total = len(self.check(target, board))
             number = 0
             # Plan again after every step: the layout in PostgreSQL is the only state,
             # so a resumed apply and an uninterrupted one take the same path.
-            while steps := self.remaining(target):
+            while steps := self.remaining(target, board):
                 number += 1
                 progress.on_step(number, max(total, number), steps[0])
-                self._run(steps[0], target, progress)
+                self._run(steps[0], target, progress, board)
             with self.conn, self.conn.cursor() as cur:
                 cur.execute("UPDATE shard_layout SET target = NULL WHERE id = 1")
             return self.layout()
@@ -313,21 +377,22 @@ class Rebalancer:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (APPLY_LOCK,))
             self.conn.commit()
 
-    def _run(self, step: Step, target: ShardMap, progress: Progress) -> None:
+    def _run(self, step: Step, target: ShardMap, progress: Progress, board: str | None) -> None:
         layout = self.layout()
+        record = _target_record(target, board)
         if isinstance(step, AddShards):
             for shard_id, address in step.shards:
                 _mark_checked(shard_id, address)
             order = _union(layout.shard_map, target)
             after = layout_after(layout.shard_map, step, order)
-            self._write_layout(after, target=target.to_dict()["shards"])
+            self._write_layout(after, target=record)
             time.sleep(self.settle_s)  # routers poll the epoch; let them connect before data arrives
         elif isinstance(step, MoveBoundary):
-            self._move(step, layout, target, progress)
+            self._move(step, layout, record, progress, board)
         else:
-            self._write_layout(layout_after(layout.shard_map, step), target=target.to_dict()["shards"])
+            self._write_layout(layout_after(layout.shard_map, step), target=record)
 
-    def _move(self, step: MoveBoundary, layout: Layout, target: ShardMap, progress: Progress) -> None:
+    def _move(self, step: MoveBoundary, layout: Layout, record, progress: Progress, board: str | None) -> None:
         if layout.move is None:
             move = {
                 "shard_id": step.shard_id,
@@ -338,8 +403,10 @@ class Rebalancer:
                 "up": step.up,
                 "cursors": {},
             }
-            self._write_layout(layout.shard_map, move=move, target=target.to_dict()["shards"])
-        periods = unarchived_periods(self.conn)
+            if board is not None:
+                move["board"] = board
+            self._write_layout(layout.shard_map, move=move, target=record)
+        periods = self.periods(board)
         total = sum(players_in_range(self.conn, periods, step.lo, step.hi).values())
         done = 0
         progress.on_moved(step, 0, total)
@@ -349,14 +416,17 @@ class Rebalancer:
                 while moved := self._move_chunk(key, addresses):
                     done += moved
                     progress.on_moved(step, done, max(total, done))
-            after = layout_after(self.layout().shard_map, step)
+            after = layout_after(self.current(self.layout(), board), step)
+            # Read again just before finishing: a period that began meanwhile (a new day)
+            # is checked for players left behind as well, and walked if it has any.
+            periods = self.periods(board)
+            published = shards_json(after) if board is None else split_json(after.split())
             with self.conn, self.conn.cursor() as cur:
-                cur.execute("SELECT lb_move_finish(%s::text[], %s)", (periods, shards_json(after)))
+                cur.execute("SELECT lb_move_finish(%s::text[], %s)", (periods, published))
                 (finished,) = cur.fetchone()
             if finished:
                 progress.on_moved(step, max(total, done), max(total, done))
                 return
-            periods = unarchived_periods(self.conn)  # a writer slipped players past the cursor: go again
 
     def _move_chunk(self, label: str, addresses: dict[str, str]) -> int:
         with self.conn, self.conn.cursor() as cur:

@@ -1,6 +1,7 @@
-"""Two boards of opposite orders under two routers and many clients, with players
-pushed across shard boundaries both ways and a boundary moved online meanwhile:
-afterwards every standing is exact and the shards hold exactly what PostgreSQL does."""
+"""Two boards of opposite orders, each split over three shards by its own ranges, under
+two routers and many clients, with players pushed across shard boundaries both ways
+and one board's boundary moved online meanwhile: afterwards every standing is exact
+and the shards hold exactly what PostgreSQL does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import httpx
 import pytest
 
 from router.boards import MAX_SCORE, Board
-from router.shardmap import ShardMap
 from router.store.layout import read_layout
 from shard_manager.rebalance import Rebalancer
 from shard_manager.verify import verify_period
@@ -30,6 +30,20 @@ BOARDS = {
     "laps": Board("laps", "asc", "set", ("all",)),
 }
 PLAYERS = [f"c{i}" for i in range(40)]
+M = MAX_SCORE
+RANGES = {
+    "kills": [
+        {"shard": "s0", "min_score": 0, "max_score": 100},
+        {"shard": "s1", "min_score": 100, "max_score": 1000},
+        {"shard": "s2", "min_score": 1000, "max_score": None},
+    ],
+    # stored [0, 100) on s0, [100, 1000) on s1, [1000, inf) on s2, written as the board shows times
+    "laps": [
+        {"shard": "s2", "min_score": 0, "max_score": M - 999},
+        {"shard": "s1", "min_score": M - 999, "max_score": M - 99},
+        {"shard": "s0", "min_score": M - 99, "max_score": None},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,27 +101,26 @@ def test_two_boards_two_routers_a_boundary_move_stay_exact(split_cluster: Cluste
     try:
         with routers[0].client() as admin:
             for board in BOARDS.values():
-                config = {"order": board.order, "operator": board.operator, "windows": list(board.windows)}
+                config = {
+                    "order": board.order,
+                    "operator": board.operator,
+                    "windows": list(board.windows),
+                    "ranges": RANGES[board.id],
+                }
                 reply = admin.put(f"/v1/admin/boards/{board.id}", json=config, headers={"X-Admin-Token": ADMIN_TOKEN})
                 assert reply.status_code == 200, reply.text
         before = read_layout(cluster.dsn)
         assert before is not None
-        # The s0/s1 boundary moves from 100 up to 300: every board's players in [100, 300)
-        # go from s1 down to s0.
-        target = ShardMap.from_bounds(
-            before.epoch,
-            [
-                (shard.id, shard.address, bound)
-                for shard, bound in zip(before.shard_map.shards, (0, 300, 1000), strict=True)
-            ],
-        )
+        # Board kills' s0/s1 boundary moves from 100 up to 300: its players in [100, 300)
+        # go from s1 down to s0. Laps, whose stored scores fill the same range, stay put.
+        target = before.shard_map.over_split((("s0", 0), ("s1", 300), ("s2", 1000)))
         moved: list = []
 
         def move_midway() -> None:
             time.sleep(1.5)
             rebalancer = Rebalancer(cluster.dsn, step_players=5, settle_s=1.0)
             try:
-                moved.append(rebalancer.apply(target))
+                moved.append(rebalancer.apply(target, board="kills"))
             finally:
                 rebalancer.close()
 
@@ -127,29 +140,31 @@ def test_two_boards_two_routers_a_boundary_move_stay_exact(split_cluster: Cluste
 
         wait_outbox_empty(cluster, timeout=15)
         layout = read_layout(cluster.dsn)
-        assert layout is not None and layout.move is None and layout.shard_map.same_layout(target)
+        assert layout is not None and layout.move is None and layout.shard_map.same_layout(before.shard_map)
         recorded = set(cluster.sql("SELECT board, user_id, match_id FROM score_events"))
         assert set(acked) <= recorded, "an acknowledged event is missing from PostgreSQL"
         standings = _pg_standings(cluster)
         today = datetime.now(UTC)
         assert set(standings) == {"kills:all:all", f"kills:daily:{today.date().isoformat()}", "laps:all:all"}
-        # Both boards had players in the range the move handed from s1 to s0 (so it moved
-        # some of each), and players of both went up and down across boundaries.
+        # Kills' players in [100, 300) are on s0 now, laps' (stored) ones still on s1.
         in_moved_range = dict(
             cluster.sql(
-                "SELECT split_part(board_period, ':', 1), count(*) FROM player_scores"
-                " WHERE score >= 100 AND score < 300 AND shard = 's0' GROUP BY 1"
+                "SELECT split_part(board_period, ':', 1) || ' ' || shard, count(*) FROM player_scores"
+                " WHERE score >= 100 AND score < 300 GROUP BY 1"
             )
         )
-        assert in_moved_range.get("kills", 0) > 0 and in_moved_range.get("laps", 0) > 0, in_moved_range
+        assert in_moved_range.get("kills s0", 0) > 0 and in_moved_range.get("laps s1", 0) > 0, in_moved_range
+        assert "kills s1" not in in_moved_range and "laps s0" not in in_moved_range, in_moved_range
         changed = dict(
             cluster.sql(
                 "SELECT split_part(board_period, ':', 1), count(*) FROM player_scores WHERE version > 2 GROUP BY 1"
             )
         )
         assert changed.get("kills", 0) > 10 and changed.get("laps", 0) > 10, changed
+        splits = {"kills": target.split(), "laps": ((("s0", 0), ("s1", 100), ("s2", 1000)))}
         for key, expected in standings.items():
-            report = verify_period(cluster.dsn, layout.shard_map, key, recheck_after_s=0)
+            placement = layout.shard_map.over_split(splits[key.split(":")[0]])
+            report = verify_period(cluster.dsn, placement, key, recheck_after_s=0)
             assert report.ok, report.render()
             board, window, period = key.split(":")
             for router in routers:
