@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor bench-boards loadtest clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor bench-boards bench-audit-log loadtest clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ bench-boards: install  ## a write on 3 windows vs 1, and writes and reads with 5
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		echo "wrk is not installed (Debian package wrk; installing needs root)"
 	$(PY) -m bench.boards_bench $(BENCH_ARGS)
+
+bench-audit-log: install  ## a write's resend lookup over 24 months of audit log: every month searched vs two
+	$(PY) -m bench.audit_log_bench $(BENCH_ARGS)
 
 bench-rebuild: install  ## rebuild of 1M players from PostgreSQL vs a plain bulk load, same run
 	$(PY) -m bench.rebuild_bench $(BENCH_ARGS)

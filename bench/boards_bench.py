@@ -76,7 +76,9 @@ def _print_storage(dsn: str, cluster) -> None:
     with conn.cursor() as cur:
         cur.execute("VACUUM ANALYZE score_events, player_scores")
         cur.execute(
-            "SELECT pg_total_relation_size('score_events'), (SELECT count(*) FROM score_events),"
+            # The audit log is partitioned: its size is its partitions' (the parent holds nothing).
+            "SELECT (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('score_events')),"
+            " (SELECT count(*) FROM score_events),"
             " pg_total_relation_size('player_scores'), (SELECT count(*) FROM player_scores)"
         )
         events_bytes, events, states_bytes, states = cur.fetchone()

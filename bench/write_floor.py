@@ -73,8 +73,10 @@ APPLY_EVENTS = (
 # joins a group of a thousand to the whole table by hashing it.
 BARE_WRITES = """
 WITH recorded AS (
-    INSERT INTO {events} (board, user_id, match_id, board_periods, mode, value, occurred_at, scores_after)
-    SELECT 'global', t.user_id, t.match_id, ARRAY[%(month)s], 'incr', t.value, now(), '{{0}}'
+    INSERT INTO {events} (board, user_id, match_id, board_periods, mode, value, occurred_at, scores_after,
+                          recorded_month)
+    SELECT 'global', t.user_id, t.match_id, ARRAY[%(month)s], 'incr', t.value, now(), '{{0}}',
+           date_trunc('month', now() AT TIME ZONE 'UTC')::date
       FROM unnest(%(users)s::text[], %(matches)s::text[], %(values)s::bigint[]) AS t(user_id, match_id, value)
     ON CONFLICT DO NOTHING
     RETURNING user_id, value
@@ -119,7 +121,7 @@ def make_floor_tables(cur, month, *, secondary_indexes: bool, suffix: str) -> tu
     cur.execute(f"CREATE TABLE {events} (LIKE score_events {including})")
     cur.execute(f"CREATE TABLE {scores} (LIKE player_scores {including})")
     if not secondary_indexes:
-        cur.execute(f"ALTER TABLE {events} ADD PRIMARY KEY (board, user_id, match_id)")
+        cur.execute(f"ALTER TABLE {events} ADD PRIMARY KEY (board, user_id, match_id, recorded_month)")
         cur.execute(f"ALTER TABLE {scores} ADD PRIMARY KEY (board_period, user_id)")
     cur.execute(f"INSERT INTO {scores} SELECT * FROM player_scores WHERE board_period = %s", (month,))
     cur.execute(f"VACUUM ANALYZE {scores}")

@@ -108,6 +108,7 @@ class Services:
             now,
             interval_s=settings.rotation_interval_s,
             retention_s=settings.archive_redis_retention_s,
+            event_retention_months=settings.event_retention_months,
         )
         watcher = LayoutWatcher(store, shards, boards, interval_s=settings.layout_poll_s)
         writes.on_unknown_shard = watcher.refresh

@@ -125,6 +125,19 @@ class Settings(BaseSettings):
     archive_redis_retention_s: float = Field(
         7 * 86400.0, ge=0, description="How long an archived month's Redis keys are kept before they are dropped"
     )
+    event_retention_months: int = Field(
+        0,
+        ge=0,
+        description="Months of raw score events kept in the audit log, this one included (0: all); at least 2,"
+        " since a resend is recognised against this month's and the previous month's events",
+    )
+
+    @field_validator("event_retention_months")
+    @classmethod
+    def _keep_resend_months(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (keep all) or at least 2: resends are recognised against the last two months")
+        return value
 
     @field_validator("game_tokens", "read_tokens", "cors_origins", mode="before")
     @classmethod

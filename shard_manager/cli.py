@@ -544,6 +544,39 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    """The audit log's months: rows and bytes each; `--drop-before` drops older months."""
+    import psycopg2
+
+    from router.store.audit_log import drop_months_before, event_months
+
+    settings = _settings()
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        if args.drop_before:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT now()")
+                (now,) = cur.fetchone()
+            try:
+                dropped = drop_months_before(conn, parse_month(args.drop_before), now)
+            except ValueError as exc:
+                print(f"refused: {exc}", file=sys.stderr)
+                return 2
+            print("dropped: " + (", ".join(dropped) or "nothing"))
+        with conn, conn.cursor() as cur:
+            cur.execute("ANALYZE score_events")
+        months = event_months(conn)
+    finally:
+        conn.close()
+    print(f"{'month':<8} {'events':>12} {'size':>12}")
+    for month in months:
+        print(f"{month.month:%Y-%m}  {month.rows:>12,} {month.bytes / 2**20:>9.1f} MiB")
+    print(
+        f"{len(months)} months, {sum(m.rows for m in months):,} events, {sum(m.bytes for m in months) / 2**20:.1f} MiB"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shard-manager", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -595,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period", default=None, help="BOARD:WINDOW:PERIOD, older than its window's previous period")
     p.add_argument("--drop-redis", action="store_true", help="also drop archived months' Redis keys now")
     p.set_defaults(fn=cmd_archive)
+    p = sub.add_parser("events", help="the audit log's months (events, size); drop old ones")
+    p.add_argument("--drop-before", default=None, help="YYYY-MM: drop the raw events of every earlier month")
+    p.set_defaults(fn=cmd_events)
     return parser
 
 

@@ -1,4 +1,4 @@
--- lb_apply_events: its present definition (last changed in migrations/008_board_ranges.sql).
+-- lb_apply_events: its present definition (last changed in migrations/009_partitioned_audit_log.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 -- Commits a group of events. An event names its board; it updates one row per window
@@ -53,6 +53,11 @@ DECLARE
     rounds int;
     r int;
     work_id bigint;
+    -- The audit log is partitioned by month of arrival (UTC). A resend is looked for in
+    -- this month's partition and the one before: always found within 28 days of the
+    -- original, and the lookup costs one partition or two however old the log grows.
+    this_month constant date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    resends_from constant date := (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')::date;
 BEGIN
     IF n = 0 THEN
         RETURN;
@@ -138,7 +143,9 @@ BEGIN
               FROM rows_in s
               LEFT JOIN LATERAL (
                    SELECT e.mode, e.value, e.board_periods FROM score_events e
-                    WHERE e.board = s.board AND e.user_id = s.user_id AND e.match_id = s.match_id LIMIT 1) pr ON true
+                    WHERE e.board = s.board AND e.user_id = s.user_id AND e.match_id = s.match_id
+                      AND e.recorded_month >= resends_from
+                    LIMIT 1) pr ON true
               LEFT JOIN LATERAL (
                    SELECT one.score, one.version, one.seq, one.shard FROM player_scores one
                     WHERE one.board_period = s.bp AND one.user_id = s.user_id LIMIT 1) c ON true
@@ -192,9 +199,10 @@ BEGIN
             -- One audit row per event, naming every period it updated and the score
             -- (as the board shows it) it left in each.
             INSERT INTO score_events AS e (board, user_id, match_id, board_periods, mode, value, occurred_at,
-                                           scores_after)
+                                           scores_after, recorded_month)
             SELECT p.board, p.user_id, p.match_id, array_agg(p.bp ORDER BY p.w), p.mode, p.value, p.occurred,
-                   array_agg(CASE WHEN p.flip THEN max_score - p.new_score ELSE p.new_score END ORDER BY p.w)
+                   array_agg(CASE WHEN p.flip THEN max_score - p.new_score ELSE p.new_score END ORDER BY p.w),
+                   this_month
               FROM placed p WHERE p.outcome = 'applied'
              GROUP BY p.pos, p.board, p.user_id, p.match_id, p.mode, p.value, p.occurred
             ON CONFLICT DO NOTHING
