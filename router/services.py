@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import psycopg2
 
@@ -15,6 +14,7 @@ from router.background.reconciler import Reconciler
 from router.background.season_keeper import SeasonKeeper
 from router.background.self_healing import ShardHealer
 from router.boards import BoardSpec, load_boards_file
+from router.clock import Clock, clock_for
 from router.core.board_registry import BoardRegistry
 from router.core.board_service import BoardService
 from router.core.page_cache import KnownQueries, PageCache
@@ -56,7 +56,8 @@ class Services:
         return self.shards.shard_map
 
     @classmethod
-    async def create(cls, settings: Settings, now=lambda: datetime.now(UTC)) -> Services:
+    async def create(cls, settings: Settings, now: Clock | None = None) -> Services:
+        now = now or clock_for(settings.clock_offset_file)
         file_map = load_shard_map(settings.shards_file)
         file_boards = load_boards_file(settings.shards_file)
         try:

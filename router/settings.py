@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     env: Literal["dev", "production"] = Field(
         "production", description="dev allows weak or missing tokens; production refuses to start with them"
     )
+    clock_offset_file: Path | None = Field(
+        None,
+        description="dev only: a file holding seconds to add to this router's clock, read at every use, so tests"
+        " can take boards through period rollovers; production refuses to start with it",
+    )
     game_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated tokens accepted in X-Game-Service-Token; several so they can rotate",
@@ -172,6 +177,8 @@ def check_production_safety(settings: Settings) -> None:
     for name, token in named:
         if token.lower() in WEAK_TOKENS or len(token) < MIN_TOKEN_LENGTH:
             problems.append(f"{name} has a weak or short token (at least {MIN_TOKEN_LENGTH} random characters)")
+    if settings.clock_offset_file is not None:
+        problems.append("LB_CLOCK_OFFSET_FILE moves the router's clock (tests only)")
     if problems:
         raise UnsafeSettings(
             "refusing to start in production: " + "; ".join(dict.fromkeys(problems)) + ". Set LB_ENV=dev to allow it."

@@ -68,6 +68,23 @@ def test_production_refuses_to_start_with_weak_tokens(board, tokens, admin, prob
     assert "LB_ENV=dev" in str(failure.value)
 
 
+def test_production_refuses_a_moved_clock(board, tmp_path):
+    router = RouterProcess(
+        board.shards_file,
+        board.dsn,
+        tmp_path / "router.log",
+        extra_env={
+            "LB_ENV": "production",
+            "LB_GAME_TOKENS": "a-strong-game-token-1234",
+            "LB_ADMIN_TOKEN": "a-strong-admin-token-123",
+            "LB_CLOCK_OFFSET_FILE": str(tmp_path / "offset"),
+        },
+    )
+    with pytest.raises(RuntimeError, match="router failed to start") as failure:
+        router.start()
+    assert "LB_CLOCK_OFFSET_FILE" in str(failure.value)
+
+
 def test_optional_read_token(custom_router):
     router = custom_router(LB_READ_TOKENS="reader-token-0123456789")
     with router.client() as api:

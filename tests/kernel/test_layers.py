@@ -19,6 +19,7 @@ KERNEL = {
     "router.boards",
     "router.shardmap",
     "router.events",
+    "router.clock",
 }
 LAYERS: list[set[str]] = [
     KERNEL,

@@ -3,17 +3,24 @@
 Three boards of different kinds — `desc`/`asc`, operators incr/best/set, windows
 all/monthly/weekly/daily — take single events, batches that fan one match out to
 several boards, resends and conflicting resends, events for the previous period
-(yesterday) and scores out of range. After every step, every standing (each board,
-window and live period) read through the API must equal what the model's sorted
-lists answer: ranks, scores, totals, pages and ties (first to reach a score first).
+(yesterday), events for periods already closed, and scores out of range, while the
+router's clock (injected: `LB_CLOCK_OFFSET_FILE`) moves on by days, weeks and months.
+After every step, every standing (each board, window and live period) read through
+the API must equal what the model's sorted lists answer: ranks, scores, totals, pages
+and ties (first to reach a score first); and every period the clock leaves behind is
+archived with exactly the model's final standing.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -24,7 +31,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from router.periods import period_label, period_start
+from router.periods import live_periods, period_label, period_start
 from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
@@ -36,7 +43,27 @@ BOARDS = {
     "laps": {"order": "asc", "operator": "best", "windows": ["daily", "all"]},
     "level": {"order": "desc", "operator": "set", "windows": ["weekly", "daily"]},
 }
+START = datetime(2027, 1, 28, 12, 0, tzinfo=UTC)  # noon, days before a month's (and a week's) end
 VALUES = st.one_of(st.sampled_from([0, 1, 99, 100, 999, 1000, 1001, MAX]), st.integers(-50, 3000))
+
+
+class Clock:
+    """The router's clock, moved through the offset file it reads at every use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0.0
+
+    def set(self, moment: datetime) -> None:
+        self.offset = (moment - datetime.now(UTC)).total_seconds()
+        self.path.write_text(repr(self.offset))
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+
+def is_live(window: str, period: str, now: datetime) -> bool:
+    return period in {period_label(window, start) for start in live_periods(window, now)}
 
 
 class Standing:
@@ -64,15 +91,18 @@ class Model:
             self.standings[key] = Standing(BOARDS[board]["order"])
         return self.standings[key]
 
-    def apply(self, board: str, user: str, match: str, value: int, mode: str, moment: datetime):
+    def apply(self, board: str, user: str, match: str, value: int, mode: str, moment: datetime, now: datetime):
         """(status, {window: (period, score after)}) as the service must answer."""
         config = BOARDS[board]
+        periods = {w: period_label(w, period_start(w, moment)) for w in config["windows"]}
+        closed = sorted(p for w, p in periods.items() if not is_live(w, p, now))
+        if closed:
+            return "closed", {}
         if (board, user, match) in self.events:
-            recorded_value, recorded_mode, periods = self.events[(board, user, match)]
+            recorded_value, recorded_mode, periods, _ = self.events[(board, user, match)]
             if (recorded_value, recorded_mode) != (value, mode):
                 return "conflict", {}
             return "duplicate", {w: (p, self.standing(board, w, p).scores.get(user)) for w, p in periods.items()}
-        periods = {w: period_label(w, period_start(w, moment)) for w in config["windows"]}
         new_scores = {}
         for window, period in periods.items():
             old = self.standing(board, window, period).scores.get(user)
@@ -85,7 +115,7 @@ class Model:
             if not 0 <= new <= MAX:
                 return "refused", {}
             new_scores[window] = new
-        self.events[(board, user, match)] = (value, mode, periods)
+        self.events[(board, user, match)] = (value, mode, periods, moment)
         tick = next(self.clock)
         for window, period in periods.items():
             standing = self.standing(board, window, period)
@@ -98,16 +128,27 @@ class Model:
 class BoardsMachine(RuleBasedStateMachine):
     cluster: Cluster
     router: RouterProcess
+    clock: Clock
+    start = START
 
     def __init__(self) -> None:
         super().__init__()
         self.client = self.router.client()
         self.model = Model()
         self.matches = itertools.count()
-        self.now = datetime.now(UTC)
+        self.archived: set[tuple[str, str, str]] = set()
+        self.clock.set(BoardsMachine.start)
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now()
 
     def teardown(self) -> None:
         self.client.close()
+        # Time only moves forward, across examples too: a router's rotation still busy with
+        # the last example's periods must never meet them again in the next one.
+        later = self.now + timedelta(days=60)
+        BoardsMachine.start = later.replace(hour=12, minute=0, second=0, microsecond=0)
 
     @initialize()
     def boards(self) -> None:
@@ -132,6 +173,9 @@ class BoardsMachine(RuleBasedStateMachine):
         if status == "conflict":
             assert reply.status_code == 409 and reply.json()["error"]["code"] == "match_id_conflict", reply.text
             return
+        if status == "closed":
+            assert reply.status_code == 409 and reply.json()["error"]["code"] == "period_closed", reply.text
+            return
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["duplicate"] is (status == "duplicate")
@@ -151,17 +195,47 @@ class BoardsMachine(RuleBasedStateMachine):
         body = self._event(board, user, value, mode, yesterday)
         if mode is None:
             del body["mode"]
-        status, windows = self.model.apply(board, user, body["match_id"], value, mode_sent, self._moment(yesterday))
+        status, windows = self.model.apply(
+            board, user, body["match_id"], value, mode_sent, self._moment(yesterday), self.now
+        )
         self._check_answer(self.client.post(f"/v1/boards/{board}/scores", json=body, headers=AUTH), status, windows)
 
-    @precondition(lambda self: self.model.events)
+    @rule(
+        board=st.sampled_from(sorted(BOARDS)),
+        user=st.sampled_from(USERS),
+        days_back=st.sampled_from([2, 8, 40]),
+        value=st.integers(0, 500),
+    )
+    def post_for_an_older_period(self, board, user, days_back, value) -> None:
+        """Closed where a window's period is older than its previous one: 409, nothing written."""
+        mode = BOARDS[board]["operator"]
+        moment = self.now - timedelta(days=days_back)
+        body = {
+            "user_id": user,
+            "match_id": f"m{next(self.matches)}",
+            "score": value,
+            "occurred_at": moment.isoformat(),
+        }
+        status, windows = self.model.apply(board, user, body["match_id"], value, mode, moment, self.now)
+        self._check_answer(self.client.post(f"/v1/boards/{board}/scores", json=body, headers=AUTH), status, windows)
+
+    def _live_events(self) -> list:
+        """Recorded events all of whose periods still take events."""
+        return sorted(
+            (key, recorded)
+            for key, recorded in self.model.events.items()
+            if all(is_live(w, p, self.now) for w, p in recorded[2].items())
+        )
+
+    @precondition(lambda self: self._live_events())
     @rule(data=st.data(), same=st.booleans())
     def resend(self, data, same) -> None:
-        (board, user, match), (value, mode, _) = data.draw(st.sampled_from(sorted(self.model.events.items())))
+        (board, user, match), (value, mode, _, moment) = data.draw(st.sampled_from(self._live_events()))
         if not same:
             value = value - 1 if value > 0 else value + 1  # other content: a conflict
-        body = {"user_id": user, "match_id": match, "score": value, "mode": mode}
-        status, windows = self.model.apply(board, user, match, value, mode, self.now)
+        # Dated as the original was (its period may be yesterday's), as a client resends it.
+        body = {"user_id": user, "match_id": match, "score": value, "mode": mode, "occurred_at": moment.isoformat()}
+        status, windows = self.model.apply(board, user, match, value, mode, moment, self.now)
         self._check_answer(self.client.post(f"/v1/boards/{board}/scores", json=body, headers=AUTH), status, windows)
 
     @rule(
@@ -175,7 +249,7 @@ class BoardsMachine(RuleBasedStateMachine):
         for board in boards:
             mode = BOARDS[board]["operator"]
             events.append({"board": board, **self._event(board, user, value, mode, False, match)})
-            expected.append(self.model.apply(board, user, match, value, mode, self.now))
+            expected.append(self.model.apply(board, user, match, value, mode, self.now, self.now))
         reply = self.client.post("/v1/scores/batch", json={"events": events}, headers=AUTH)
         assert reply.status_code == 200, reply.text
         for (status, windows), result in zip(expected, reply.json()["results"], strict=True):
@@ -183,9 +257,31 @@ class BoardsMachine(RuleBasedStateMachine):
             if status == "applied":
                 assert {w: (v["period"], v["score"]) for w, v in result["windows"].items()} == windows
 
+    @rule(days=st.sampled_from([1, 2, 7, 31]))
+    def time_passes(self, days) -> None:
+        """The clock moves on: standings it leaves behind are archived as they ended."""
+        self.clock.set(self.now + timedelta(days=days))
+        for (board, window, period), standing in sorted(self.model.standings.items()):
+            if is_live(window, period, self.now) or (board, window, period) in self.archived:
+                continue
+            self.archived.add((board, window, period))
+            order = standing.ordered()
+            deadline = time.monotonic() + 15
+            while True:  # the routers' rotation archives it within a few of its intervals
+                page = self.client.get(f"/v1/boards/{board}/top?limit=100&window={window}&period={period}")
+                if page.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert page.status_code == 200, page.text
+            assert [(e["rank"], e["user_id"], e["score"]) for e in page.json()["entries"]] == [
+                (i + 1, u, standing.scores[u]) for i, u in enumerate(order)
+            ], (board, window, period)
+
     @invariant()
     def every_standing_matches_the_model(self) -> None:
         for (board, window, period), standing in self.model.standings.items():
+            if not is_live(window, period, self.now):
+                continue
             order = standing.ordered()
             query = f"window={window}&period={period}"
             entries = []
@@ -208,9 +304,21 @@ class BoardsMachine(RuleBasedStateMachine):
                 assert [e["user_id"] for e in around["entries"]] == order[lo:hi]
 
 
-def test_boards_match_the_model(board: Cluster, router: RouterProcess) -> None:
+@pytest.fixture
+def clock_router(board: Cluster) -> Iterator[tuple[RouterProcess, Clock]]:
+    """A router of its own whose clock the test moves; its rotation runs often."""
+    clock = Clock(board.workdir / "clock-offset")
+    clock.set(START)
+    router = board.router(extra_env={"LB_CLOCK_OFFSET_FILE": str(clock.path), "LB_ROTATION_INTERVAL_S": "0.2"})
+    try:
+        yield router, clock
+    finally:
+        router.stop()
+
+
+def test_boards_match_the_model(board: Cluster, clock_router: tuple[RouterProcess, Clock]) -> None:
     BoardsMachine.cluster = board
-    BoardsMachine.router = router
+    BoardsMachine.router, BoardsMachine.clock = clock_router
     run_state_machine_as_test(
         BoardsMachine,
         settings=settings(
