@@ -57,11 +57,15 @@ def _load_target(path: Path):
         return None
 
 
-def _board_target(path: Path, board_id: str, settings):
-    """(the board in force, the split `apply --board` heads for: the file's ranges for it,
-    laid over the layout's shards), or None after saying why not."""
+def _board_target(path: Path, board_id: str, settings, *, create: bool = False):
+    """(the board, the split `apply --board` heads for: the file's ranges for it, laid over
+    the layout's shards, whether the board exists in PostgreSQL), or None after saying why
+    not. A board the file names that PostgreSQL lacks is created with them if `create`."""
+    import psycopg2
+
     from router.boards import load_boards_file
     from router.errors import InvalidInput
+    from router.store.boards import put_board
     from router.store.layout import read_layout
 
     specs = load_boards_file(path)
@@ -74,19 +78,23 @@ def _board_target(path: Path, board_id: str, settings):
         )
         return None
     layout = read_layout(settings.database_url)
-    board = _boards(settings).get(board_id)
-    if layout is None or board is None:
-        print(
-            f"there is no board {board_id} in PostgreSQL (routers create the file's boards when they start)",
-            file=sys.stderr,
-        )
+    if layout is None:
+        print("there is no shard layout in PostgreSQL yet: start the cluster once first", file=sys.stderr)
         return None
+    board = _boards(settings).get(board_id)
     try:
-        split = board.split_of(spec.ranges, layout.shard_map.ids)
+        split = (board or spec.board).split_of(spec.ranges, layout.shard_map.ids)
+        if board is None and create:
+            conn = psycopg2.connect(settings.database_url)
+            try:
+                board, _ = put_board(conn, spec.board, spec.ranges)
+            finally:
+                conn.close()
+            print(f"created board {board_id} from {path}, on its ranges (nothing to move)")
     except InvalidInput as exc:
         print(f"invalid shard map {path}: boards[{index}].{exc.field}: {exc.reason}", file=sys.stderr)
         return None
-    return board, layout.shard_map.over_split(split)
+    return board or spec.board, layout.shard_map.over_split(split), board is not None
 
 
 def _boards(settings) -> dict:
@@ -117,8 +125,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         found = _board_target(args.file, args.board, settings)
         if found is None:
             return 2
-        board, placement = found
+        board, placement, exists = found
         _print_ranges(board, placement)
+        if not exists:
+            print(f"ok: board {board.id} does not exist yet; `apply --board {board.id}` creates it on these ranges")
+            return 0
         current = placement.over_split(board.split)
         try:
             steps = plan_steps(current, placement)
@@ -168,6 +179,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     target = _target(args, settings)
     if target is None:
         return 2
+    if target is NEW_BOARD:
+        print("Nothing was changed.")
+        return 0
     rebalancer = Rebalancer(settings.database_url)
     try:
         steps = rebalancer.check(target, args.board)
@@ -208,7 +222,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from shard_manager.rebalance import MoveBoundary, Progress, Rebalancer, RebalanceRefused
 
     settings = _settings()
-    target = _target(args, settings)
+    target = _target(args, settings, create=True)
     if target is None:
         return 2
     rebalancer = Rebalancer(settings.database_url, step_players=args.step_players)
@@ -245,13 +259,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _target(args: argparse.Namespace, settings):
-    """What plan and apply head for: the file's shards, or with --board its ranges for that board."""
+def _target(args: argparse.Namespace, settings, *, create: bool = False):
+    """What plan and apply head for: the file's shards, or with --board its ranges for that
+    board (None after saying why not, or for a board that does not exist yet)."""
     shard_map = _load_target(args.file)
     if shard_map is None or not args.board:
         return shard_map
-    found = _board_target(args.file, args.board, settings)
+    found = _board_target(args.file, args.board, settings, create=create)
+    if found is not None and not found[2]:
+        print(f"board {args.board} does not exist yet: `apply --board {args.board}` creates it on these ranges")
+        _print_ranges(found[0], found[1])
+        return NEW_BOARD
     return None if found is None else found[1]
+
+
+NEW_BOARD = object()
+"""What `_target` gives plan for a board the file names and PostgreSQL does not have yet."""
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -265,3 +265,21 @@ def test_a_shard_a_board_is_on_leaves_the_layout_only_after_the_board_moves_off(
     finally:
         router.stop()
         rebalancer.close()
+
+
+def test_apply_board_creates_a_board_the_file_names_on_its_ranges(ranges_cluster: Cluster):
+    cluster = ranges_cluster
+    cluster.reset()
+    ranges = [{"shard": "s0", "min_score": 0, "max_score": 500}, {"shard": "s1", "min_score": 500, "max_score": None}]
+    path = file_with_boards(cluster, "fresh.yaml", [{"id": "fresh", "windows": ["all"], "ranges": ranges}])
+    plan = manager(cluster, "plan", str(path), "--board", "fresh")
+    assert plan.returncode == 0 and "does not exist yet" in plan.stdout, plan.stdout + plan.stderr
+    assert cluster.sql("SELECT count(*) FROM boards WHERE id = 'fresh'") == [(0,)]  # a dry run
+    applied = manager(cluster, "apply", str(path), "--board", "fresh")
+    assert applied.returncode == 0 and "created board fresh" in applied.stdout, applied.stdout + applied.stderr
+    router = cluster.router()
+    try:
+        with router.client() as api:
+            assert api.get("/v1/boards/fresh").json()["ranges"] == ranges
+    finally:
+        router.stop()
