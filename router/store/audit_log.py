@@ -37,10 +37,12 @@ def _month(moment: date | datetime, shift: int = 0) -> date:
 
 
 def ensure_partitions(conn, now: datetime, ahead: int = MONTHS_AHEAD) -> list[str]:
-    """This month's partition and the next `ahead` ones; returns every name."""
+    """The previous month's partition, this month's and the next `ahead` ones (the previous
+    one too, so that a resend's lookup never has to search the default partition); returns
+    every name."""
     with conn, conn.cursor() as cur:
         names = []
-        for k in range(ahead + 1):
+        for k in range(-1, ahead + 1):
             cur.execute("SELECT lb_event_partition(%s)", (_month(now, k),))
             names.append(cur.fetchone()[0])
     return names

@@ -55,7 +55,8 @@ DECLARE
     work_id bigint;
     -- The audit log is partitioned by month of arrival (UTC). A resend is looked for in
     -- this month's partition and the one before: always found within 28 days of the
-    -- original, and the lookup costs one partition or two however old the log grows.
+    -- original, and the lookup costs two index probes however old the log grows (bounded
+    -- on both sides, so the months made ahead and the default partition are pruned too).
     this_month constant date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
     resends_from constant date := (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')::date;
 BEGIN
@@ -144,7 +145,7 @@ BEGIN
               LEFT JOIN LATERAL (
                    SELECT e.mode, e.value, e.board_periods FROM score_events e
                     WHERE e.board = s.board AND e.user_id = s.user_id AND e.match_id = s.match_id
-                      AND e.recorded_month >= resends_from
+                      AND e.recorded_month >= resends_from AND e.recorded_month <= this_month
                     LIMIT 1) pr ON true
               LEFT JOIN LATERAL (
                    SELECT one.score, one.version, one.seq, one.shard FROM player_scores one
