@@ -543,21 +543,35 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from router.background.seasons import ArchiveRefused, archive_period, drop_redis_keys
+    from router.background.seasons import ArchiveRefused, archive_period, drop_redis_keys, periods_to_archive
 
     settings = _settings()
     now = datetime.now(UTC)
-    if bool(args.month) == bool(args.period):
-        print("name one of --month (the original board) or --period BOARD:WINDOW:PERIOD", file=sys.stderr)
+    if sum(map(bool, (args.month, args.period, args.board))) != 1:
+        print(
+            "name one of --month (the original board), --period BOARD:WINDOW:PERIOD or --board BOARD",
+            file=sys.stderr,
+        )
         return 2
-    key = args.period or board_period(LEGACY_BOARD, "monthly", parse_month(args.month))
-    try:
-        result = archive_period(settings.database_url, key, now)
-    except (ArchiveRefused, ValueError) as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 2
-    state = "archived" if result.created else "already archived"
-    print(f"{args.month or key}: {state}, {result.players} players")
+    if args.board:
+        # Every period of the board that no longer takes events (all of them, for a closed board).
+        due = [
+            (key, closing)
+            for key, closing in periods_to_archive(settings.database_url, now)
+            if key.split(":", 1)[0] == args.board
+        ]
+        if not due:
+            print(f"board {args.board}: no period to archive (the live ones take events)")
+    else:
+        due = [(args.period or board_period(LEGACY_BOARD, "monthly", parse_month(args.month)), False)]
+    for key, closing in due:
+        try:
+            result = archive_period(settings.database_url, key, now, closing=closing)
+        except (ArchiveRefused, ValueError) as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 2
+        state = "archived" if result.created else "already archived"
+        print(f"{args.month or key}: {state}, {result.players} players")
     if args.drop_redis:
         # The layout in force, not the file: after a re-split they differ, and the file's
         # shards would miss the keys on a shard the file no longer (or not yet) lists.
@@ -649,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("archive", help="close a past period into PostgreSQL (idempotent)")
     p.add_argument("--month", default=None, help="YYYY-MM of the original board, older than the previous month")
     p.add_argument("--period", default=None, help="BOARD:WINDOW:PERIOD, older than its window's previous period")
+    p.add_argument("--board", default=None, help="every period of this board that no longer takes events")
     p.add_argument("--drop-redis", action="store_true", help="also drop archived months' Redis keys now")
     p.set_defaults(fn=cmd_archive)
     p = sub.add_parser("events", help="the audit log's months (events, size); drop old ones")

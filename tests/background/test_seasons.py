@@ -169,3 +169,24 @@ def test_a_closed_daily_period_of_an_asc_board_is_archived_as_the_board_shows_it
     assert late.status_code == 409 and late.json()["error"]["code"] == "period_closed", late.text
     with pytest.raises(ArchiveRefused, match="no board nope"):
         archive_period(board.dsn, f"nope:daily:{day}", datetime.now(UTC))
+
+
+def test_archive_board_archives_every_period_of_it_that_no_longer_takes_events(api, board):
+    reply = api.put("/v1/admin/boards/dash", json={"windows": ["daily"]}, headers={"X-Admin-Token": ADMIN_TOKEN})
+    assert reply.status_code == 200, reply.text
+    today = datetime.now(UTC)
+    keys = {}
+    for days in (3, 4, 0):  # two closed days, and today, which takes events
+        moment = today - timedelta(days=days)
+        keys[days] = f"dash:daily:{moment.date().isoformat()}"
+        rows = board.sql(
+            "SELECT status FROM lb_apply_events('{dash}', '{ann}', %s, '{incr}', '{5}', %s, '{1}', '{1}', %s)",
+            ([f"d{days}"], [moment], [keys[days]]),
+        )
+        assert rows == [("applied",)]
+    result = manager(board, "archive", "--board", "dash")
+    assert result.returncode == 0, result.stderr
+    archived = {key for (key,) in board.sql("SELECT board_period FROM period_archives")}
+    assert archived == {keys[3], keys[4]}, result.stdout
+    again = manager(board, "archive", "--board", "dash")
+    assert again.returncode == 0 and "no period to archive" in again.stdout, again.stdout
