@@ -28,7 +28,10 @@ from router.api.schemas import (
     BoardScoreOut,
     BoardsOut,
     ErrorOut,
+    ListEntryOut,
     RangeOut,
+    RanksIn,
+    RanksOut,
     ScoreIn,
 )
 from router.api.scores import batch_body, windows_out
@@ -248,4 +251,32 @@ async def get_board_top(
         BoardPageOut(
             board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
         )
+    )
+
+
+@router.post(
+    "/v1/boards/{board}/ranks",
+    tags=["boards"],
+    response_model=RanksOut,
+    dependencies=[Depends(require_reader)],
+    responses={**ERRORS, **NOT_FOUND},
+    summary="Rank a list of players (a friends board): global ranks, and their order among themselves",
+)
+async def post_board_ranks(board: BoardPath, body: RanksIn, svc: ServicesDep) -> Response:
+    target = await svc.service.target(await svc.boards.get(board), body.window, body.period)
+    total, found = await svc.service.standings(target, body.user_ids)
+    # Global ranks are distinct (equal scores go to who reached them first), so they
+    # order the list, ties included.
+    list_ranks = {user: k for k, user in enumerate(sorted(found, key=lambda u: found[u].rank), start=1)}
+    entries = [
+        ListEntryOut(
+            user_id=user,
+            rank=found[user].rank if user in found else None,
+            score=found[user].score if user in found else None,
+            list_rank=list_ranks.get(user),
+        )
+        for user in dict.fromkeys(body.user_ids)
+    ]
+    return json_answer(
+        RanksOut(board=board, window=target.window, period=target.label, total_players=total, entries=entries)
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
@@ -230,3 +230,30 @@ class BoardPageOut(BaseModel):
     period: str
     total_players: int
     entries: list[EntryOut]
+
+
+class RanksIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[Annotated[str, UserId]] = Field(
+        min_length=1, max_length=100, description="The players to rank, e.g. a friends list (at most 100)"
+    )
+    window: Literal["all", "monthly", "weekly", "daily"] | None = Field(None, description="Default: the board's first")
+    period: str | None = Field(
+        None, max_length=16, description="all, 2026-12, 2026-W49 or 2026-12-01; default: current"
+    )
+
+
+class ListEntryOut(BaseModel):
+    user_id: str
+    rank: int | None = Field(description="Global rank on the board; null if the player has no score there")
+    score: int | None
+    list_rank: int | None = Field(description="Position among the listed players who have a score (1: best)")
+
+
+class RanksOut(BaseModel):
+    board: str
+    window: str
+    period: str
+    total_players: int
+    entries: list[ListEntryOut] = Field(description="One per listed player, in the order given")

@@ -159,6 +159,15 @@ class BoardService:
         rank, score = found
         return Standing(user_id, score, rank, target.archived_players or 0, "archive", None)
 
+    async def standings(self, target: ReadTarget, user_ids: Sequence[str]) -> tuple[int, dict[str, Entry]]:
+        """(players in the period, {user_id: entry} of the listed players who have a score there)."""
+        if target.archived:
+            found = await self.store.archived_standings(target.board_period, user_ids)
+            return target.archived_players or 0, {u: Entry(rank, u, score) for u, (rank, score) in found.items()}
+        found, total = await self.ranks.standings(target.board_period, user_ids)
+        board = target.board
+        return total, {u: Entry(me.rank, u, board.shown(me.score)) for u, me in found.items()}
+
     async def top(self, target: ReadTarget, offset: int, limit: int) -> tuple[int, list[Entry]]:
         if not target.archived:
             page = await self.ranks.top(target.board_period, offset, limit)

@@ -143,6 +143,33 @@ class RankReader:
         self.cache.put(board_period, user_id, shard_id)
         return self._standing(user_id, shard_id, found, counts)
 
+    async def standings(self, board_period: str, user_ids: Sequence[str]) -> tuple[dict[str, Standing], int]:
+        """({user_id: standing} of those listed who are on the board, players in all).
+
+        Every shard is asked about every listed player, in one lookup call per shard (or
+        two: the coalescer sends the first item alone if nothing is in flight); a player
+        mid-move, on two shards, is taken from the newer copy, and ranked with the counts
+        read beside their own lookups, as `standing` ranks one player."""
+        ids = self.shard_ids
+        users = list(dict.fromkeys(user_ids))
+        per_shard = await asyncio.gather(
+            *(asyncio.gather(*(self.shards.lookup(sid, board_period, user) for user in users)) for sid in ids)
+        )
+        out: dict[str, Standing] = {}
+        total = 0
+        for k, user in enumerate(users):
+            lookups = {sid: per_shard[i][k] for i, sid in enumerate(ids)}
+            counts = BoardCounts(ids, {sid: lk.count for sid, lk in lookups.items()})
+            total = max(total, counts.total)
+            present = [(lk.version, sid) for sid, lk in lookups.items() if lk.rank >= 0]
+            if present:
+                _, shard_id = max(present)
+                self.cache.put(board_period, user, shard_id)
+                out[user] = self._standing(user, shard_id, lookups[shard_id], counts)
+        if not users:
+            total = (await self.counts(board_period)).total
+        return out, total
+
     def _standing(self, user_id: str, shard_id: str, found: Lookup, counts: BoardCounts) -> Standing:
         assert found.score is not None
         rank = global_rank(found.rank, players_above(counts.ids, counts.sizes, shard_id))

@@ -439,6 +439,14 @@ class Store:
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
+    async def archived_standings(self, board_period: str, user_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """{user_id: (rank, score)} of those listed who are in the archived period."""
+        rows = await self._fetch(
+            "SELECT user_id, rank, score FROM period_ranks WHERE board_period = %s AND user_id = ANY(%s)",
+            (board_period, list(user_ids)),
+        )
+        return {user_id: (rank, score) for user_id, rank, score in rows}
+
     async def archived_range(self, board_period: str, offset: int, limit: int) -> list[tuple[int, str, int]]:
         """Entries at 1-based ranks offset+1 .. offset+limit (scores as the board shows them)."""
         return await self._fetch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from router.background.seasons import archive_period
 from router.boards import MAX_SCORE
 from router.periods import period_label, period_start
 from router.shards.keys import user_of, zset_key
@@ -315,3 +316,76 @@ def test_bad_ranges_are_422_naming_the_entry_and_a_board_with_scores_keeps_its_r
     # The operator may still change, and the ranges stay as they were.
     assert create(api, "split", operator="best", windows=["all"])["ranges"] == moved
     assert _placed(board, "split") == {"p": "s2"}
+
+
+def ranks(api, board, user_ids, **extra):
+    return api.post(f"/v1/boards/{board}/ranks", json={"user_ids": user_ids, **extra}, headers=AUTH)
+
+
+def test_a_list_of_players_is_ranked_as_the_whole_board_ranks_them(api, board):
+    ranges = [
+        {"shard": "s0", "min_score": 0, "max_score": 10},
+        {"shard": "s1", "min_score": 10, "max_score": 20},
+        {"shard": "s2", "min_score": 20, "max_score": None},
+    ]
+    create(api, "friends", windows=["all"], ranges=ranges)
+    scores = {"a": 5, "b": 15, "c": 25, "d": 15, "e": 3, "f": 30}  # b reaches 15 before d
+    for user, score in scores.items():
+        assert post(api, "friends", user, "m1", score).status_code == 200
+    asked = ["d", "nobody", "e", "b", "d", "f"]
+    answer = ranks(api, "friends", asked)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["board"], body["window"], body["period"], body["total_players"]) == ("friends", "all", "all", 6)
+    whole = {e["user_id"]: e["rank"] for e in top(api, "friends", limit=10)["entries"]}
+    assert [(e["user_id"], e["rank"], e["score"], e["list_rank"]) for e in body["entries"]] == [
+        ("d", whole["d"], 15, 3),
+        ("nobody", None, None, None),
+        ("e", whole["e"], 3, 4),
+        ("b", whole["b"], 15, 2),
+        ("f", whole["f"], 30, 1),
+    ]
+    assert whole["b"] < whole["d"]  # the tie goes to who reached 15 first
+
+
+def test_list_ranks_of_an_asc_board_and_of_an_archived_period(api, board):
+    create(api, "laps", order="asc", operator="best", windows=["daily"])
+    for user, time in (("slow", 70), ("fast", 50), ("mid", 60)):
+        assert post(api, "laps", user, "l1", time).status_code == 200
+    live = ranks(api, "laps", ["slow", "fast"]).json()["entries"]
+    assert [(e["user_id"], e["rank"], e["score"], e["list_rank"]) for e in live] == [
+        ("slow", 3, 70, 2),
+        ("fast", 1, 50, 1),
+    ]
+    # A day that has closed and been archived: ranks come from the archive.
+    moment = datetime.now(UTC) - timedelta(days=3)
+    key = f"laps:daily:{moment.date().isoformat()}"
+    for user, time in (("ann", 61), ("ben", 59)):
+        rows = board.sql(
+            "SELECT status FROM lb_apply_events('{laps}', %s, '{old}', '{best}', %s, %s, '{1}', '{1}', %s)",
+            ([user], [time], [moment], [key]),
+        )
+        assert rows == [("applied",)]
+    archive_period(board.dsn, key, datetime.now(UTC))
+    old = ranks(api, "laps", ["ann", "ben", "zed"], period=moment.date().isoformat()).json()
+    assert old["total_players"] == 2
+    assert [(e["user_id"], e["rank"], e["score"], e["list_rank"]) for e in old["entries"]] == [
+        ("ann", 2, 61, 2),
+        ("ben", 1, 59, 1),
+        ("zed", None, None, None),
+    ]
+
+
+def test_a_bad_list_is_422_naming_the_field(api, board):
+    create(api, "listed2", windows=["all"])
+    for body, field in (
+        ({"user_ids": []}, "user_ids"),
+        ({"user_ids": [f"p{i}" for i in range(101)]}, "user_ids"),
+        ({"user_ids": ["bad id!"]}, "user_ids"),
+        ({"user_ids": ["a"], "window": "daily"}, "window"),
+        ({"user_ids": ["a"], "period": "someday"}, "period"),
+    ):
+        answer = api.post("/v1/boards/listed2/ranks", json=body, headers=AUTH)
+        assert answer.status_code == 422, (body, answer.text)
+        assert field in answer.json()["error"]["field"], (body, answer.text)
+    assert ranks(api, "nope", ["a"]).status_code == 404
