@@ -7,8 +7,9 @@ several boards, resends and conflicting resends, events for the previous period
 router's clock (injected: `LB_CLOCK_OFFSET_FILE`) moves on by days, weeks and months.
 After every step, every standing (each board, window and live period) read through
 the API must equal what the model's sorted lists answer: ranks, scores, totals, pages
-and ties (first to reach a score first); and every period the clock leaves behind is
-archived with exactly the model's final standing.
+and ties (first to reach a score first), and list ranks of every player at once; and
+every period the clock leaves behind is archived with exactly the model's final
+standing.
 """
 
 from __future__ import annotations
@@ -308,6 +309,21 @@ class BoardsMachine(RuleBasedStateMachine):
             for rank, user in enumerate(order, start=1):
                 me = self.client.get(f"{self.path(board)}/scores/{user}?{query}").json()
                 assert (me["rank"], me["score"], me["total_players"]) == (rank, standing.scores[user], len(order))
+            # A list of players (everyone the model knows, and one nobody does) ranks as the board does.
+            listed = self.client.post(
+                f"{self.path(board)}/ranks",
+                json={"user_ids": [*USERS, "stranger"], "window": window, "period": period},
+                headers=AUTH,
+            )
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["total_players"] == len(order)
+            on_list = sorted((u for u in USERS if u in standing.scores), key=order.index)
+            assert [(e["user_id"], e["rank"], e["score"], e["list_rank"]) for e in listed.json()["entries"]] == [
+                (u, order.index(u) + 1, standing.scores[u], on_list.index(u) + 1)
+                if u in standing.scores
+                else (u, None, None, None)
+                for u in [*USERS, "stranger"]
+            ], (board, window, period)
             if order:
                 user = order[len(order) // 2]
                 rank = order.index(user) + 1
