@@ -389,3 +389,17 @@ def test_a_bad_list_is_422_naming_the_field(api, board):
         assert answer.status_code == 422, (body, answer.text)
         assert field in answer.json()["error"]["field"], (body, answer.text)
     assert ranks(api, "nope", ["a"]).status_code == 404
+
+
+def test_a_list_of_a_hundred_players_costs_each_shard_a_call_or_two_not_one_per_player(api, board):
+    create(api, "crowd", windows=["all"])
+    events = [{"user_id": f"p{i}", "match_id": "m", "score": i} for i in range(100)]
+    assert api.post("/v1/boards/crowd/scores/batch", json={"events": events}, headers=AUTH).status_code == 200
+    shards = [board.redis(i) for i in range(3)]
+    for shard in shards:
+        shard.config_resetstat()
+    answer = ranks(api, "crowd", [f"p{i}" for i in range(100)])
+    assert answer.status_code == 200 and [e["list_rank"] for e in answer.json()["entries"]][:2] == [100, 99]
+    calls = [int(shard.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)) for shard in shards]
+    # Background work (reconciler, self-healing) may add a script call of its own now and then.
+    assert all(1 <= n <= 4 for n in calls), calls
