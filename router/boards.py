@@ -122,6 +122,12 @@ class Board:
                 )
         return sorted(out, key=lambda item: item[1])
 
+    def resplit_by(self, move_board: str | None) -> bool:
+        """Whether a move naming board `move_board` re-splits this board: a move names its
+        board, or (None) re-splits every board that follows the layout's own split. The
+        same rule as lb_apply_events's and lb_move_step's."""
+        return self.split is None if move_board is None else move_board == self.id
+
     def check_window(self, window: str | None, field: str = "window") -> str:
         if window is None:
             return self.default_window

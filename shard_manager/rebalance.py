@@ -297,7 +297,7 @@ class Rebalancer:
         """The board periods a move walks: the board's, or those of every board that
         follows the layout's split."""
         _, boards = load_boards(self.conn)
-        follows = {b.id for b in boards.values() if b.split is None} if board is None else {board}
+        follows = {b.id for b in boards.values() if b.resplit_by(board)}
         return [key for key in unarchived_periods(self.conn) if key.split(":", 1)[0] in follows]
 
     def remaining(self, target: ShardMap, board: str | None = None) -> list[Step]:

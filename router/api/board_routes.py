@@ -38,7 +38,7 @@ from router.api.scores import batch_body, windows_out
 from router.background.seasons import archive_period, unarchived_periods_of
 from router.boards import Board, parse_ranges
 from router.services import Services
-from router.shardmap import ShardMapError
+from router.shardmap import ShardMap
 
 router = APIRouter()
 
@@ -75,10 +75,11 @@ async def _configs(svc: Services, boards: list[Board]) -> list[BoardConfigOut]:
 
 
 def _ranges(svc: Services, board: Board) -> list:
-    try:
-        return board.ranges(svc.shard_map.over_split(board.split))
-    except ShardMapError:  # a layout this router has not loaded yet: show the split as stored
-        return [(shard_id, board.shown(start), None) for shard_id, start in board.split or ()]
+    # A board's own split says it all (so a router that has not yet loaded a newer layout
+    # still shows it right); only a board without one needs the layout's.
+    if board.split is None:
+        return board.ranges(svc.shard_map)
+    return board.ranges(ShardMap.from_bounds(1, [(shard_id, "", start) for shard_id, start in board.split]))
 
 
 async def _config(svc: Services, board: Board) -> BoardConfigOut:

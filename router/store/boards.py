@@ -80,9 +80,10 @@ def put_board(conn, board: Board, ranges: tuple[Range, ...] | None = None) -> tu
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (BOARDS_LOCK,))
         cur.execute("SELECT score_order, windows, closed_at IS NOT NULL, split FROM boards WHERE id = %s", (board.id,))
         existing = cur.fetchone()
-        split = None if ranges is None else board.split_of(ranges, _layout_shards(cur))
+        shard_order = _layout_shards(cur) if ranges is not None or existing is None else ()
+        split = None if ranges is None else board.split_of(ranges, shard_order)
         if existing is None:
-            split = split or ((first_shard(board.id, _layout_shards(cur)), 0),)
+            split = split or ((first_shard(board.id, shard_order), 0),)
             cur.execute(
                 "INSERT INTO boards (id, score_order, operator, windows, split, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, clock_timestamp())",

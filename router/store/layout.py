@@ -34,10 +34,7 @@ class Layout:
 
     def moving(self, board: Board) -> bool:
         """Whether the running move (if any) re-splits this board."""
-        if self.move is None:
-            return False
-        named = self.move.get("board")
-        return board.split is None if named is None else named == board.id
+        return self.move is not None and board.resplit_by(self.move.get("board"))
 
 
 def shards_json(shard_map: ShardMap) -> str:

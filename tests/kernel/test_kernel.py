@@ -152,6 +152,9 @@ def test_ranges_as_a_board_shows_scores_become_a_stored_split_over_the_layout_an
         wins.split_of(times, cluster.ids)  # on a desc board the higher scores must be on s2
     assert wrong_way.value.field == "ranges"
     assert cluster.over_split(None) is cluster  # no split of its own: the layout's
+    # Which boards a move re-splits: the one it names, or (naming none) those without a split.
+    assert Board("a", split=(("s1", 0),)).resplit_by("a") and not Board("b", split=(("s1", 0),)).resplit_by(None)
+    assert Board("c").resplit_by(None) and not Board("c").resplit_by("a")
     one = cluster.over_split((("s1", 0),))
     assert one.split() == (("s1", 0),)
     assert one.shard_for_score(0).id == one.shard_for_score(MAX_SCORE).id == "s1"
