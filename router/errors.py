@@ -97,3 +97,28 @@ class MonthNotServed(LeaderboardError):
         super().__init__(f"{field} {period} is not live (only the current and previous one are) and not archived")
         self.period = period
         self.field = field
+
+
+class PlayerHidden(LeaderboardError):
+    """An event of a player an admin hid on this board (or on every board)."""
+
+    def __init__(self, user_id: str, board_id: str) -> None:
+        super().__init__(f"player {user_id} is hidden on board {board_id}; their events are refused until unhidden")
+        self.user_id = user_id
+        self.board_id = board_id
+
+
+class PlayerErased(LeaderboardError):
+    """An event for a user id that was erased: it takes no more events."""
+
+    def __init__(self) -> None:
+        super().__init__("this user id was erased; it takes no more events (give the player a new id)")
+
+
+class PlayerNotHidden(LeaderboardError):
+    """An unhide that cannot undo the hiding in force (it was made on every board)."""
+
+    def __init__(self, user_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.user_id = user_id
+        self.reason = reason

@@ -18,6 +18,7 @@ from router.clock import Clock, clock_for
 from router.core.board_registry import BoardRegistry
 from router.core.board_service import BoardService
 from router.core.page_cache import KnownQueries, PageCache
+from router.core.player_admin import PlayerAdmin
 from router.core.ranking import RankReader
 from router.core.rate_limits import RateLimiter
 from router.core.user_cache import UserShardCache
@@ -50,6 +51,7 @@ class Services:
     top_pages: PageCache
     top_queries: KnownQueries
     healer: ShardHealer
+    players: PlayerAdmin
 
     @property
     def shard_map(self) -> ShardMap:
@@ -136,6 +138,7 @@ class Services:
                 interval_s=settings.heal_check_s,
                 chunk=settings.heal_chunk,
             ),
+            PlayerAdmin(store, shards, cache, limiter.forget),
         )
 
     async def start(self) -> None:
@@ -195,7 +198,16 @@ class Services:
         return _matches_any(read_token, self.settings.read_tokens) or self.is_game_token(game_token)
 
     def is_admin_token(self, token: str | None) -> bool:
-        return _matches_any(token, [self.settings.admin_token] if self.settings.admin_token else [])
+        return self.admin_name(token) is not None
+
+    def admin_name(self, token: str | None) -> str | None:
+        """The name of the admin token supplied (the audit's `who`), or None if it is none of them."""
+        found = None
+        for name, candidate in self.settings.named_admin_tokens().items():
+            # Every candidate is compared, never stopping early, so timing tells nothing.
+            if _matches_any(token, [candidate]) and found is None:
+                found = name
+        return found
 
 
 def _seed_boards(dsn: str, boards: list[BoardSpec]) -> list[str]:

@@ -42,7 +42,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated tokens accepted in X-Game-Service-Token; several so they can rotate",
     )
-    admin_token: str = ""
+    admin_token: str = Field("", description="Token for X-Admin-Token; named `admin` in the audit")
+    admin_tokens: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="More admin tokens, each with the name the audit records as `who`: name=token,name=token",
+    )
     read_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="If set, reads need X-Read-Token with one of these (game tokens are accepted too)",
@@ -144,6 +148,24 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 (keep all) or at least 2: resends are recognised against the last two months")
         return value
 
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _named_tokens(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        named: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, token = item.partition("=")
+            if not sep or not name.strip() or not token.strip():
+                raise ValueError(f"{item!r}: each admin token is name=token")
+            named[name.strip()] = token.strip()
+        return named
+
+    def named_admin_tokens(self) -> dict[str, str]:
+        """Every admin token by the name the audit records."""
+        named = {"admin": self.admin_token} if self.admin_token else {}
+        return {**named, **self.admin_tokens}
+
     @field_validator("game_tokens", "read_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
@@ -172,7 +194,10 @@ def check_production_safety(settings: Settings) -> None:
     problems = []
     if not settings.game_tokens:
         problems.append("LB_GAME_TOKENS is empty")
-    named = [("LB_GAME_TOKENS", t) for t in settings.game_tokens] + [("LB_ADMIN_TOKEN", settings.admin_token)]
+    named = [("LB_GAME_TOKENS", t) for t in settings.game_tokens]
+    if settings.admin_token or not settings.admin_tokens:
+        named.append(("LB_ADMIN_TOKEN", settings.admin_token))
+    named += [("LB_ADMIN_TOKENS", t) for t in settings.admin_tokens.values()]
     named += [("LB_READ_TOKENS", t) for t in settings.read_tokens]
     for name, token in named:
         if token.lower() in WEAK_TOKENS or len(token) < MIN_TOKEN_LENGTH:

@@ -614,6 +614,92 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _who(args: argparse.Namespace) -> str:
+    import getpass
+
+    return args.who or f"shard-manager:{getpass.getuser()}"
+
+
+def _wait_for_shards(conn, result, wait_s: float) -> str:
+    """The routers' reconcilers do the shards' side of an action taken here (they repeat
+    every action's tombstones and purges after their settle time anyway): wait for them."""
+    pending = []
+    if result.cleanup is not None and result.cleanup.id is not None:
+        pending.append(("redis_cleanup", result.cleanup.id))
+    if result.outbox_id is not None:
+        pending.append(("redis_outbox", result.outbox_id))
+    give_up = time.monotonic() + wait_s
+    while pending and time.monotonic() < give_up:
+        with conn, conn.cursor() as cur:
+            pending = [
+                (table, row_id)
+                for table, row_id in pending
+                if cur.execute(f"SELECT 1 FROM {table} WHERE id = %s", (row_id,)) or cur.fetchone()  # noqa: S608
+            ]
+        if pending:
+            time.sleep(0.25)
+    if pending:
+        return "recorded; the shards are not updated yet (the routers' reconciler does it while a router runs)"
+    return "done, on the shards too"
+
+
+def cmd_player(args: argparse.Namespace) -> int:
+    """hide, unhide, remove, erase: the admin API's player actions, from a terminal."""
+    import json
+
+    import psycopg2
+
+    from router.errors import LeaderboardError
+    from router.store import players
+
+    settings = _settings()
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        try:
+            if args.command == "hide":
+                result = players.hide(conn, args.user_id, args.board, args.reason, _who(args))
+            elif args.command == "unhide":
+                result = players.unhide(conn, args.user_id, args.board, args.reason, _who(args))
+            elif args.command == "remove":
+                if args.board and not args.period.startswith(f"{args.board}:"):
+                    print(f"--period {args.period} is not a period of board {args.board}", file=sys.stderr)
+                    return 2
+                result = players.remove_entry(conn, args.user_id, args.period, args.reason, _who(args))
+            else:
+                result = players.erase(conn, args.user_id, args.reason, _who(args))
+        except LeaderboardError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 2
+        where = f"board {result.board}" if result.board else "every board"
+        what = "" if result.changed else " (it was so already)"
+        print(f"{result.action} {result.user_id} on {where}{what}: {json.dumps(result.detail)}")
+        print(_wait_for_shards(conn, result, args.wait))
+    finally:
+        conn.close()
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    import psycopg2
+
+    from router.store.players import audit_log
+
+    settings = _settings()
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        entries = audit_log(conn, limit=args.limit, subject=args.user_id, board=args.board)
+    finally:
+        conn.close()
+    for e in entries:
+        print(
+            f"{e.id:>6}  {e.at:%Y-%m-%d %H:%M:%S}  {e.who:<24} {e.action:<7} {e.board or '*':<16} {e.subject}"
+            f"  {e.reason!r}  {json.dumps(e.detail)}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shard-manager", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -669,6 +755,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", help="the audit log's months (events, size); drop old ones")
     p.add_argument("--drop-before", default=None, help="YYYY-MM: drop the raw events of every earlier month")
     p.set_defaults(fn=cmd_events)
+    for verb, text in (
+        ("hide", "hide a player on a board (or on every board): gone from answers, events refused"),
+        ("unhide", "show a hidden player again (on a board, or every hiding of them)"),
+        ("remove", "remove a player's entry in one period (score, place, events)"),
+        ("erase", "erase a player everywhere; only an erasure record (when, id hash) stays"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("user_id")
+        if verb in ("hide", "unhide"):
+            p.add_argument("--board", default=None, help="one board (default: every board)")
+        if verb == "remove":
+            p.add_argument("--board", default=None, help="the board (checked against --period)")
+            p.add_argument("--period", required=True, help="BOARD:WINDOW:PERIOD, e.g. race:daily:2026-12-01")
+        p.add_argument("--reason", required=True, help="why (kept in the audit)")
+        p.add_argument("--who", default=None, help="the name the audit records (default: shard-manager:$USER)")
+        p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the shards (default 10)")
+        p.set_defaults(fn=cmd_player)
+    p = sub.add_parser("audit", help="admin actions on players, newest first")
+    p.add_argument("--user-id", default=None, help="one player (or an erased one's hash)")
+    p.add_argument("--board", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(fn=cmd_audit)
     return parser
 
 

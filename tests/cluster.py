@@ -155,7 +155,10 @@ class Cluster:
             for attempt in range(5):
                 try:
                     with conn, conn.cursor() as cur:
-                        cur.execute("TRUNCATE score_events, player_scores, redis_outbox, period_ranks, period_archives")
+                        cur.execute(
+                            "TRUNCATE score_events, player_scores, redis_outbox, period_ranks, period_archives,"
+                            " admin_audit, hidden_players, hidden_scores, removed_scores, erased_players, redis_cleanup"
+                        )
                         cur.execute("DELETE FROM boards WHERE id <> 'global'")
                         cur.execute(
                             "UPDATE boards SET score_order = 'desc', operator = 'incr', windows = '{monthly}',"

@@ -61,9 +61,12 @@ def check_reader(svc: Services, read_token: str | None, game_token: str | None) 
         raise Unauthorized("a valid X-Read-Token header is required")
 
 
-def check_admin(svc: Services, token: str | None) -> None:
-    if not svc.is_admin_token(token):
+def check_admin(svc: Services, token: str | None) -> str:
+    """The admin token's name (what the audit records as `who`)."""
+    name = svc.admin_name(token)
+    if name is None:
         raise Unauthorized("a valid X-Admin-Token header is required")
+    return name
 
 
 async def require_game_token(svc: ServicesDep, token: Annotated[str | None, Security(_GAME_TOKEN)]) -> str:
@@ -81,5 +84,8 @@ async def require_reader(
     check_reader(svc, read_token, game_token)
 
 
-async def require_admin_token(svc: ServicesDep, token: Annotated[str | None, Security(_ADMIN_TOKEN)]) -> None:
-    check_admin(svc, token)
+async def require_admin_token(svc: ServicesDep, token: Annotated[str | None, Security(_ADMIN_TOKEN)]) -> str:
+    return check_admin(svc, token)
+
+
+AdminName = Annotated[str, Depends(require_admin_token)]

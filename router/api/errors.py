@@ -22,7 +22,10 @@ from router.errors import (
     MatchConflict,
     MonthNotServed,
     PeriodClosed,
+    PlayerErased,
+    PlayerHidden,
     PlayerNotFound,
+    PlayerNotHidden,
     RateLimited,
     ScoreRefused,
     ShardUnavailable,
@@ -92,6 +95,12 @@ def error_response(exc: Exception) -> JSONResponse:
             return _error(409, "board_conflict", exc.reason, exc.field)
         case MatchConflict():
             return _error(409, "match_id_conflict", exc.detail, "match_id")
+        case PlayerHidden():
+            return _error(403, "player_hidden", str(exc), "user_id")
+        case PlayerErased():
+            return _error(403, "player_erased", str(exc), "user_id")
+        case PlayerNotHidden():
+            return _error(409, "hidden_on_every_board", exc.reason, "board")
         case ShardUnavailable():
             return _error(
                 503,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from router.api import admin, board_routes, boards, ops, scores
+from router.api import admin, board_routes, boards, ops, players, scores
 
 router = APIRouter()
-for part in (ops, scores, boards, board_routes, admin):
+for part in (ops, scores, boards, board_routes, admin, players):
     router.include_router(part.router)

@@ -43,7 +43,7 @@ class ScoreIn(BaseModel):
 
 class ScoreOut(BaseModel):
     user_id: str
-    score: int
+    score: int | None = Field(description="null only for a resend of a result an admin removed")
     rank: int | None = Field(description="1-based; null if a shard needed to count it is unavailable")
     previous_rank: int | None = Field(description="Rank before this event; null if the player was new")
     month: str
@@ -257,3 +257,38 @@ class RanksOut(BaseModel):
     period: str
     total_players: int
     entries: list[ListEntryOut] = Field(description="One per listed player, in the order given")
+
+
+class PlayerActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Why (kept in the audit; for an erasure, write no personal data here)",
+        examples=["aimbot reported in match 1234"],
+    )
+
+
+class PlayerActionOut(BaseModel):
+    action: Literal["hide", "unhide", "remove", "erase"]
+    user_id: str = Field(description="The player; for an erasure, the hash the erasure record keeps")
+    board: str | None = Field(description="null: every board")
+    changed: bool = Field(description="false: it was so already (the call is idempotent)")
+    detail: dict = Field(description="What it touched: periods, events, archived places")
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: AwareDatetime
+    who: str = Field(description="The name of the admin token that acted")
+    action: str
+    board: str | None
+    subject: str = Field(description="The user id; after an erasure, the hash of it")
+    detail: dict
+    reason: str
+
+
+class AuditOut(BaseModel):
+    entries: list[AuditEntryOut]
+    next_before: int | None = Field(description="Pass as `before` for the next (older) page; null at the end")

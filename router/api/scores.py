@@ -33,6 +33,8 @@ from router.errors import (
     InvalidInput,
     MatchConflict,
     PeriodClosed,
+    PlayerErased,
+    PlayerHidden,
     ScoreRefused,
     ShardUnavailable,
 )
@@ -58,7 +60,6 @@ async def score_body(svc: Services, token: str, body: ScoreIn) -> bytes:
     """The answer of `POST /v1/scores` for a valid body and token; also used by `router.asgi.shortcuts`."""
     (outcome,) = await svc.service.record(await svc.boards.get(LEGACY_BOARD), body, token)
     row = outcome.row
-    assert row.score is not None
     out = ScoreOut(
         user_id=body.user_id,
         score=row.score,
@@ -155,6 +156,8 @@ def _batch_result(i: int, event: ScoreEvent, board: Board, windows: list[WriteOu
             item = _batch_item(**common, status="refused", field="occurred_at", reason=row.detail)
         case MatchConflict():
             item = _batch_item(**common, status="conflict", field="match_id", reason=row.detail)
+        case PlayerHidden() | PlayerErased():
+            item = _batch_item(**common, status="refused", field="user_id", reason=row.detail)
         case ShardUnavailable() as unavailable:
             item = _batch_item(
                 **common,

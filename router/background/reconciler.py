@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from router.aio.periodic import Periodic
+from router.core.player_admin import clean_shards
 from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
 from router.events import PlayerRow
@@ -65,7 +66,9 @@ class Reconciler:
         await self._loop.stop()
 
     async def run_once(self) -> int:
-        """One pass over the outbox; returns how many players were repaired."""
+        """One pass over the outbox (and the admin actions' shard work); returns how many
+        players were repaired."""
+        await self._clean_up()
         work = await self.store.unfinished(self.settle_s, self.batch)
         RECONCILER_BACKLOG.set(len(work))
         if not work:
@@ -91,6 +94,16 @@ class Reconciler:
         if repaired:
             log.info("reconciler repaired %d player(s)", repaired)
         return repaired
+
+    async def _clean_up(self) -> None:
+        """Admin actions' tombstones and purges, done again once they are older than the
+        settle time (an apply in flight when the action committed has landed or failed
+        by then), on every shard; a row goes once every shard took it."""
+        done = []
+        for cleanup in await self.store.cleanups_due(self.settle_s):
+            if not await clean_shards(self.shards, self.cache, cleanup):
+                done.append(cleanup.id)
+        await self.store.finish_cleanups(done)
 
     async def _reconcile_period(
         self, board_period: str, rows: Sequence[PlayerRow]

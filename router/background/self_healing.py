@@ -38,7 +38,7 @@ from router.errors import LeaderboardError, StoreUnavailable
 from router.events import PlayerRow
 from router.metrics import SHARD_REPAIR_PLAYERS, SHARD_REPAIRING, SHARD_REPAIRS
 from router.shards.client import ShardClients
-from router.shards.protocol import PlayerState, player_state
+from router.shards.protocol import PlayerState, player_state, tombstone
 from router.store.postgres import Store
 
 log = logging.getLogger(__name__)
@@ -213,16 +213,30 @@ class ShardHealer:
             users = list(dict.fromkeys(users))
             rows = await self.store.players(label, users) if users else {}
             strays = [row for row in rows.values() if row.shard != shard_id]
-            unknown = len(users) - len(rows)
-            if unknown:
-                log.error("shard %s holds %d member(s) of %s PostgreSQL has no player for", shard_id, unknown, label)
             if strays:
                 await self.shards.apply(shard_id, label, [(_state(row), False) for row in strays])
+            unknown = [user for user in users if user not in rows]
+            if unknown:
+                await self._remove_withdrawn(shard_id, label, unknown)
             done += len(users)
             progress["after"] = str(cursor)
             await self._step_done(shard_id, progress, len(users))
             if cursor == 0:
                 return done
+
+    async def _remove_withdrawn(self, shard_id: str, label: str, users: list[str]) -> None:
+        """Members PostgreSQL has no state for: a hidden or removed player is tombstoned at
+        the version PostgreSQL recorded, an erased one purged (a lost tombstone or purge)."""
+        withdrawn = await self.store.withdrawn_versions(label, users)
+        if withdrawn:
+            await self.shards.apply(shard_id, label, [tombstone(user, v) for user, v in withdrawn.items()])
+        rest = [user for user in users if user not in withdrawn]
+        erased = [user for user in rest if await self.store.is_erased(user)]
+        if erased:
+            await self.shards.purge(shard_id, label, erased)
+        unexplained = len(rest) - len(erased)
+        if unexplained:
+            log.error("shard %s holds %d member(s) of %s PostgreSQL has no player for", shard_id, unexplained, label)
 
     def readiness(self) -> dict[str, str]:
         """Per shard, for /readyz: only shards with something to say."""

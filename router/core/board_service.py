@@ -19,6 +19,8 @@ from router.errors import (
     MatchConflict,
     MonthNotServed,
     PeriodClosed,
+    PlayerErased,
+    PlayerHidden,
     PlayerNotFound,
     ScoreRefused,
 )
@@ -80,7 +82,9 @@ class BoardService:
         self.writes = writes
         self.store = store
         self.now = now
-        self._archived: dict[str, int] = {}  # archived board period -> players; archives never change
+        # Archived board periods: a period stays archived, but its player count is read
+        # anew each time, since an admin may remove a player from an archive.
+        self._archived: set[str] = set()
 
     # -- writes -------------------------------------------------------------------
 
@@ -142,12 +146,11 @@ class BoardService:
             raise InvalidInput(field, f"{period_label(window, start)} has not started yet")
         if start in live and key not in self._archived and not board.closed:
             return ReadTarget(board, window, key, None)
-        if key not in self._archived:
-            players = await self.store.archived_players(key)
-            if players is None:
-                raise MonthNotServed(period_label(window, start), field)
-            self._archived[key] = players
-        return ReadTarget(board, window, key, self._archived[key])
+        players = await self.store.archived_players(key)
+        if players is None:
+            raise MonthNotServed(period_label(window, start), field)
+        self._archived.add(key)
+        return ReadTarget(board, window, key, players)
 
     async def standing(self, target: ReadTarget, user_id: str) -> Standing:
         if not target.archived:
@@ -221,6 +224,10 @@ def outcome_error(outcome: WriteOutcome, board: Board) -> LeaderboardError | Non
         return MatchConflict(outcome.event.match_id, row.detail or "match_id reused with different content")
     if row.status == "refused":
         return ScoreRefused(row.detail or "score refused")
+    if row.status == "hidden":
+        return PlayerHidden(outcome.event.user_id, board.id)
+    if row.status == "erased":
+        return PlayerErased()
     if row.status == "closed":
         if row.detail and row.detail.startswith("board "):
             return BoardClosed(board.id)

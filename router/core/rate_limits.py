@@ -15,6 +15,7 @@ together in the next call. Under load one round trip serves many requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -46,7 +47,7 @@ PLAYER_COUNTER_BUCKETS = 4096
 # KEYS: every key the call touches, in the order first named: each token's counter of
 # this second, the hour's player-counter hashes of its players.
 # ARGV: token limit (0: off), token ttl, player limit (0: off), hash ttl, then per
-# request: its token's index into KEYS, its number of players, and per player (user,
+# request: its token's index into KEYS, its number of players, and per player (its field,
 # events, index into KEYS of the user's hash).
 # Answers, per request in order: the seconds to wait for the token (0: fine), then
 # the same for each of its users.
@@ -89,6 +90,13 @@ end
 for _, counters in ipairs(created) do redis.call('EXPIRE', counters, tonumber(ARGV[4])) end
 return out
 """
+
+
+def player_counter_field(user_id: str) -> str:
+    """A player's field in their counters' hash: 64 bits of a hash of the id, not the id,
+    so the counters hold no player ids (an erased player's later attempts are counted
+    too) and every field is short."""
+    return hashlib.blake2b(user_id.encode(), digest_size=8).hexdigest()
 
 
 def player_counters_key(hour: int, user_id: str) -> str:
@@ -149,6 +157,17 @@ class RateLimiter:
                 refusals.append(None)
         return refusals
 
+    async def forget(self, user_id: str) -> None:
+        """Drop the player's counters (an erasure): this hour's and the last, the only ones
+        that have not expired. Best effort, as every use of the limiter: they expire anyway."""
+        hour = int(time.time()) // 3600
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.deadline_s):
+                pipe = self._client.pipeline(transaction=False)
+                for h in (hour - 1, hour):
+                    pipe.hdel(player_counters_key(h, user_id), player_counter_field(user_id))
+                await pipe.execute()
+
     def token_refusal(self, verdict: Verdict) -> RateLimited:
         return RateLimited("too many requests for this game token", verdict.token_retry_after)
 
@@ -191,7 +210,7 @@ class RateLimiter:
             for user, amount in check.players.items():
                 # With the player limit off the script reads no counter: none is named.
                 counters = index_of(player_counters_key(hour, user)) if self.player_per_hour else 0
-                args += [user, amount, counters]
+                args += [player_counter_field(user), amount, counters]
         answers = [int(a) for a in await self._count(keys=keys, args=args)]
         verdicts = []
         at = 0

@@ -43,7 +43,7 @@ from router.shards.keys import (
 )
 from router.shards.protocol import ApplyResult, Lookup, PlayerState, ShardCount
 from router.shards.redis_packing import packed_by_hiredis
-from router.shards.scripts import APPLY_LUA, LOOKUP_LUA, RANGE_LUA
+from router.shards.scripts import APPLY_LUA, LOOKUP_LUA, PURGE_LUA, RANGE_LUA
 
 T = TypeVar("T")
 
@@ -115,6 +115,7 @@ class ShardClients:
         self._apply = any_client.register_script(APPLY_LUA)
         self._lookup = any_client.register_script(LOOKUP_LUA)
         self._range = any_client.register_script(RANGE_LUA)
+        self._purge = any_client.register_script(PURGE_LUA)
         self._take_lease = any_client.register_script(_TAKE_LEASE_LUA)
         self._finish_repair = any_client.register_script(_FINISH_REPAIR_LUA)
         # Items are user ids to look up, or None for just the count and generation.
@@ -231,6 +232,15 @@ class ShardClients:
         return protocol.apply_reply(
             await self._call(shard_id, run, "apply", deadline_s=self.write_deadline_s, reads=False)
         )
+
+    async def purge(self, shard_id: str, board_period: str, users: Sequence[str]) -> int:
+        """Every trace of these players in the board period (lua/purge.lua); members removed."""
+        keys, args = protocol.purge_call(board_period, users)
+
+        async def run(client: aioredis.Redis) -> int:
+            return int(await self._purge(keys=keys, args=args, client=client))
+
+        return await self._call(shard_id, run, "purge", deadline_s=self.write_deadline_s, reads=False)
 
     # Plain futures rather than coroutines: a rank read gathers one per shard, and
     # gathering futures creates no task for each.

@@ -62,6 +62,17 @@ def apply_call(board_period: str, states: Iterable[tuple[PlayerState, bool]]) ->
     return script_keys(board_period, (state.user_id for state, _ in states)), args
 
 
+def tombstone(user_id: str, version: int) -> tuple[PlayerState, bool]:
+    """The (state, present) pair that takes a player off a shard at `version` and keeps
+    any older state from coming back."""
+    return PlayerState(user_id, version, 0, ""), False
+
+
+def purge_call(board_period: str, users: Sequence[str]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of lua/purge.lua: every trace of these players in the board period."""
+    return script_keys(board_period, users), list(users)
+
+
 def apply_reply(raw: Sequence[Any]) -> tuple[list[ApplyResult], int]:
     """Per state what the shard did, and its member count after them."""
     results = [ApplyResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw) - 1, 3)]

@@ -18,6 +18,7 @@ GENERATION_LUA = _lua("generation.lua")
 APPLY_LUA = GENERATION_LUA + _lua("apply.lua")
 LOOKUP_LUA = _lua("lookup.lua")
 RANGE_LUA = _lua("range.lua")
+PURGE_LUA = GENERATION_LUA + _lua("purge.lua")
 # KEYS[1]: a month's generation key. For changes made outside the apply script (a
 # rebuild's swap), inside the same transaction.
 BUMP_GENERATION_LUA = GENERATION_LUA + "bump_generation(KEYS[1])\nreturn 1\n"

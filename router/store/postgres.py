@@ -31,6 +31,7 @@ from router.boards import Board, Range
 from router.errors import StoreUnavailable
 from router.events import EventRow, GroupCommit, PlayerRow, ScoreEvent
 from router.store import boards as board_rows
+from router.store import players as player_rows
 from router.store.layout import Layout, load_layout
 
 
@@ -381,6 +382,47 @@ class Store:
         rows = await self._fetch(
             "SELECT board_period, count(*) FROM player_scores WHERE board_period = ANY(%s::text[]) GROUP BY 1",
             (array_literal(board_periods),),
+        )
+        return dict(rows)
+
+    async def hide_player(self, user_id: str, board: str | None, reason: str, who: str) -> player_rows.ActionResult:
+        return await self._run(self._with_conn, player_rows.hide, user_id, board, reason, who)
+
+    async def unhide_player(self, user_id: str, board: str | None, reason: str, who: str) -> player_rows.ActionResult:
+        return await self._run(self._with_conn, player_rows.unhide, user_id, board, reason, who)
+
+    async def remove_entry(self, user_id: str, board_period: str, reason: str, who: str) -> player_rows.ActionResult:
+        return await self._run(self._with_conn, player_rows.remove_entry, user_id, board_period, reason, who)
+
+    async def erase_player(self, user_id: str, reason: str, who: str) -> player_rows.ActionResult:
+        return await self._run(self._with_conn, player_rows.erase, user_id, reason, who)
+
+    async def hidden_boards(self, user_id: str) -> list[str]:
+        return await self._run(self._with_conn, player_rows.hidden_boards, user_id)
+
+    async def is_erased(self, user_id: str) -> bool:
+        return await self._run(self._with_conn, player_rows.is_erased, user_id)
+
+    async def audit_log(self, **filters: object) -> list[player_rows.AuditEntry]:
+        return await self._run(lambda: self._with_conn(lambda conn: player_rows.audit_log(conn, **filters)))
+
+    async def cleanups_due(self, settle_s: float, limit: int = 100) -> list[player_rows.Cleanup]:
+        return await self._run(self._with_conn, player_rows.cleanups_due, settle_s, limit)
+
+    async def finish_cleanups(self, ids: list[int]) -> None:
+        if ids:
+            await self._run(self._with_conn, player_rows.finish_cleanups, ids)
+
+    async def withdrawn_versions(self, board_period: str, user_ids: Sequence[str]) -> dict[str, int]:
+        """For players PostgreSQL has no state of in the period: the version a hidden or
+        removed one was tombstoned at (absent: never there, or erased)."""
+        rows = await self._fetch(
+            "SELECT user_id, max(version) FROM ("
+            "  SELECT user_id, version FROM hidden_scores WHERE board_period = %s AND user_id = ANY(%s::text[])"
+            "  UNION ALL"
+            "  SELECT user_id, version FROM removed_scores WHERE board_period = %s AND user_id = ANY(%s::text[])"
+            ") w GROUP BY user_id",
+            (board_period, array_literal(user_ids), board_period, array_literal(user_ids)),
         )
         return dict(rows)
 

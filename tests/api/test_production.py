@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.core.rate_limits import player_counters_key
+from router.core.rate_limits import player_counter_field, player_counters_key
 from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess
 from tests.invariants import assert_exact, wait_outbox_empty
 
@@ -128,6 +128,8 @@ def test_player_counters_are_small_packed_hashes_that_expire_with_the_hour(board
         assert api.post("/v1/scores/batch", json={"events": events}, headers=AUTH).json()["applied"] == 600
         assert api.post("/v1/scores", json={"user_id": "p0", "match_id": "m2"}, headers=AUTH).status_code == 200
     store = board.redis(0)  # LB_RATE_LIMIT_REDIS_URL's default: the first shard
+    # Fields are a hash of the player id: the counters hold no ids.
+    users = {player_counter_field(f"p{n}"): f"p{n}" for n in range(600)}
     counts: dict[str, str] = {}
     keys = list(store.scan_iter("rl:p:*"))
     assert len(keys) > 400  # 600 players spread over the buckets (about 558 expected)
@@ -135,7 +137,8 @@ def test_player_counters_are_small_packed_hashes_that_expire_with_the_hour(board
         assert store.object("encoding", key) in ("ziplist", "listpack")
         assert 0 < store.ttl(key) <= 3601  # gone when its hour is over
         hour = int(key.split(":")[2])
-        for user, count in store.hgetall(key).items():
+        for field, count in store.hgetall(key).items():
+            user = users[field]
             assert player_counters_key(hour, user) == key
             counts[user] = count
     assert counts == {f"p{n}": "2" if n == 0 else "1" for n in range(600)}

@@ -9,7 +9,10 @@ After every step, every standing (each board, window and live period) read throu
 the API must equal what the model's sorted lists answer: ranks, scores, totals, pages
 and ties (first to reach a score first), and list ranks of every player at once; and
 every period the clock leaves behind is archived with exactly the model's final
-standing.
+standing. Admins hide and unhide players on boards, remove entries and erase players
+meanwhile: hidden players leave every answer of their board and their events are
+refused, a removed entry is gone (and its results stay known, so a resend is a
+duplicate), an erased id takes no more events.
 """
 
 from __future__ import annotations
@@ -75,9 +78,10 @@ class Standing:
         self.scores: dict[str, int] = {}
         self.reached: dict[str, int] = {}
 
-    def ordered(self) -> list[str]:
+    def ordered(self, hidden: frozenset[str] = frozenset()) -> list[str]:
         sign = -1 if self.order == "desc" else 1
-        return sorted(self.scores, key=lambda u: (sign * self.scores[u], self.reached[u]))
+        shown = (u for u in self.scores if u not in hidden)
+        return sorted(shown, key=lambda u: (sign * self.scores[u], self.reached[u]))
 
 
 class Model:
@@ -85,6 +89,28 @@ class Model:
         self.standings: dict[tuple[str, str, str], Standing] = {}
         self.events: dict[tuple[str, str, str], tuple[int, str, dict[str, str]]] = {}
         self.clock = itertools.count()
+        self.hidden: set[tuple[str, str]] = set()  # (board, user)
+        self.erased: set[str] = set()
+
+    def hidden_on(self, board: str) -> frozenset[str]:
+        return frozenset(user for b, user in self.hidden if b == board)
+
+    def remove(self, board: str, user: str, window: str, period: str) -> None:
+        """An admin removed the entry: the score goes, the events stop standing for the period."""
+        standing = self.standing(board, window, period)
+        standing.scores.pop(user, None)
+        standing.reached.pop(user, None)
+        for (b, u, _), recorded in self.events.items():
+            if (b, u) == (board, user) and recorded[2].get(window) == period:
+                recorded[2][window] = None
+
+    def erase(self, user: str) -> None:
+        for standing in self.standings.values():
+            standing.scores.pop(user, None)
+            standing.reached.pop(user, None)
+        self.events = {key: e for key, e in self.events.items() if key[1] != user}
+        self.hidden = {(b, u) for b, u in self.hidden if u != user}
+        self.erased.add(user)
 
     def standing(self, board: str, window: str, period: str) -> Standing:
         key = (board, window, period)
@@ -99,10 +125,15 @@ class Model:
         closed = sorted(p for w, p in periods.items() if not is_live(w, p, now))
         if closed:
             return "closed", {}
+        if user in self.erased:
+            return "erased", {}
+        if (board, user) in self.hidden:
+            return "hidden", {}
         if (board, user, match) in self.events:
-            recorded_value, recorded_mode, periods, _ = self.events[(board, user, match)]
+            recorded_value, recorded_mode, _, _ = self.events[(board, user, match)]
             if (recorded_value, recorded_mode) != (value, mode):
                 return "conflict", {}
+            # (A window whose entry an admin removed answers the player's present score there.)
             return "duplicate", {w: (p, self.standing(board, w, p).scores.get(user)) for w, p in periods.items()}
         new_scores = {}
         for window, period in periods.items():
@@ -183,6 +214,9 @@ class BoardsMachine(RuleBasedStateMachine):
         if status == "closed":
             assert reply.status_code == 409 and reply.json()["error"]["code"] == "period_closed", reply.text
             return
+        if status in ("hidden", "erased"):
+            assert reply.status_code == 403 and reply.json()["error"]["code"] == f"player_{status}", reply.text
+            return
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["duplicate"] is (status == "duplicate")
@@ -231,7 +265,7 @@ class BoardsMachine(RuleBasedStateMachine):
         return sorted(
             (key, recorded)
             for key, recorded in self.model.events.items()
-            if all(is_live(w, p, self.now) for w, p in recorded[2].items())
+            if all(is_live(w, period_label(w, period_start(w, recorded[3])), self.now) for w in recorded[2])
         )
 
     @precondition(lambda self: self._live_events())
@@ -260,9 +294,46 @@ class BoardsMachine(RuleBasedStateMachine):
         reply = self.client.post("/v1/scores/batch", json={"events": events}, headers=AUTH)
         assert reply.status_code == 200, reply.text
         for (status, windows), result in zip(expected, reply.json()["results"], strict=True):
-            assert result["status"] == status, (status, result)
+            assert result["status"] == ("refused" if status in ("hidden", "erased") else status), (status, result)
             if status == "applied":
                 assert {w: (v["period"], v["score"]) for w, v in result["windows"].items()} == windows
+
+    @rule(board=st.sampled_from(sorted(BOARDS)), user=st.sampled_from(USERS))
+    def hide(self, board, user) -> None:
+        reply = self.client.post(
+            f"/v1/admin/boards/{self.board_id(board)}/players/{user}/hide", json={"reason": "cheat"}, headers=ADMIN
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["changed"] is ((board, user) not in self.model.hidden)
+        self.model.hidden.add((board, user))
+
+    @precondition(lambda self: self.model.hidden)
+    @rule(data=st.data())
+    def unhide(self, data) -> None:
+        board, user = data.draw(st.sampled_from(sorted(self.model.hidden)))
+        reply = self.client.post(
+            f"/v1/admin/boards/{self.board_id(board)}/players/{user}/unhide", json={"reason": "appeal"}, headers=ADMIN
+        )
+        assert reply.status_code == 200 and reply.json()["changed"] is True, reply.text
+        self.model.hidden.discard((board, user))
+
+    @rule(board=st.sampled_from(sorted(BOARDS)), user=st.sampled_from(USERS), data=st.data())
+    def remove(self, board, user, data) -> None:
+        window = data.draw(st.sampled_from(BOARDS[board]["windows"]))
+        period = period_label(window, period_start(window, self.now))
+        reply = self.client.delete(
+            f"/v1/admin/boards/{self.board_id(board)}/players/{user}",
+            params={"window": window, "reason": "wrong score"},
+            headers=ADMIN,
+        )
+        assert reply.status_code == 200, reply.text
+        self.model.remove(board, user, window, period)
+
+    @rule(user=st.sampled_from(USERS))
+    def erase(self, user) -> None:
+        reply = self.client.delete(f"/v1/admin/players/{user}", params={"reason": "request"}, headers=ADMIN)
+        assert reply.status_code == 200, reply.text
+        self.model.erase(user)
 
     @rule(days=st.sampled_from([1, 2, 7, 31]))
     def time_passes(self, days) -> None:
@@ -272,7 +343,7 @@ class BoardsMachine(RuleBasedStateMachine):
             if is_live(window, period, self.now) or (board, window, period) in self.archived:
                 continue
             self.archived.add((board, window, period))
-            order = standing.ordered()
+            order = standing.ordered(self.model.hidden_on(board))
             if not order:
                 # Nobody ever scored there (every event refused): nothing to archive, so it is
                 # a period neither live nor archived, which answers 404.
@@ -295,7 +366,7 @@ class BoardsMachine(RuleBasedStateMachine):
         for (board, window, period), standing in self.model.standings.items():
             if not is_live(window, period, self.now):
                 continue
-            order = standing.ordered()
+            order = standing.ordered(self.model.hidden_on(board))
             query = f"window={window}&period={period}"
             entries = []
             for offset in range(0, max(len(order), 1), 3):
@@ -317,10 +388,10 @@ class BoardsMachine(RuleBasedStateMachine):
             )
             assert listed.status_code == 200, listed.text
             assert listed.json()["total_players"] == len(order)
-            on_list = sorted((u for u in USERS if u in standing.scores), key=order.index)
+            on_list = sorted((u for u in USERS if u in order), key=order.index)
             assert [(e["user_id"], e["rank"], e["score"], e["list_rank"]) for e in listed.json()["entries"]] == [
                 (u, order.index(u) + 1, standing.scores[u], on_list.index(u) + 1)
-                if u in standing.scores
+                if u in order
                 else (u, None, None, None)
                 for u in [*USERS, "stranger"]
             ], (board, window, period)

@@ -1,4 +1,4 @@
--- lb_apply_events: its present definition (last changed in migrations/009_partitioned_audit_log.sql).
+-- lb_apply_events: its present definition (last changed in migrations/010_players.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 -- Commits a group of events. An event names its board; it updates one row per window
@@ -19,10 +19,10 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
 ) RETURNS TABLE (
     idx          int,      -- the row (event, window), 1-based, as sent
     event        int,      -- the event it belongs to, 1-based
-    status       text,     -- applied | duplicate | conflict | refused | closed (the event's, on each of its rows)
+    status       text,     -- applied | duplicate | conflict | refused | closed | hidden | erased (the event's, on each of its rows)
     detail       text,
     board_period text,     -- for a resend: the period the original event went to
-    score        bigint,   -- stored (higher is better) score after the event; NULL when closed
+    score        bigint,   -- stored (higher is better) score after the event; NULL when closed, hidden or erased
     prev_score   bigint,   -- NULL when the player had no score in that period
     version      bigint,
     prev_version bigint,   -- the version before this event (NULL: none)
@@ -50,6 +50,9 @@ DECLARE
     splits jsonb;
     moving_boards text[];
     round_of int[];
+    hidden_events int[] := '{}';
+    erased_events int[] := '{}';
+    has_removed boolean;
     rounds int;
     r int;
     work_id bigint;
@@ -77,6 +80,11 @@ BEGIN
     -- the snapshot (and is in it) or sees the period closed. Never lost in between.
     PERFORM pg_advisory_xact_lock_shared(lb_period_lock(bp))
        FROM (SELECT DISTINCT unnest(p_row_periods) AS bp ORDER BY 1) periods;
+    -- Shared per player: hiding, removing and erasing a player hold it exclusively
+    -- (lb_player_lock), so an event either commits before such an action (which then
+    -- sees its rows) or after it (and is judged by it).
+    PERFORM pg_advisory_xact_lock_shared(lb_player_lock(pu))
+       FROM (SELECT DISTINCT unnest(p_user_ids) AS pu ORDER BY 1) users;
     PERFORM pg_advisory_xact_lock(hashtextextended('lb-player:' || bp || ':' || pu, 0))
        FROM (SELECT DISTINCT p_row_periods[k] AS bp, p_user_ids[p_row_events[k]] AS pu
                FROM generate_subscripts(p_row_periods, 1) AS k ORDER BY 1, 2) ordered;
@@ -106,6 +114,21 @@ BEGIN
       INTO closed_boards, asc_boards, splits, moving_boards
       FROM (SELECT DISTINCT unnest(p_boards) AS id) wanted LEFT JOIN boards b ON b.id = wanted.id;
 
+    -- Hidden (on this board or every board) and erased players take no events. Each
+    -- list is read only when its table has a row at all: one probe per group, not per event.
+    IF EXISTS (SELECT 1 FROM hidden_players) THEN
+        SELECT coalesce(array_agg(t.pos::int), '{}') INTO hidden_events
+          FROM unnest(p_boards, p_user_ids) WITH ORDINALITY AS t(board, user_id, pos)
+         WHERE EXISTS (SELECT 1 FROM hidden_players h WHERE h.user_id = t.user_id AND h.board IN (t.board, '*'));
+    END IF;
+    IF EXISTS (SELECT 1 FROM erased_players) THEN
+        SELECT coalesce(array_agg(t.pos::int), '{}') INTO erased_events
+          FROM unnest(p_user_ids) WITH ORDINALITY AS t(user_id, pos)
+         WHERE EXISTS (SELECT 1 FROM erased_players x WHERE x.user_hash = lb_user_hash(t.user_id));
+    END IF;
+    -- A player whose entry was removed starts again above the version of its tombstone.
+    has_removed := EXISTS (SELECT 1 FROM removed_scores);
+
     -- The group's Redis work, one row for all its (period, player) pairs (a player
     -- whose state did not change is checked and found finished).
     INSERT INTO redis_outbox (board_periods, user_ids)
@@ -134,7 +157,7 @@ BEGIN
             SELECT s.*, pr.mode AS prior_mode, pr.value AS prior_value, pr.board_periods AS prior_periods,
                    c.score AS cur_score, c.version AS cur_version, c.seq AS cur_seq, c.shard AS cur_shard,
                    po.score IS NOT NULL AS prior_elsewhere, po.score AS po_score, po.version AS po_version,
-                   po.seq AS po_seq, po.shard AS po_shard,
+                   po.seq AS po_seq, po.shard AS po_shard, rm.version AS floor_version,
                    CASE s.mode
                         WHEN 'best' THEN greatest(c.score, CASE WHEN s.flip THEN max_score - s.value ELSE s.value END)
                         WHEN 'set' THEN CASE WHEN s.flip THEN max_score - s.value ELSE s.value END
@@ -155,6 +178,10 @@ BEGIN
                     WHERE pr.board_periods[s.w] <> s.bp AND other.board_period = pr.board_periods[s.w]
                       AND other.user_id = s.user_id
                     LIMIT 1) po ON true
+              LEFT JOIN LATERAL (
+                   SELECT gone.version FROM removed_scores gone
+                    WHERE has_removed AND c.version IS NULL AND gone.board_period = s.bp AND gone.user_id = s.user_id
+                    LIMIT 1) rm ON true
         ), judged AS (
             -- An event is decided as a whole: refused if any of its windows would leave
             -- the score range, closed if any of its periods is archived.
@@ -171,6 +198,8 @@ BEGIN
         ), decided AS (
             SELECT j.*,
                    CASE WHEN j.board = ANY (closed_boards) OR j.period_closed THEN 'closed'
+                        WHEN j.pos = ANY (erased_events) THEN 'erased'
+                        WHEN j.pos = ANY (hidden_events) THEN 'hidden'
                         WHEN j.prior_mode IS NOT NULL THEN
                             CASE WHEN j.prior_mode = j.mode AND j.prior_value = j.value
                                  THEN 'duplicate' ELSE 'conflict' END
@@ -186,7 +215,7 @@ BEGIN
               FROM decided d
         ), inserted AS (
             INSERT INTO player_scores AS ps (board_period, user_id, score, version, seq, shard, epoch)
-            SELECT p.bp, p.user_id, p.new_score, 1, p.new_seq, p.new_shard, layout_epoch
+            SELECT p.bp, p.user_id, p.new_score, coalesce(p.floor_version, 0) + 1, p.new_seq, p.new_shard, layout_epoch
               FROM placed p WHERE p.changes AND p.cur_version IS NULL
             ON CONFLICT DO NOTHING
             RETURNING ps.board_period, ps.user_id
@@ -231,25 +260,27 @@ BEGIN
                         p.match_id, p.prior_mode, p.prior_value)
                     WHEN 'refused' THEN format(
                         'the new score would be %s, outside [0, %s]', p.refused_score, max_score)
+                    WHEN 'hidden' THEN format('player %s is hidden on board %s', p.user_id, p.board)
+                    WHEN 'erased' THEN 'this user id was erased; it takes no more events'
                END,
-               CASE WHEN p.outcome = 'closed' THEN p.bp ELSE coalesce(p.prior_periods[p.w], p.bp) END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN p.bp ELSE coalesce(p.prior_periods[p.w], p.bp) END,
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_score
                     WHEN p.outcome = 'applied' THEN p.new_score ELSE p.cur_score END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_score ELSE p.cur_score END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_version
-                    WHEN p.changes THEN coalesce(p.cur_version, 0) + 1 ELSE p.cur_version END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+                    WHEN p.changes THEN coalesce(p.cur_version, p.floor_version, 0) + 1 ELSE p.cur_version END,
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_version ELSE p.cur_version END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_seq
                     WHEN p.changes THEN p.new_seq ELSE p.cur_seq END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_shard
                     WHEN p.changes THEN p.new_shard ELSE p.cur_shard END,
-               CASE WHEN p.outcome = 'closed' THEN NULL
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_shard ELSE p.cur_shard END,
                work_id
           FROM placed p;
