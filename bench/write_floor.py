@@ -218,7 +218,7 @@ class RedisBoards:
     def apply(self, users: list[str], _: str) -> None:
         args: list[object] = []
         for user, version, score, seq in self._next(users):
-            args += [user, version, 1, score, tie_prefix(seq)]
+            args += [user, version, 1, score, tie_prefix(seq), ""]
         out = self.script(keys=script_keys(self.label, users), args=args)
         _expect("apply script applied", sum(out[0:-1:3]), len(users))
 

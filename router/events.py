@@ -16,6 +16,7 @@ class ScoreEvent:
     value: int
     occurred_at: datetime
     board_periods: tuple[str, ...]  # one per window of the board, in the board's window order
+    metadata: str | None = None  # display data, compact JSON; None: keep what the entries have
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class EventRow:
     player's state there after it. Scores are stored scores (higher is better; see
     router.boards.Board.shown)."""
 
-    status: str  # applied | duplicate | conflict | refused | closed
+    status: str  # applied | duplicate | conflict | refused | closed | hidden | erased
     detail: str | None
     board_period: str
     score: int | None
@@ -34,6 +35,7 @@ class EventRow:
     seq: int | None
     shard: str | None
     prev_shard: str | None
+    metadata: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +54,4 @@ class PlayerRow:
     version: int
     seq: int
     shard: str
+    metadata: str | None = None

@@ -434,7 +434,17 @@ class Rebalancer:
             rows = cur.fetchall()
         if not rows:
             return 0
-        states = [player_state(user_id, version, score, seq) for user_id, score, version, seq, *_ in rows]
+        # The step's rows carry no display data: read it beside them (a newer write's,
+        # if one landed since, is harmless: its own apply carries the same).
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT user_id, metadata FROM player_scores WHERE board_period = %s AND user_id = ANY(%s)",
+                (label, [row[0] for row in rows]),
+            )
+            shown = dict(cur.fetchall())
+        states = [
+            player_state(user_id, version, score, seq, shown.get(user_id)) for user_id, score, version, seq, *_ in rows
+        ]
         dest, source = rows[0][4], rows[0][5]
         # Add before remove, exactly as the routers do; if we die in between, the
         # outbox row written with the step lets the reconciler finish it.

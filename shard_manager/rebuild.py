@@ -28,6 +28,7 @@ from router.shards.keys import (
     LEGACY_STATE_PATTERN,
     generation_key,
     legacy_state_key,
+    metadata_key,
     month_of_legacy_key,
     script_keys,
     state_bucket,
@@ -82,6 +83,7 @@ def rebuild_period(
     started = time.perf_counter()
     clients = {s.id: sync_client(s.address, timeout_s=60) for s in shard_map.shards}
     side_z = zset_key(label) + SIDE
+    side_meta = metadata_key(label) + SIDE
     live_states = state_keys(label)
     side_states = [key + SIDE for key in live_states]
     per_shard: dict[str, int] = dict.fromkeys(shard_map.ids, 0)
@@ -89,7 +91,7 @@ def rebuild_period(
     conn = psycopg2.connect(dsn)
     try:
         for client in clients.values():  # an interrupted rebuild's side keys
-            client.delete(side_z)
+            client.delete(side_z, side_meta)
             for start in range(0, len(side_states), 1000):
                 client.unlink(*side_states[start : start + 1000])
         with conn, conn.cursor() as cur:
@@ -98,6 +100,7 @@ def rebuild_period(
         done = 0
         pending: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
         pending_count = 0
+        with_metadata: set[str] = set()
 
         def flush_states() -> None:
             for shard_id, buckets in pending.items():
@@ -111,20 +114,27 @@ def rebuild_period(
         with conn, conn.cursor(name="rebuild") as cur:
             cur.itersize = CHUNK
             cur.execute(
-                "SELECT user_id, score, version, seq, shard FROM player_scores WHERE board_period = %s", (label,)
+                "SELECT user_id, score, version, seq, shard, metadata FROM player_scores WHERE board_period = %s",
+                (label,),
             )
             known = set(shard_map.ids)
             while rows := cur.fetchmany(CHUNK):
                 scores: dict[str, dict[str, int]] = defaultdict(dict)
-                for user_id, score, version, seq, placed_on in rows:
+                shown: dict[str, dict[str, str]] = defaultdict(dict)
+                for user_id, score, version, seq, placed_on, metadata in rows:
                     # PostgreSQL's placement wins (it follows a running rebalance's cursor).
                     shard_id = placed_on if placed_on in known else shard_map.shard_for_score(score).id
                     tie = tie_prefix(seq)
                     scores[shard_id][tie + user_id] = score  # members.member(), its tie made once
                     pending[shard_id][state_bucket(user_id)][user_id] = encode(version, tie)
+                    if metadata is not None:
+                        shown[shard_id][user_id] = metadata
                 for shard_id, mapping in scores.items():
                     clients[shard_id].zadd(side_z, mapping)
                     per_shard[shard_id] += len(mapping)
+                for shard_id, mapping in shown.items():
+                    clients[shard_id].hset(side_meta, mapping=mapping)
+                    with_metadata.add(shard_id)
                 pending_count += len(rows)
                 if pending_count >= STATE_FLUSH:
                     flush_states()
@@ -147,6 +157,10 @@ def rebuild_period(
                     pipe.rename(side, live)
                 else:
                     pipe.unlink(live)
+            if shard_id in with_metadata:
+                pipe.rename(side_meta, metadata_key(label))
+            else:
+                pipe.unlink(metadata_key(label))
             pipe.unlink(legacy_state_key(label))
             # The board changed under any page a router rendered from it.
             pipe.eval(BUMP_GENERATION_LUA, 1, generation_key(label))
@@ -178,7 +192,7 @@ def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, label:
     scripts = {sid: client.register_script(APPLY_LUA) for sid, client in clients.items()}
     with conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT user_id, score, version, seq, shard FROM player_scores"
+            "SELECT user_id, score, version, seq, shard, metadata FROM player_scores"
             " WHERE board_period = %s AND updated_at >= %s",
             (label, since),
         )
@@ -188,9 +202,9 @@ def _catch_up(conn, clients: dict[str, redis.Redis], shard_map: ShardMap, label:
         keys = script_keys(label, (row[0] for row in chunk))
         for shard in shard_map.shards:
             args: list = []
-            for user_id, score, version, seq, placed_on in chunk:
+            for user_id, score, version, seq, placed_on, metadata in chunk:
                 target = placed_on if placed_on in clients else shard_map.shard_for_score(score).id
                 present = target == shard.id
-                args += [user_id, version, 1 if present else 0, score, tie_prefix(seq)]
+                args += [user_id, version, 1 if present else 0, score, tie_prefix(seq), metadata or ""]
             scripts[shard.id](keys=keys, args=args)
     return len(rows)

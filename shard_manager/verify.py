@@ -20,7 +20,15 @@ import redis
 from router.periods import board_period, split_board_period
 from router.shardmap import ShardMap
 from router.shards.connect import sync_client
-from router.shards.keys import TIE_WIDTH, legacy_state_key, state_key, state_keys, tie_prefix, zset_key
+from router.shards.keys import (
+    TIE_WIDTH,
+    legacy_state_key,
+    metadata_key,
+    state_key,
+    state_keys,
+    tie_prefix,
+    zset_key,
+)
 from router.shards.state import decode, encode
 
 SCAN = 50_000
@@ -58,23 +66,24 @@ def _pg_rows(dsn: str, key: str, users: list[str] | None = None) -> dict[str, tu
             cur.itersize = SCAN
             if users is None:
                 cur.execute(
-                    "SELECT user_id, score, version, seq, shard FROM player_scores WHERE board_period = %s", (key,)
+                    "SELECT user_id, score, version, seq, shard, metadata FROM player_scores WHERE board_period = %s",
+                    (key,),
                 )
             else:
                 cur.execute(
-                    "SELECT user_id, score, version, seq, shard FROM player_scores"
+                    "SELECT user_id, score, version, seq, shard, metadata FROM player_scores"
                     " WHERE board_period = %s AND user_id = ANY(%s)",
                     (key, users),
                 )
-            return {user: (score, version, seq, shard) for user, score, version, seq, shard in cur}
+            return {user: tuple(rest) for user, *rest in cur}
     finally:
         conn.close()
 
 
 def _shard_contents(
     client: redis.Redis, label: str, users: list[str] | None
-) -> tuple[dict[str, list[tuple[str, int]]], dict[str, str]]:
-    """(user -> [(tie, score)] from the sorted set, user -> state entry) on one shard."""
+) -> tuple[dict[str, list[tuple[str, int]]], dict[str, str], dict[str, str]]:
+    """(user -> [(tie, score)] from the sorted set, user -> state entry, user -> display data) on one shard."""
     members: dict[str, list[tuple[str, int]]] = defaultdict(list)
     if users is None:
         start = 0
@@ -91,6 +100,7 @@ def _shard_contents(
                 pipe.hgetall(key)
             for bucket in pipe.execute():
                 states.update((k.decode(), v.decode()) for k, v in bucket.items())
+        shown = {k.decode(): v.decode() for k, v in client.hscan_iter(metadata_key(label), count=SCAN)}
     else:
         pipe = client.pipeline(transaction=False)
         for user in users:
@@ -103,7 +113,9 @@ def _shard_contents(
                 score = client.zscore(zset_key(label), tie + user)
                 if score is not None:
                     members[user].append((tie, int(score)))
-    return members, states
+        raw_shown = client.hmget(metadata_key(label), users) if users else []
+        shown = {u: v.decode() for u, v in zip(users, raw_shown, strict=True) if v is not None}
+    return members, states, shown
 
 
 def _check(
@@ -112,10 +124,14 @@ def _check(
     """Record problems into `report`; return the users involved."""
     bad: set[str] = set()
     placed: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
-    for shard_id, (members, _) in contents.items():
+    for shard_id, (members, _, _) in contents.items():
         for user, entries in members.items():
             for tie, score in entries:
                 placed[user].append((shard_id, tie, score))
+    for shard_id, (members, _, shown) in contents.items():
+        for user in sorted(set(shown) - set(members)):
+            report.add("stray_display_data", f"{user}'s display data on {shard_id}, where the player is not")
+            bad.add(user)
     candidates = set(pg) | set(placed) if users is None else set(users)
     for user in sorted(candidates):
         places = placed.get(user, [])
@@ -124,7 +140,7 @@ def _check(
                 report.add("unknown_player", f"{user} on {places[0][0]} (not in PostgreSQL)")
                 bad.add(user)
             continue
-        score, version, seq, placed_on = pg[user]
+        score, version, seq, placed_on, metadata = pg[user]
         if not places:
             report.add("missing", f"{user} (score {score}) is on no shard")
             bad.add(user)
@@ -149,6 +165,10 @@ def _check(
         entry = contents[shard_id][1].get(user)
         if entry != encode(version, tie_prefix(seq)):
             report.add("wrong_version", f"{user}: shard state {entry!r}, PostgreSQL version {version}")
+            bad.add(user)
+        shown = contents[shard_id][2].get(user)
+        if shown != metadata:
+            report.add("wrong_display_data", f"{user}: shard {shown!r}, PostgreSQL {metadata!r}")
             bad.add(user)
     return bad
 

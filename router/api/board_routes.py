@@ -14,9 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from router.api.answers import entries_out, json_answer
+from router.api.answers import entries_out, json_answer, metadata_of, with_metadata
 from router.api.deps import GameToken, ServicesDep, UserPath, require_admin_token, require_reader
-from router.api.errors import ERRORS
+from router.api.errors import ERRORS, REFUSED_PLAYER
 from router.api.schemas import (
     BOARD_ID_PATTERN,
     BatchIn,
@@ -154,6 +154,7 @@ async def delete_board(board: BoardPath, svc: ServicesDep) -> Response:
     responses={
         **ERRORS,
         **NOT_FOUND,
+        **REFUSED_PLAYER,
         409: {"model": ErrorOut, "description": "Period or board closed, or match_id reused"},
     },
     summary="Record one result on a board: every window of the board, in one commit",
@@ -203,8 +204,9 @@ async def get_board_player(
         rank=me.rank,
         percentile=me.percentile,
         total_players=me.total_players,
+        **metadata_of(me.metadata),
     )
-    return json_answer(out)
+    return Response(with_metadata(out), media_type="application/json")
 
 
 @router.get(
@@ -224,11 +226,10 @@ async def get_board_around(
 ) -> Response:
     target = await svc.service.target(await svc.boards.get(board), window, period)
     total, entries = await svc.service.around(target, user_id, radius)
-    return json_answer(
-        BoardPageOut(
-            board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
-        )
+    out = BoardPageOut(
+        board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
     )
+    return Response(with_metadata(out), media_type="application/json")
 
 
 @router.get(
@@ -248,11 +249,10 @@ async def get_board_top(
 ) -> Response:
     target = await svc.service.target(await svc.boards.get(board), window, period)
     total, entries = await svc.service.top(target, offset, limit)
-    return json_answer(
-        BoardPageOut(
-            board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
-        )
+    out = BoardPageOut(
+        board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
     )
+    return Response(with_metadata(out), media_type="application/json")
 
 
 @router.post(
@@ -275,9 +275,9 @@ async def post_board_ranks(board: BoardPath, body: RanksIn, svc: ServicesDep) ->
             rank=found[user].rank if user in found else None,
             score=found[user].score if user in found else None,
             list_rank=list_ranks.get(user),
+            **metadata_of(found[user].metadata if user in found else None),
         )
         for user in dict.fromkeys(body.user_ids)
     ]
-    return json_answer(
-        RanksOut(board=board, window=target.window, period=target.label, total_players=total, entries=entries)
-    )
+    out = RanksOut(board=board, window=target.window, period=target.label, total_players=total, entries=entries)
+    return Response(with_metadata(out), media_type="application/json")

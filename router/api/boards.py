@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from router.api.answers import entries_out
+from router.api.answers import entries_out, with_metadata
 from router.api.deps import MonthQuery, ServicesDep, require_reader
 from router.api.errors import ERRORS
 from router.api.schemas import (
@@ -54,9 +54,7 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
     target = await svc.service.month_target(query.month)
     if target.archived:
         total, entries = await svc.service.top(target, query.offset, query.limit)
-        return (
-            BoardOut(month=target.label, total_players=total, entries=entries_out(entries)).model_dump_json().encode()
-        )
+        return with_metadata(BoardOut(month=target.label, total_players=total, entries=entries_out(entries)))
     key = (target.board_period, query.offset, query.limit)
     body = svc.top_pages.recent(key)
     if body is not None:
@@ -71,7 +69,7 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
     out = BoardOut(
         month=target.label, total_players=page.counts.total, entries=entries_out(shown_entries(target.board, page))
     )
-    body = out.model_dump_json().encode()
+    body = with_metadata(out)
     if page.consistent:
         # Under the counts it was read with (a shard that changed meanwhile was counted anew).
         svc.top_pages.put(key, page.counts.fingerprint, body)

@@ -32,6 +32,13 @@ from router.errors import (
     StoreUnavailable,
 )
 
+REFUSED_PLAYER = {
+    403: {
+        "model": ErrorOut,
+        "description": "The player is hidden on this board (player_hidden) or erased (player_erased)",
+    }
+}
+
 ERRORS = {
     400: {"model": ErrorOut, "description": "The body could not be read"},
     401: {"model": ErrorOut, "description": "Missing or wrong token"},

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from router.shardmap import MAX_SCORE
 
@@ -12,6 +13,13 @@ USER_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 MATCH_ID_PATTERN = r"^[A-Za-z0-9_.:\-/#]{1,128}$"
 MONTH_PATTERN = r"^\d{4}-\d{2}$"
 BATCH_MAX = 1000
+METADATA_MAX_BYTES = 256
+
+
+def metadata_json(value: dict) -> str:
+    """Display data as stored and sent back: compact JSON, keys in the order written."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
 
 UserId = Field(pattern=USER_ID_PATTERN, description="1-64 characters of [A-Za-z0-9_.:-]", examples=["player_42"])
 
@@ -39,6 +47,23 @@ class ScoreIn(BaseModel):
     occurred_at: AwareDatetime | None = Field(
         None, description="When the match ended (with a time zone); decides the period. Default: now"
     )
+    metadata: dict | None = Field(
+        None,
+        description=f"Display data shown with the player's entries on this board (name, avatar, country...): a JSON"
+        f" object of at most {METADATA_MAX_BYTES} bytes encoded. The last write that carries it wins; without it the"
+        " entry keeps what it had",
+        examples=[{"name": "Alice", "country": "FR"}],
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict | None) -> dict | None:
+        if value is not None and len(metadata_json(value).encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as compact JSON")
+        return value
+
+    def metadata_text(self) -> str | None:
+        return None if self.metadata is None else metadata_json(self.metadata)
 
 
 class ScoreOut(BaseModel):
@@ -93,12 +118,18 @@ class PlayerOut(BaseModel):
     percentile: float = Field(description="Share of players at or below this one's rank, in percent; rank 1 is 100")
     total_players: int
     month: str
+    metadata: dict | None = Field(
+        None, description="The player's display data from their last write on this board; absent if none"
+    )
 
 
 class EntryOut(BaseModel):
     rank: int
     user_id: str
     score: int
+    metadata: dict | None = Field(
+        None, description="The player's display data from their last write on this board; absent if none"
+    )
 
 
 class BoardOut(BaseModel):
@@ -222,6 +253,9 @@ class BoardPlayerOut(BaseModel):
     rank: int
     percentile: float
     total_players: int
+    metadata: dict | None = Field(
+        None, description="The player's display data from their last write on this board; absent if none"
+    )
 
 
 class BoardPageOut(BaseModel):
@@ -249,6 +283,9 @@ class ListEntryOut(BaseModel):
     rank: int | None = Field(description="Global rank on the board; null if the player has no score there")
     score: int | None
     list_rank: int | None = Field(description="Position among the listed players who have a score (1: best)")
+    metadata: dict | None = Field(
+        None, description="The player's display data from their last write on this board; absent if none"
+    )
 
 
 class RanksOut(BaseModel):

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from router.api.answers import entries_out, json_answer
+from router.api.answers import entries_out, metadata_of, with_metadata
 from router.api.deps import GameToken, MonthQuery, ServicesDep, UserPath, require_reader
-from router.api.errors import ERRORS
+from router.api.errors import ERRORS, REFUSED_PLAYER
 from router.api.schemas import (
     BATCH_MAX,
     BatchIn,
@@ -49,7 +49,11 @@ router = APIRouter()
     "/v1/scores",
     tags=["scores"],
     response_model=ScoreOut,
-    responses={**ERRORS, 409: {"model": ErrorOut, "description": "Month closed, or match_id reused"}},
+    responses={
+        **ERRORS,
+        **REFUSED_PLAYER,
+        409: {"model": ErrorOut, "description": "Month closed, or match_id reused"},
+    },
     summary="Record one match result for one player",
 )
 async def post_score(body: ScoreIn, svc: ServicesDep, token: GameToken) -> Response:
@@ -229,8 +233,9 @@ async def player_body(svc: Services, user_id: str, month: str | None) -> bytes:
         percentile=me.percentile,
         total_players=me.total_players,
         month=label,
+        **metadata_of(me.metadata),
     )
-    return out.model_dump_json().encode()
+    return with_metadata(out)
 
 
 @router.get(
@@ -249,4 +254,5 @@ async def get_around(
 ) -> Response:
     target = await svc.service.month_target(month)
     total, entries = await svc.service.around(target, user_id, radius)
-    return json_answer(BoardOut(month=target.label, total_players=total, entries=entries_out(entries)))
+    out = BoardOut(month=target.label, total_players=total, entries=entries_out(entries))
+    return Response(with_metadata(out), media_type="application/json")

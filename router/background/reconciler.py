@@ -140,7 +140,7 @@ class Reconciler:
         if not broken:
             return 0, settled
 
-        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq) for r in broken}
+        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq, r.metadata) for r in broken}
         adds: dict[str, list[PlayerRow]] = defaultdict(list)
         for row in broken:
             adds[row.shard].append(row)

@@ -21,7 +21,7 @@ from router.boards import MAX_SCORE
 from router.periods import live_periods, parse_period, period_start, previous_period, split_board_period
 from router.shardmap import ShardMap
 from router.shards.connect import sync_client
-from router.shards.keys import generation_key, legacy_state_key, state_keys, zset_key
+from router.shards.keys import generation_key, legacy_state_key, metadata_key, state_keys, zset_key
 
 GRACE = timedelta(minutes=10)
 """How long after a period stops accepting events before it is archived automatically,
@@ -99,9 +99,9 @@ def archive_period(dsn: str, board_period: str, now: datetime, *, closing: bool 
             (players,) = cur.fetchone()
             cur.execute("INSERT INTO period_archives (board_period, players) VALUES (%s, %s)", (board_period, players))
             cur.execute(
-                "INSERT INTO period_ranks (board_period, rank, user_id, score)"
+                "INSERT INTO period_ranks (board_period, rank, user_id, score, metadata)"
                 " SELECT board_period, row_number() OVER (ORDER BY score DESC, seq ASC), user_id,"
-                "        CASE WHEN %s THEN %s - score ELSE score END"
+                "        CASE WHEN %s THEN %s - score ELSE score END, metadata"
                 " FROM player_scores WHERE board_period = %s",
                 (flip, MAX_SCORE, board_period),
             )
@@ -151,7 +151,7 @@ def drop_redis_keys(dsn: str, shard_map: ShardMap, now: datetime, retention: tim
             )
             due = [row[0] for row in cur.fetchall()]
         for key in due:
-            keys = [zset_key(key), generation_key(key), legacy_state_key(key), *state_keys(key)]
+            keys = [zset_key(key), generation_key(key), metadata_key(key), legacy_state_key(key), *state_keys(key)]
             for shard in shard_map.shards:
                 client = sync_client(shard.address, timeout_s=10)
                 try:

@@ -47,7 +47,7 @@ LOST_DATA = "lost its data; its players are being restored from PostgreSQL"
 
 
 def _state(row: PlayerRow) -> PlayerState:
-    return player_state(row.user_id, row.version, row.score, row.seq)
+    return player_state(row.user_id, row.version, row.score, row.seq, row.metadata)
 
 
 class _LeaseLost(Exception):

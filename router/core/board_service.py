@@ -49,6 +49,9 @@ class ScoreReport(Protocol):
     score: int
     occurred_at: datetime | None
 
+    def metadata_text(self) -> str | None:
+        """The display data as compact JSON, or None if the report carries none."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReadTarget:
@@ -97,8 +100,11 @@ class BoardService:
         if mode in ("best", "set") and body.score < 0:
             raise InvalidInput("score", f"must be >= 0 with mode={mode}")
         occurred_at = body.occurred_at
+        metadata = body.metadata_text()
         if occurred_at is None:  # the common case: now, in the current periods by definition
-            return ScoreEvent(board.id, body.user_id, body.match_id, mode, body.score, now, board.board_periods(now))
+            return ScoreEvent(
+                board.id, body.user_id, body.match_id, mode, body.score, now, board.board_periods(now), metadata
+            )
         if occurred_at > now + FUTURE_SKEW:
             raise InvalidInput("occurred_at", f"is in the future ({occurred_at.isoformat()})")
         for window in board.windows:
@@ -106,7 +112,14 @@ class BoardService:
             if start not in live_periods(window, now):
                 raise PeriodClosed(period_label(window, start), _period_word(board, window))
         return ScoreEvent(
-            board.id, body.user_id, body.match_id, mode, body.score, occurred_at, board.board_periods(occurred_at)
+            board.id,
+            body.user_id,
+            body.match_id,
+            mode,
+            body.score,
+            occurred_at,
+            board.board_periods(occurred_at),
+            metadata,
         )
 
     async def record(self, board: Board, body: ScoreReport, token: str) -> list[WriteOutcome]:
@@ -159,17 +172,19 @@ class BoardService:
         found = await self.store.archived_standing(target.board_period, user_id)
         if found is None:
             raise PlayerNotFound(user_id, describe(target.board_period))
-        rank, score = found
-        return Standing(user_id, score, rank, target.archived_players or 0, "archive", None)
+        rank, score, metadata = found
+        return Standing(user_id, score, rank, target.archived_players or 0, "archive", None, metadata)
 
     async def standings(self, target: ReadTarget, user_ids: Sequence[str]) -> tuple[int, dict[str, Entry]]:
         """(players in the period, {user_id: entry} of the listed players who have a score there)."""
         if target.archived:
             found = await self.store.archived_standings(target.board_period, user_ids)
-            return target.archived_players or 0, {u: Entry(rank, u, score) for u, (rank, score) in found.items()}
+            return target.archived_players or 0, {
+                u: Entry(rank, u, score, metadata) for u, (rank, score, metadata) in found.items()
+            }
         found, total = await self.ranks.standings(target.board_period, user_ids)
         board = target.board
-        return total, {u: Entry(me.rank, u, board.shown(me.score)) for u, me in found.items()}
+        return total, {u: Entry(me.rank, u, board.shown(me.score), me.metadata) for u, me in found.items()}
 
     async def top(self, target: ReadTarget, offset: int, limit: int) -> tuple[int, list[Entry]]:
         if not target.archived:
@@ -213,7 +228,7 @@ def _period_word(board: Board, window: str) -> str:
 def shown_entries(board: Board, page: Page) -> list[Entry]:
     if board.order != "asc":
         return page.entries
-    return [Entry(e.rank, e.user_id, board.shown(e.score)) for e in page.entries]
+    return [replace(e, score=board.shown(e.score)) for e in page.entries]
 
 
 def outcome_error(outcome: WriteOutcome, board: Board) -> LeaderboardError | None:

@@ -56,7 +56,7 @@ async def restore_states(shards: ShardClients, cache: UserShardCache, rows: Sequ
     for row in rows:
         by_period[row.board_period].append(row)
     for board_period, period_rows in by_period.items():
-        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq) for r in period_rows}
+        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq, r.metadata) for r in period_rows}
         targets: dict[str, list[PlayerRow]] = defaultdict(list)
         for row in period_rows:
             targets[row.shard].append(row)

@@ -15,7 +15,6 @@ from router.core.user_cache import UserShardCache
 from router.errors import PlayerNotFound
 from router.periods import describe
 from router.shards.client import ShardClients
-from router.shards.keys import user_of
 from router.shards.protocol import Lookup, ShardCount
 
 # Tries at reading a page from shards that did not change since they were counted.
@@ -27,6 +26,7 @@ class Entry:
     rank: int
     user_id: str
     score: int
+    metadata: str | None = None  # the player's display data: a JSON object, as written
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ class Standing:
     total_players: int
     shard_id: str
     counts: BoardCounts | None  # what the rank was computed from; None for an archived period
+    metadata: str | None = None
 
     @property
     def percentile(self) -> float:
@@ -173,7 +174,7 @@ class RankReader:
     def _standing(self, user_id: str, shard_id: str, found: Lookup, counts: BoardCounts) -> Standing:
         assert found.score is not None
         rank = global_rank(found.rank, players_above(counts.ids, counts.sizes, shard_id))
-        return Standing(user_id, found.score, rank, counts.total, shard_id, counts)
+        return Standing(user_id, found.score, rank, counts.total, shard_id, counts, found.metadata)
 
     async def counts(self, board_period: str) -> BoardCounts:
         ids = self.shard_ids
@@ -220,25 +221,28 @@ class RankReader:
                 if reads_left > 0:
                     continue
             rows = [
-                (s.shard_id, user_of(member), score)
+                (s.shard_id, user_id, score, metadata)
                 for s, (_, members) in zip(slices, reads, strict=True)
-                for member, score in members
+                for user_id, score, metadata in members
             ]
             listed = len(rows)
             rows = await self._without_stale_copies(board_period, rows)
             dropped = len(rows) < listed
             if len(rows) >= limit or offset + want >= counts.total or not dropped or reads_left <= 0:
-                entries = [Entry(offset + 1 + i, user_id, score) for i, (_, user_id, score) in enumerate(rows[:limit])]
+                entries = [
+                    Entry(offset + 1 + i, user_id, score, metadata)
+                    for i, (_, user_id, score, metadata) in enumerate(rows[:limit])
+                ]
                 return Page(counts, entries, consistent)
             want += limit - len(rows)
 
     async def _without_stale_copies(
-        self, board_period: str, rows: list[tuple[str, str, int]]
-    ) -> list[tuple[str, str, int]]:
-        """`rows` ((shard, user, score) in page order) without the older copies of players
-        listed on several shards."""
+        self, board_period: str, rows: list[tuple[str, str, int, str | None]]
+    ) -> list[tuple[str, str, int, str | None]]:
+        """`rows` ((shard, user, score, display data) in page order) without the older copies
+        of players listed on several shards."""
         seen: dict[str, list[str]] = {}
-        for shard_id, user_id, _ in rows:
+        for shard_id, user_id, *_ in rows:
             seen.setdefault(user_id, []).append(shard_id)
         twice = {user_id: shard_ids for user_id, shard_ids in seen.items() if len(shard_ids) > 1}
         if not twice:

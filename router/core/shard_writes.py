@@ -54,7 +54,7 @@ class _Player:
     @property
     def state(self) -> PlayerState:
         assert self.row.version is not None and self.row.seq is not None and self.row.score is not None
-        return player_state(self.user_id, self.row.version, self.row.score, self.row.seq)
+        return player_state(self.user_id, self.row.version, self.row.score, self.row.seq, self.row.metadata)
 
 
 def _players_above(

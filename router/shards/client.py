@@ -275,9 +275,9 @@ class ShardClients:
 
     async def range_desc(
         self, shard_id: str, board_period: str, start: int, stop: int
-    ) -> tuple[ShardCount, list[tuple[str, int]]]:
-        """The shard's count and generation, and the members at 0-based positions
-        start..stop (inclusive), highest first, with scores, read in one step."""
+    ) -> tuple[ShardCount, list[tuple[str, int, str | None]]]:
+        """The shard's count and generation, and the players at 0-based positions
+        start..stop (inclusive), highest first, with scores and display data, read in one step."""
 
         keys, args = protocol.range_call(board_period, start, stop)
 

@@ -99,10 +99,24 @@ def month_of_legacy_key(key: str) -> str:
     return key.split(":")[1]
 
 
+def metadata_key(board_period: str) -> str:
+    """The hash of players' display data on a shard: user_id -> the JSON object their
+    last write carried, for the players on this shard that have one. One hash per
+    board period (not buckets, as for the states): a page read names it among its KEYS
+    without knowing which players it will find, and values of up to 256 bytes would
+    not stay packed in small hashes anyway."""
+    return f"{redis_prefix(board_period)}:m"
+
+
 def script_keys(board_period: str, user_ids: Iterable[str]) -> list[str]:
-    """KEYS for the apply and lookup scripts: the sorted set, the generation, then each
-    user's state hash."""
-    return [zset_key(board_period), generation_key(board_period), *(state_key(board_period, user) for user in user_ids)]
+    """KEYS for the apply, lookup and purge scripts: the sorted set, the generation, the
+    display data, then each user's state hash."""
+    return [
+        zset_key(board_period),
+        generation_key(board_period),
+        metadata_key(board_period),
+        *(state_key(board_period, user) for user in user_ids),
+    ]
 
 
 # Self-healing (router/background/self_healing.py). The marker names the server run (Redis's

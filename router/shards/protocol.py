@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.shards.keys import generation_key, script_keys, tie_prefix, zset_key
+from router.shards.keys import generation_key, metadata_key, script_keys, tie_prefix, user_of, zset_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +22,12 @@ class PlayerState:
     version: int
     score: int
     tie: str
+    metadata: str | None = None  # the JSON object of display data, as the write carried it
 
 
-def player_state(user_id: str, version: int, score: int, seq: int) -> PlayerState:
+def player_state(user_id: str, version: int, score: int, seq: int, metadata: str | None = None) -> PlayerState:
     """The state of a player PostgreSQL holds (its seq turned into the tie-break prefix)."""
-    return PlayerState(user_id, version, score, tie_prefix(seq))
+    return PlayerState(user_id, version, score, tie_prefix(seq), metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Lookup:
     rank: int  # 0-based within the shard, -1: not on this shard
     score: int | None
     count: ShardCount  # read in the same step
+    metadata: str | None = None
 
 
 def apply_call(board_period: str, states: Iterable[tuple[PlayerState, bool]]) -> tuple[list[str], list[Any]]:
@@ -58,7 +60,7 @@ def apply_call(board_period: str, states: Iterable[tuple[PlayerState, bool]]) ->
     states = list(states)
     args: list[Any] = []
     for state, present in states:
-        args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie]
+        args += [state.user_id, state.version, 1 if present else 0, state.score, state.tie, state.metadata or ""]
     return script_keys(board_period, (state.user_id for state, _ in states)), args
 
 
@@ -87,17 +89,26 @@ def lookup_call(board_period: str, users: Sequence[str]) -> tuple[list[str], lis
 def lookup_reply(raw: Sequence[Any], users: Sequence[str]) -> tuple[ShardCount, dict[str, Lookup]]:
     count = ShardCount(int(raw[0]), raw[1])
     found = {
-        user: Lookup(int(raw[i]), int(raw[i + 1]), int(float(raw[i + 2])) if raw[i + 2] != "" else None, count)
-        for user, i in zip(users, range(2, len(raw), 3), strict=True)
+        user: Lookup(
+            int(raw[i]),
+            int(raw[i + 1]),
+            int(float(raw[i + 2])) if raw[i + 2] != "" else None,
+            count,
+            raw[i + 3] or None,
+        )
+        for user, i in zip(users, range(2, len(raw), 4), strict=True)
     }
     return count, found
 
 
 def range_call(board_period: str, start: int, stop: int) -> tuple[list[str], list[int]]:
     """KEYS and ARGV of lua/range.lua: members at 0-based positions start..stop, highest first."""
-    return [zset_key(board_period), generation_key(board_period)], [start, stop]
+    return [zset_key(board_period), generation_key(board_period), metadata_key(board_period)], [start, stop]
 
 
-def range_reply(raw: Sequence[Any]) -> tuple[ShardCount, list[tuple[str, int]]]:
+def range_reply(raw: Sequence[Any]) -> tuple[ShardCount, list[tuple[str, int, str | None]]]:
+    """The shard's count, and (user, score, display data or None) of each member read."""
     generation, size, *flat = raw
-    return ShardCount(int(size), generation), [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+    return ShardCount(int(size), generation), [
+        (user_of(flat[i]), int(float(flat[i + 1])), flat[i + 2] or None) for i in range(0, len(flat), 3)
+    ]

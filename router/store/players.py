@@ -135,9 +135,10 @@ def hide(conn, user_id: str, board: str | None, reason: str, who: str) -> Action
             "WITH moved AS ("
             "  DELETE FROM player_scores p WHERE p.user_id = %s AND (%s OR split_part(p.board_period, ':', 1) = %s)"
             f"    AND {_LIVE}"
-            "  RETURNING p.board_period, p.user_id, p.score, p.version, p.seq"
-            ") INSERT INTO hidden_scores (board_period, user_id, board, score, version, seq)"
-            "  SELECT board_period, user_id, split_part(board_period, ':', 1), score, version + 1, seq FROM moved"
+            "  RETURNING p.board_period, p.user_id, p.score, p.version, p.seq, p.metadata"
+            ") INSERT INTO hidden_scores (board_period, user_id, board, score, version, seq, metadata)"
+            "  SELECT board_period, user_id, split_part(board_period, ':', 1), score, version + 1, seq, metadata"
+            "    FROM moved"
             " RETURNING board_period, version",
             (user_id, board is None, board),
         )
@@ -178,16 +179,16 @@ def unhide(conn, user_id: str, board: str | None, reason: str, who: str) -> Acti
         cur.execute(
             "WITH restored AS ("
             "  DELETE FROM hidden_scores h WHERE h.user_id = %s AND (%s OR h.board = %s)"
-            "  RETURNING h.board_period, h.user_id, h.board, h.score, h.version, h.seq"
-            ") INSERT INTO player_scores AS ps (board_period, user_id, score, version, seq, shard, epoch)"
+            "  RETURNING h.board_period, h.user_id, h.board, h.score, h.version, h.seq, h.metadata"
+            ") INSERT INTO player_scores AS ps (board_period, user_id, score, version, seq, shard, epoch, metadata)"
             " SELECT r.board_period, r.user_id, r.score, r.version + 1, r.seq,"
             "        lb_layout_shard(r.board_period, r.score, r.seq, coalesce(b.split, l.shards),"
             "            CASE WHEN l.move IS NOT NULL AND CASE WHEN l.move->>'board' IS NULL THEN b.split IS NULL"
             "                                                  ELSE l.move->>'board' = r.board END"
             "                 THEN l.move END),"
-            "        l.epoch"
+            "        l.epoch, r.metadata"
             "   FROM restored r JOIN boards b ON b.id = r.board CROSS JOIN shard_layout l WHERE l.id = 1"
-            " RETURNING ps.board_period, ps.user_id, ps.score, ps.version, ps.seq, ps.shard",
+            " RETURNING ps.board_period, ps.user_id, ps.score, ps.version, ps.seq, ps.shard, ps.metadata",
             (user_id, board is None, board),
         )
         rows = [PlayerRow(*row) for row in cur.fetchall()]

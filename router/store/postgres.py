@@ -55,6 +55,9 @@ def array_literal(values: Iterable[object]) -> str:
     items = list(values)
     if not items:
         return "{}"
+    if any(v is None for v in items):
+        # A column with holes (display data that most events lack): NULL unquoted.
+        return "{" + ",".join("NULL" if v is None else array_literal([v])[1:-1] for v in items) + "}"
     if isinstance(items[0], date):  # datetime is a date too
         formatted: dict[object, str] = {}
         texts = [formatted.get(v) or formatted.setdefault(v, v.isoformat()) for v in items]  # type: ignore[attr-defined]
@@ -266,9 +269,9 @@ class Store:
                 with conn.cursor() as cur:
                     cur.execute(
                         "SELECT idx, event, status, detail, board_period, score, prev_score, version, prev_version,"
-                        " seq, shard, prev_shard, outbox_id"
+                        " seq, shard, prev_shard, metadata, outbox_id"
                         " FROM lb_apply_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-                        " %s::timestamptz[], %s::int[], %s::int[], %s::text[])",
+                        " %s::timestamptz[], %s::int[], %s::int[], %s::text[], %s::text[])",
                         (
                             array_literal([e.board for e in events]),
                             array_literal([e.user_id for e in events]),
@@ -279,6 +282,8 @@ class Store:
                             array_literal(range(1, len(events) + 1)),
                             array_literal(row_events),
                             array_literal(row_periods),
+                            # Most groups carry no display data: NULL, not an array of NULLs.
+                            array_literal([e.metadata for e in events]) if any(e.metadata for e in events) else None,
                         ),
                     )
                     rows = cur.fetchall()
@@ -328,9 +333,9 @@ class Store:
                 "      FROM oldest) counted"
                 "   WHERE before < %s"
                 ")"
-                " SELECT d.id, s.board_period, s.user_id, s.score, s.version, s.seq, s.shard"
+                " SELECT d.id, s.board_period, s.user_id, s.score, s.version, s.seq, s.shard, s.metadata"
                 " FROM due d LEFT JOIN LATERAL ("
-                "   SELECT DISTINCT p.board_period, p.user_id, p.score, p.version, p.seq, p.shard"
+                "   SELECT DISTINCT p.board_period, p.user_id, p.score, p.version, p.seq, p.shard, p.metadata"
                 "     FROM unnest(d.board_periods, d.user_ids) AS x(board_period, user_id)"
                 "     JOIN player_scores p ON p.board_period = x.board_period AND p.user_id = x.user_id"
                 "    WHERE NOT EXISTS (SELECT 1 FROM period_archives a WHERE a.board_period = x.board_period)"
@@ -438,7 +443,7 @@ class Store:
     async def players_on_shard(self, board_period: str, shard_id: str, after_user: str, limit: int) -> list[PlayerRow]:
         """The board period's players PostgreSQL places on this shard, by user id after `after_user`."""
         rows = await self._fetch(
-            "SELECT board_period, user_id, score, version, seq, shard FROM player_scores"
+            "SELECT board_period, user_id, score, version, seq, shard, metadata FROM player_scores"
             " WHERE board_period = %s AND user_id > %s AND shard = %s ORDER BY user_id LIMIT %s",
             (board_period, after_user, shard_id, limit),
         )
@@ -446,7 +451,7 @@ class Store:
 
     async def players(self, board_period: str, user_ids: Sequence[str]) -> dict[str, PlayerRow]:
         rows = await self._fetch(
-            "SELECT board_period, user_id, score, version, seq, shard FROM player_scores"
+            "SELECT board_period, user_id, score, version, seq, shard, metadata FROM player_scores"
             " WHERE board_period = %s AND user_id = ANY(%s::text[])",
             (board_period, array_literal(user_ids)),
         )
@@ -475,25 +480,30 @@ class Store:
         rows = await self._fetch("SELECT players FROM period_archives WHERE board_period = %s", (board_period,))
         return rows[0][0] if rows else None
 
-    async def archived_standing(self, board_period: str, user_id: str) -> tuple[int, int] | None:
+    async def archived_standing(self, board_period: str, user_id: str) -> tuple[int, int, str | None] | None:
         rows = await self._fetch(
-            "SELECT rank, score FROM period_ranks WHERE board_period = %s AND user_id = %s", (board_period, user_id)
+            "SELECT rank, score, metadata FROM period_ranks WHERE board_period = %s AND user_id = %s",
+            (board_period, user_id),
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        return rows[0] if rows else None
 
-    async def archived_standings(self, board_period: str, user_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """{user_id: (rank, score)} of those listed who are in the archived period."""
+    async def archived_standings(
+        self, board_period: str, user_ids: Sequence[str]
+    ) -> dict[str, tuple[int, int, str | None]]:
+        """{user_id: (rank, score, display data)} of those listed who are in the archived period."""
         rows = await self._fetch(
-            "SELECT user_id, rank, score FROM period_ranks WHERE board_period = %s AND user_id = ANY(%s)",
+            "SELECT user_id, rank, score, metadata FROM period_ranks WHERE board_period = %s AND user_id = ANY(%s)",
             (board_period, list(user_ids)),
         )
-        return {user_id: (rank, score) for user_id, rank, score in rows}
+        return {user_id: (rank, score, metadata) for user_id, rank, score, metadata in rows}
 
-    async def archived_range(self, board_period: str, offset: int, limit: int) -> list[tuple[int, str, int]]:
+    async def archived_range(
+        self, board_period: str, offset: int, limit: int
+    ) -> list[tuple[int, str, int, str | None]]:
         """Entries at 1-based ranks offset+1 .. offset+limit (scores as the board shows them)."""
         return await self._fetch(
-            "SELECT rank, user_id, score FROM period_ranks WHERE board_period = %s AND rank > %s AND rank <= %s"
-            " ORDER BY rank",
+            "SELECT rank, user_id, score, metadata FROM period_ranks"
+            " WHERE board_period = %s AND rank > %s AND rank <= %s ORDER BY rank",
             (board_period, offset, offset + limit),
         )
 

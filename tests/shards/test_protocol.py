@@ -42,7 +42,35 @@ def test_a_state_applied_by_the_sync_client_reads_back_through_the_async_one(boa
     assert decode(bob_entry).version == 2 and not decode(bob_entry).on_board
 
 
-def test_an_apply_call_names_each_players_state_hash_after_the_set_and_generation():
+def test_an_apply_call_names_each_players_state_hash_after_the_set_generation_and_display_data():
     keys, args = apply_call(MONTH, [(player_state("ann", 3, 500, 7), True)])
-    assert keys[:2] == [f"lb:{MONTH}:z", f"lb:{MONTH}:g"] and keys[2].startswith(f"lb:{MONTH}:v:")
-    assert args[:4] == ["ann", 3, 1, 500]
+    assert keys[:3] == [f"lb:{MONTH}:z", f"lb:{MONTH}:g", f"lb:{MONTH}:m"] and keys[3].startswith(f"lb:{MONTH}:v:")
+    assert args[:4] == ["ann", 3, 1, 500] and args[5] == ""
+
+
+def test_display_data_goes_with_the_state_and_leaves_with_it(board: Cluster):
+    async def run():
+        shards = ShardClients(board.shard_map, read_deadline_s=2, write_deadline_s=2)
+        try:
+            await shards.apply("s1", MONTH, [(player_state("ann", 1, 500, 7, '{"n":"Ann"}'), True)])
+            shown = (await shards.lookup("s1", MONTH, "ann")).metadata
+            _, page = await shards.range_desc("s1", MONTH, 0, 0)
+            # A newer state without display data drops it; a tombstone leaves nothing.
+            await shards.apply("s1", MONTH, [(player_state("ann", 2, 500, 7), True)])
+            dropped = (await shards.lookup("s1", MONTH, "ann")).metadata
+            await shards.apply("s1", MONTH, [(player_state("ann", 3, 500, 7, '{"n":"A"}'), True)])
+            await shards.apply("s1", MONTH, [(player_state("ann", 4, 500, 7), False)])
+            return shown, page, dropped
+        finally:
+            await shards.close()
+
+    shown, page, dropped = asyncio.run(run())
+    assert shown == '{"n":"Ann"}' and page == [("ann", 500, '{"n":"Ann"}')] and dropped is None
+    assert board.redis(1).hgetall(f"lb:{MONTH}:m") == {}
+    tool = SyncShard(board.shard_map.by_id("s1").address)
+    try:
+        tool.apply(MONTH, [(player_state("bob", 1, 9, 8, '{"n":"Bob"}'), True)])
+        assert tool.purge(MONTH, ["bob"]) == 1
+    finally:
+        tool.close()
+    assert board.redis(1).hgetall(f"lb:{MONTH}:m") == {} and board.redis(1).zcard(f"lb:{MONTH}:z") == 0

@@ -1,9 +1,12 @@
--- lb_apply_events: its present definition (last changed in migrations/010_players.sql).
+-- lb_apply_events: its present definition (last changed in migrations/011_display_data.sql).
 -- Applied after the migrations by router/store/migrate.py whenever this file changes.
 
 -- Commits a group of events. An event names its board; it updates one row per window
 -- of that board (p_row_events: which event, 1-based; p_row_periods: the board period
 -- of that window, in the board's window order), all in this one transaction.
+-- p_metadata: each event's display data (compact JSON; NULL, or a NULL array: none,
+-- the entries keep theirs); a change of it alone is a new state of the player (version
+-- + 1, same tie-break), since the shards serve it with the entries.
 -- Scores are kept so that higher is better: an `asc` board stores 2^53-1 - score
 -- (see boards.score_order), which keeps layouts, moves and Redis order-agnostic.
 CREATE OR REPLACE FUNCTION lb_apply_events(
@@ -15,7 +18,8 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
     p_occurred    timestamptz[],
     p_arrival     int[],
     p_row_events  int[],
-    p_row_periods text[]
+    p_row_periods text[],
+    p_metadata    text[] DEFAULT NULL
 ) RETURNS TABLE (
     idx          int,      -- the row (event, window), 1-based, as sent
     event        int,      -- the event it belongs to, 1-based
@@ -29,6 +33,7 @@ CREATE OR REPLACE FUNCTION lb_apply_events(
     seq          bigint,
     shard        text,
     prev_shard   text,
+    metadata     text,     -- the display data after the event (NULL: none)
     outbox_id    bigint    -- the group's outbox row: acknowledge it once the shards hold every state
 ) LANGUAGE plpgsql
 -- Planned once per connection: every join is an index probe per row, so one plan
@@ -145,7 +150,8 @@ BEGIN
             SELECT x.k::int AS k, x.e AS pos, x.bp, row_number() OVER (PARTITION BY x.e ORDER BY x.k)::int AS w,
                    p_boards[x.e] AS board, p_user_ids[x.e] AS user_id, p_match_ids[x.e] AS match_id,
                    p_modes[x.e] AS mode, p_values[x.e] AS value, p_occurred[x.e] AS occurred,
-                   seqs[p_arrival[x.e]] AS new_seq, p_boards[x.e] = ANY (asc_boards) AS flip
+                   seqs[p_arrival[x.e]] AS new_seq, p_boards[x.e] = ANY (asc_boards) AS flip,
+                   p_metadata[x.e] AS meta
               FROM unnest(p_row_events, p_row_periods) WITH ORDINALITY AS x(e, bp, k)
              WHERE round_of[x.e] = r
         ), calc AS (
@@ -156,8 +162,9 @@ BEGIN
             -- planner guesses about the arrays' length.
             SELECT s.*, pr.mode AS prior_mode, pr.value AS prior_value, pr.board_periods AS prior_periods,
                    c.score AS cur_score, c.version AS cur_version, c.seq AS cur_seq, c.shard AS cur_shard,
+                   c.metadata AS cur_metadata,
                    po.score IS NOT NULL AS prior_elsewhere, po.score AS po_score, po.version AS po_version,
-                   po.seq AS po_seq, po.shard AS po_shard, rm.version AS floor_version,
+                   po.seq AS po_seq, po.shard AS po_shard, po.metadata AS po_metadata, rm.version AS floor_version,
                    CASE s.mode
                         WHEN 'best' THEN greatest(c.score, CASE WHEN s.flip THEN max_score - s.value ELSE s.value END)
                         WHEN 'set' THEN CASE WHEN s.flip THEN max_score - s.value ELSE s.value END
@@ -171,10 +178,10 @@ BEGIN
                       AND e.recorded_month >= resends_from AND e.recorded_month <= this_month
                     LIMIT 1) pr ON true
               LEFT JOIN LATERAL (
-                   SELECT one.score, one.version, one.seq, one.shard FROM player_scores one
+                   SELECT one.score, one.version, one.seq, one.shard, one.metadata FROM player_scores one
                     WHERE one.board_period = s.bp AND one.user_id = s.user_id LIMIT 1) c ON true
               LEFT JOIN LATERAL (
-                   SELECT other.score, other.version, other.seq, other.shard FROM player_scores other
+                   SELECT other.score, other.version, other.seq, other.shard, other.metadata FROM player_scores other
                     WHERE pr.board_periods[s.w] <> s.bp AND other.board_period = pr.board_periods[s.w]
                       AND other.user_id = s.user_id
                     LIMIT 1) po ON true
@@ -206,23 +213,32 @@ BEGIN
                         WHEN j.out_of_range THEN 'refused'
                         ELSE 'applied' END AS outcome
               FROM judged j
+        ), changing AS (
+            -- A new score takes the event's tie-break; new display data alone keeps the old one.
+            SELECT d.*, d.outcome = 'applied' AND (d.new_score IS DISTINCT FROM d.cur_score
+                                                   OR (d.meta IS NOT NULL AND d.meta IS DISTINCT FROM d.cur_metadata))
+                       AS changes,
+                   CASE WHEN d.new_score IS DISTINCT FROM d.cur_score THEN d.new_seq ELSE d.cur_seq END AS eff_seq,
+                   coalesce(d.meta, d.cur_metadata) AS new_metadata
+              FROM decided d
         ), placed AS (
-            SELECT d.*, d.outcome = 'applied' AND d.new_score IS DISTINCT FROM d.cur_score AS changes,
-                   CASE WHEN d.outcome = 'applied' AND d.new_score IS DISTINCT FROM d.cur_score
-                        THEN lb_layout_shard(d.bp, d.new_score, d.new_seq, splits->d.board,
+            SELECT d.*,
+                   CASE WHEN d.changes
+                        THEN lb_layout_shard(d.bp, d.new_score, d.eff_seq, splits->d.board,
                                              CASE WHEN d.board = ANY (moving_boards) THEN layout_move END)
                    END AS new_shard
-              FROM decided d
+              FROM changing d
         ), inserted AS (
-            INSERT INTO player_scores AS ps (board_period, user_id, score, version, seq, shard, epoch)
-            SELECT p.bp, p.user_id, p.new_score, coalesce(p.floor_version, 0) + 1, p.new_seq, p.new_shard, layout_epoch
+            INSERT INTO player_scores AS ps (board_period, user_id, score, version, seq, shard, epoch, metadata)
+            SELECT p.bp, p.user_id, p.new_score, coalesce(p.floor_version, 0) + 1, p.new_seq, p.new_shard, layout_epoch,
+                   p.new_metadata
               FROM placed p WHERE p.changes AND p.cur_version IS NULL
             ON CONFLICT DO NOTHING
             RETURNING ps.board_period, ps.user_id
         ), updated AS (
             UPDATE player_scores ps
-               SET score = p.new_score, version = p.cur_version + 1, seq = p.new_seq,
-                   shard = p.new_shard, epoch = layout_epoch, updated_at = now()
+               SET score = p.new_score, version = p.cur_version + 1, seq = p.eff_seq,
+                   shard = p.new_shard, epoch = layout_epoch, metadata = p.new_metadata, updated_at = now()
               FROM placed p
              WHERE p.changes AND p.cur_version IS NOT NULL AND ps.board_period = p.bp AND ps.user_id = p.user_id
         ), recorded AS (
@@ -276,12 +292,15 @@ BEGIN
                     WHEN p.prior_elsewhere THEN p.po_version ELSE p.cur_version END,
                CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_seq
-                    WHEN p.changes THEN p.new_seq ELSE p.cur_seq END,
+                    WHEN p.changes THEN p.eff_seq ELSE p.cur_seq END,
                CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_shard
                     WHEN p.changes THEN p.new_shard ELSE p.cur_shard END,
                CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
                     WHEN p.prior_elsewhere THEN p.po_shard ELSE p.cur_shard END,
+               CASE WHEN p.outcome IN ('closed', 'hidden', 'erased') THEN NULL
+                    WHEN p.prior_elsewhere THEN p.po_metadata
+                    WHEN p.changes THEN p.new_metadata ELSE p.cur_metadata END,
                work_id
           FROM placed p;
     END LOOP;
