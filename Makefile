@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor bench-boards bench-audit-log loadtest clean
+.PHONY: install run up down status test lint bench bench-rebuild bench-rebalance bench-rank-scaling bench-fsync bench-write-floor bench-boards bench-audit-log bench-display-data loadtest clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: install   ## throughput ratios against a private cluster started for the 
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		echo "wrk is not installed (Debian package wrk; installing needs root): the Python load generator runs"
 	$(PY) -m bench.http_bench $(BENCH_ARGS)
+
+bench-display-data: install  ## what display data on entries costs: bytes per player, top and rank reads (wrk)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		echo "wrk is not installed (Debian package wrk; installing needs root)"
+	$(PY) -m bench.display_data_bench $(BENCH_ARGS)
 
 bench-boards: install  ## a write on 3 windows vs 1, and writes and reads with 5,000 more boards vs 3, same run (wrk)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 || \

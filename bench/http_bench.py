@@ -53,7 +53,7 @@ from bench.cpu_time import cpu_seconds, per_request_us
 from bench.population import add_players
 from router.periods import board_period
 from router.settings import Settings
-from router.shards.keys import state_keys, zset_key
+from router.shards.keys import metadata_key, state_keys, zset_key
 from router.store.layout import read_layout
 from shard_manager.local.launcher import LocalCluster
 from shard_manager.local.processes import free_port
@@ -89,10 +89,10 @@ def bench_cluster(workdir: Path, workers: int) -> LocalCluster:
 
 
 def board_memory(shard_clients: list[redis.Redis], board_period_key: str) -> tuple[int, int]:
-    """(bytes, players) of one board period over all shards: sorted sets and state
-    hashes, tombstones included, counted exactly (MEMORY USAGE with SAMPLES 0, which
-    counts each key's own overhead too)."""
-    keys = [zset_key(board_period_key), *state_keys(board_period_key)]
+    """(bytes, players) of one board period over all shards: sorted sets, state hashes
+    (tombstones included) and display data, counted exactly (MEMORY USAGE with SAMPLES
+    0, which counts each key's own overhead too)."""
+    keys = [zset_key(board_period_key), metadata_key(board_period_key), *state_keys(board_period_key)]
     board_bytes = 0
     for client in shard_clients:
         pipe = client.pipeline(transaction=False)
