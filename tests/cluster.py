@@ -157,7 +157,8 @@ class Cluster:
                     with conn, conn.cursor() as cur:
                         cur.execute(
                             "TRUNCATE score_events, player_scores, redis_outbox, period_ranks, period_archives,"
-                            " admin_audit, hidden_players, hidden_scores, removed_scores, erased_players, redis_cleanup"
+                            " admin_audit, hidden_players, hidden_scores, removed_scores, erased_players,"
+                            " redis_cleanup, player_periods"
                         )
                         cur.execute("DELETE FROM boards WHERE id <> 'global'")
                         cur.execute(

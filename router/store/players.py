@@ -131,9 +131,12 @@ def hide(conn, user_id: str, board: str | None, reason: str, who: str) -> Action
             (user_id, scope, reason),
         )
         newly = cur.rowcount == 1
+        # By the periods player_periods lists (player_scores is keyed by period first).
         cur.execute(
             "WITH moved AS ("
-            "  DELETE FROM player_scores p WHERE p.user_id = %s AND (%s OR split_part(p.board_period, ':', 1) = %s)"
+            "  DELETE FROM player_scores p USING player_periods pp"
+            "   WHERE pp.user_id = %s AND (%s OR split_part(pp.board_period, ':', 1) = %s)"
+            "     AND p.board_period = pp.board_period AND p.user_id = pp.user_id"
             f"    AND {_LIVE}"
             "  RETURNING p.board_period, p.user_id, p.score, p.version, p.seq, p.metadata"
             ") INSERT INTO hidden_scores (board_period, user_id, board, score, version, seq, metadata)"
@@ -300,14 +303,16 @@ def erase(conn, user_id: str, reason: str, who: str) -> ActionResult:
         periods = _lock_periods_of(
             cur,
             user_id,
-            "SELECT board_period FROM player_scores WHERE user_id = %s"
+            "SELECT board_period FROM player_periods WHERE user_id = %s"
             " UNION SELECT board_period FROM hidden_scores WHERE user_id = %s"
             " UNION SELECT board_period FROM removed_scores WHERE user_id = %s"
             " UNION SELECT board_period FROM period_ranks WHERE user_id = %s",
             (user_id, user_id, user_id, user_id),
         )
         counts = {}
-        for table in ("player_scores", "hidden_scores", "removed_scores", "hidden_players"):
+        cur.execute("DELETE FROM player_scores WHERE board_period = ANY(%s) AND user_id = %s", (periods, user_id))
+        counts["player_scores"] = cur.rowcount
+        for table in ("hidden_scores", "removed_scores", "hidden_players", "player_periods"):
             cur.execute(f"DELETE FROM {table} WHERE user_id = %s", (user_id,))  # noqa: S608 - fixed names
             counts[table] = cur.rowcount
         cur.execute("SELECT board_period FROM period_ranks WHERE user_id = %s", (user_id,))

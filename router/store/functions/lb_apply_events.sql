@@ -235,6 +235,14 @@ BEGIN
               FROM placed p WHERE p.changes AND p.cur_version IS NULL
             ON CONFLICT DO NOTHING
             RETURNING ps.board_period, ps.user_id
+        ), registered AS (
+            -- Which periods a player has a state in, found by player (to hide them on
+            -- every board, or erase them): written when a state is created, so updates,
+            -- the bulk of the writes, pay nothing for it (an index on
+            -- player_scores (user_id) cost every update an entry).
+            INSERT INTO player_periods (user_id, board_period)
+            SELECT i.user_id, i.board_period FROM inserted i
+            ON CONFLICT DO NOTHING
         ), updated AS (
             UPDATE player_scores ps
                SET score = p.new_score, version = p.cur_version + 1, seq = p.eff_seq,

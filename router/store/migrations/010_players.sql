@@ -1,10 +1,6 @@
 -- Players: hidden players, removed entries, erasures, and the audit of admin actions
 -- (router/store/players.py). lb_apply_events refuses events of hidden and erased
 -- players, and starts a player whose entry was removed above its tombstone's version.
---
--- Builds an index on player_scores (user_id): finding every state of one player
--- (to hide them on every board, or erase them) would otherwise read the whole table.
--- On a large table the build takes a while, and writes wait for it.
 
 CREATE TABLE admin_audit (
     id      bigserial   PRIMARY KEY,
@@ -70,7 +66,6 @@ CREATE TABLE redis_cleanup (
     purge         boolean     NOT NULL
 );
 
-CREATE INDEX player_scores_user ON player_scores (user_id);
 CREATE INDEX period_ranks_of_user ON period_ranks (user_id);
 
 

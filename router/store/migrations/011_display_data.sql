@@ -8,8 +8,17 @@ ALTER TABLE player_scores ADD COLUMN metadata text;
 ALTER TABLE hidden_scores ADD COLUMN metadata text;
 ALTER TABLE period_ranks ADD COLUMN metadata text;
 
-DROP FUNCTION lb_apply_events(text[], text[], text[], text[], bigint[], timestamptz[], int[], int[], text[]);
+-- The periods each player has a state in, by player: what hiding a player on every
+-- board and erasing one look up (player_scores is keyed by period first). Written by
+-- lb_apply_events only when it creates a state.
+CREATE TABLE player_periods (
+    user_id      text NOT NULL,
+    board_period text NOT NULL,
+    PRIMARY KEY (user_id, board_period)
+);
+INSERT INTO player_periods (user_id, board_period) SELECT user_id, board_period FROM player_scores;
 
+DROP FUNCTION lb_apply_events(text[], text[], text[], text[], bigint[], timestamptz[], int[], int[], text[]);
 
 -- Commits a group of events. An event names its board; it updates one row per window
 -- of that board (p_row_events: which event, 1-based; p_row_periods: the board period
@@ -245,6 +254,14 @@ BEGIN
               FROM placed p WHERE p.changes AND p.cur_version IS NULL
             ON CONFLICT DO NOTHING
             RETURNING ps.board_period, ps.user_id
+        ), registered AS (
+            -- Which periods a player has a state in, found by player (to hide them on
+            -- every board, or erase them): written when a state is created, so updates,
+            -- the bulk of the writes, pay nothing for it (an index on
+            -- player_scores (user_id) cost every update an entry).
+            INSERT INTO player_periods (user_id, board_period)
+            SELECT i.user_id, i.board_period FROM inserted i
+            ON CONFLICT DO NOTHING
         ), updated AS (
             UPDATE player_scores ps
                SET score = p.new_score, version = p.cur_version + 1, seq = p.eff_seq,
