@@ -3,13 +3,24 @@ entry, erase a player, and the audit of those actions."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from router.api.deps import AdminName, ServicesDep, UserPath
 from router.api.errors import ERRORS
-from router.api.schemas import BOARD_ID_PATTERN, AuditEntryOut, AuditOut, ErrorOut, PlayerActionIn, PlayerActionOut
+from router.api.schemas import (
+    BOARD_ID_PATTERN,
+    AuditEntryOut,
+    AuditOut,
+    ErrorOut,
+    HeldEntryOut,
+    PlayerActionIn,
+    PlayerActionOut,
+    PlayerRecordOut,
+)
+from router.periods import split_board_period
 from router.store.players import ActionResult
 
 router = APIRouter()
@@ -104,6 +115,33 @@ async def remove_entry(
 )
 async def erase_player(user_id: UserPath, reason: ReasonQuery, svc: ServicesDep, who: AdminName):
     return _out(await svc.players.erase(user_id, reason, who))
+
+
+@router.get(
+    "/v1/admin/players/{user_id}",
+    tags=["admin"],
+    response_model=PlayerRecordOut,
+    responses=ERRORS,
+    summary="What is held about a player: every entry on every board, hidden or not, and whether the id is erased",
+)
+async def get_player_record(user_id: UserPath, svc: ServicesDep, _who: AdminName) -> PlayerRecordOut:
+    erased, hidden_on, held = await svc.store.player_report(user_id)
+    entries = []
+    for entry in held:
+        board_id, window, period = split_board_period(entry.board_period)
+        board = await svc.boards.get(board_id)
+        entries.append(
+            HeldEntryOut(
+                board=board_id,
+                window=window,
+                period=period,
+                score=board.shown(entry.score),
+                hidden=entry.hidden,
+                archived_rank=entry.archived_rank,
+                metadata=None if entry.metadata is None else json.loads(entry.metadata),
+            )
+        )
+    return PlayerRecordOut(user_id=user_id, erased=erased, hidden_on=hidden_on, entries=entries)
 
 
 @router.get("/v1/admin/audit", tags=["admin"], response_model=AuditOut, responses=ERRORS, summary="Admin actions")

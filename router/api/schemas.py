@@ -329,3 +329,20 @@ class AuditEntryOut(BaseModel):
 class AuditOut(BaseModel):
     entries: list[AuditEntryOut]
     next_before: int | None = Field(description="Pass as `before` for the next (older) page; null at the end")
+
+
+class HeldEntryOut(BaseModel):
+    board: str
+    window: str
+    period: str
+    score: int = Field(description="As the board shows it")
+    hidden: bool
+    archived_rank: int | None = Field(description="Its place in the period's archive; null while the period is live")
+    metadata: dict | None
+
+
+class PlayerRecordOut(BaseModel):
+    user_id: str
+    erased: bool = Field(description="The id was erased: it takes no more events")
+    hidden_on: list[str] = Field(description="Boards the player is hidden on; `*`: every board")
+    entries: list[HeldEntryOut] = Field(description="Every entry held, live, archived and hidden")

@@ -340,6 +340,39 @@ def erase(conn, user_id: str, reason: str, who: str) -> ActionResult:
         return ActionResult("erase", digest, None, changed, detail, cleanup)
 
 
+@dataclass(frozen=True)
+class HeldEntry:
+    board_period: str
+    score: int  # stored (higher is better)
+    hidden: bool
+    archived_rank: int | None  # the place in the period's archive, if it is archived
+    metadata: str | None
+
+
+def player_report(conn, user_id: str) -> tuple[bool, list[str], list[HeldEntry]]:
+    """What is held about a player: (erased?, the boards they are hidden on, every entry
+    in every period, hidden ones included), for support staff and access requests."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM erased_players WHERE user_hash = %s", (user_hash(user_id),))
+        erased = cur.fetchone() is not None
+        cur.execute("SELECT board FROM hidden_players WHERE user_id = %s ORDER BY board", (user_id,))
+        hidden_on = [row[0] for row in cur.fetchall()]
+        cur.execute(
+            "SELECT p.board_period, p.score, false, r.rank, p.metadata"
+            "  FROM player_periods pp JOIN player_scores p"
+            "    ON p.board_period = pp.board_period AND p.user_id = pp.user_id"
+            "  LEFT JOIN period_ranks r ON r.board_period = p.board_period AND r.user_id = p.user_id"
+            " WHERE pp.user_id = %s"
+            " UNION ALL"
+            " SELECT h.board_period, h.score, true, NULL, h.metadata FROM hidden_scores h WHERE h.user_id = %s"
+            " ORDER BY 1",
+            (user_id, user_id),
+        )
+        entries = [HeldEntry(*row) for row in cur.fetchall()]
+    conn.commit()
+    return erased, hidden_on, entries
+
+
 def is_erased(conn, user_id: str) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM erased_players WHERE user_hash = %s", (user_hash(user_id),))

@@ -405,6 +405,9 @@ class Store:
     async def hidden_boards(self, user_id: str) -> list[str]:
         return await self._run(self._with_conn, player_rows.hidden_boards, user_id)
 
+    async def player_report(self, user_id: str) -> tuple[bool, list[str], list[player_rows.HeldEntry]]:
+        return await self._run(self._with_conn, player_rows.player_report, user_id)
+
     async def is_erased(self, user_id: str) -> bool:
         return await self._run(self._with_conn, player_rows.is_erased, user_id)
 

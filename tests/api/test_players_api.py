@@ -353,3 +353,46 @@ def test_the_shard_manager_verbs_do_what_the_api_does(api, board):
     assert "ops-oncall" in lines[-1]
     assert board.sql("SELECT count(*) FROM player_scores WHERE user_id IN ('ace', 'dee')") == [(0,)]
     assert board.sql("SELECT user_hash FROM erased_players") == [(user_hash("ace"),)]
+
+
+def test_an_admin_can_see_everything_held_about_a_player(api, board):
+    three_players(api)
+    create(api, "duel", operator="best", windows=["all"])
+    body = {"user_id": "cheat", "match_id": "d1", "score": 7, "metadata": {"name": "C"}}
+    assert api.post("/v1/boards/duel/scores", json=body, headers=AUTH).status_code == 200
+    assert api.post("/v1/admin/boards/arena/players/cheat/hide", json=WHY, headers=ADMIN).status_code == 200
+    record = api.get("/v1/admin/players/cheat", headers=ADMIN)
+    assert record.status_code == 200, record.text
+    assert record.json() == {
+        "user_id": "cheat",
+        "erased": False,
+        "hidden_on": ["arena"],
+        "entries": [
+            {
+                "board": "arena",
+                "window": "all",
+                "period": "all",
+                "score": 50,
+                "hidden": True,
+                "archived_rank": None,
+                "metadata": None,
+            },
+            {
+                "board": "duel",
+                "window": "all",
+                "period": "all",
+                "score": 7,
+                "hidden": False,
+                "archived_rank": None,
+                "metadata": {"name": "C"},
+            },
+        ],
+    }
+    assert api.get("/v1/admin/players/cheat", headers=AUTH).status_code == 401
+    assert api.delete("/v1/admin/players/cheat", params=WHY, headers=ADMIN).status_code == 200
+    assert api.get("/v1/admin/players/cheat", headers=ADMIN).json() == {
+        "user_id": "cheat",
+        "erased": True,
+        "hidden_on": [],
+        "entries": [],
+    }
