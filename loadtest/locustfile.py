@@ -72,13 +72,19 @@ def player_id() -> str:
 
 def match_result(user: str) -> dict:
     if random.random() < 0.1:
-        return {
+        result = {
             "user_id": user,
             "match_id": f"{_run}-{next(_matches)}",
             "score": random.randint(0, 5000),
             "mode": "best",
         }
-    return {"user_id": user, "match_id": f"{_run}-{next(_matches)}", "score": random.choice([1, 1, 1, 2, 3, -1])}
+    else:
+        result = {"user_id": user, "match_id": f"{_run}-{next(_matches)}", "score": random.choice([1, 1, 1, 2, 3, -1])}
+    if random.random() < 0.05:
+        # Now and then the game sends the player's display data with a result (a new
+        # name, a new level), which every entry of theirs then shows.
+        result["metadata"] = {"name": f"Player {user}", "level": random.randint(1, 60)}
+    return result
 
 
 class GameService(FastHttpUser):
@@ -126,6 +132,13 @@ class Player(FastHttpUser):
         with self.client.get(f"/v1/scores/{self.me}", name="GET /v1/scores/{id}", catch_response=True) as reply:
             if reply.status_code in (200, 404):  # 404: this player has not played this month yet
                 reply.success()
+
+    @task(1)
+    def friends(self) -> None:
+        friends = [self.me, *(f"p{random.randrange(PLAYERS)}" for _ in range(19))]
+        self.client.post(
+            "/v1/boards/global/ranks", json={"user_ids": friends}, name="POST /v1/boards/global/ranks (20)"
+        )
 
     @task(1)
     def around_me(self) -> None:
