@@ -173,3 +173,37 @@ def test_only_the_lease_holder_repairs(board: Cluster):
     status, repairs = healing(board, scenario)
     assert status.startswith("being repaired by another router") and "s1" not in repairs
     assert s1.hget(SHARD_MARKER_KEY, "run_id") == "an-earlier-run"
+
+
+def test_a_hidden_players_lost_tombstone_and_an_erased_players_lost_purge_are_repaired(board: Cluster):
+    import psycopg2
+
+    from router.shards.state import decode
+    from router.store import players
+
+    commit_directly(board, MONTH, [("cheat", "m1", 150), ("gone", "m1", 160), ("fair", "m1", 170)])
+    forget_outbox(board)
+    seqs = dict(board.sql("SELECT user_id, seq FROM player_scores"))
+    conn = psycopg2.connect(board.dsn)
+    try:
+        hidden = players.hide(conn, "cheat", "global", "aimbot", "test")
+        players.erase(conn, "gone", "request", "test")
+    finally:
+        conn.close()
+    # The shard took both players' states but lost what the actions sent it (an AOF tail).
+    s1 = board.redis(1)
+    for user in ("cheat", "gone"):
+        s1.zadd(zset_key(KEY), {member(seqs[user], user): 150})
+        s1.hset(state_key(KEY, user), user, encode(1, tie_prefix(seqs[user])))
+    s1.hset(SHARD_MARKER_KEY, "run_id", "an-earlier-run")
+
+    async def scenario(healer: ShardHealer, shards: ShardClients):
+        await healer.check_once()
+        await healer.wait_repairs()
+
+    healing(board, scenario)
+    assert [name[12:] for name in s1.zrange(zset_key(KEY), 0, -1)] == ["fair"]
+    tombstone = decode(s1.hget(state_key(KEY, "cheat"), "cheat"))
+    assert tombstone is not None and not tombstone.on_board and tombstone.version == hidden.cleanup.entries[0][2]
+    assert s1.hget(state_key(KEY, "gone"), "gone") is None  # no trace, not even a tombstone
+    assert verify_month(board.dsn, board.shard_map, MONTH, recheck_after_s=0).ok
