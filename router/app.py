@@ -18,7 +18,13 @@ from router.api.errors import error_response, http_error_response, validation_re
 from router.api.routes import router
 from router.asgi.access_log import AccessLog
 from router.asgi.observability import RequestContext, configure_logging
-from router.asgi.shortcuts import AcceptSingleScores, AnswerKnownTopPages, AnswerPlainRankReads
+from router.asgi.shortcuts import (
+    AcceptSingleBoardScores,
+    AcceptSingleScores,
+    AnswerKnownTopPages,
+    AnswerPlainBoardRankReads,
+    AnswerPlainRankReads,
+)
 from router.errors import LeaderboardError
 from router.services import Services
 from router.settings import Settings, check_production_safety, get_settings
@@ -88,10 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return http_error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     # Innermost of the middlewares: CORS headers, request ids, metrics, the access log
-    # and the body size limit still apply to what these three answer before routing.
+    # and the body size limit still apply to what these answer before routing.
     app.add_middleware(AnswerKnownTopPages)
     app.add_middleware(AnswerPlainRankReads)
     app.add_middleware(AcceptSingleScores)
+    app.add_middleware(AnswerPlainBoardRankReads)
+    app.add_middleware(AcceptSingleBoardScores)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -160,6 +160,12 @@ async def delete_board(board: BoardPath, svc: ServicesDep) -> Response:
     summary="Record one result on a board: every window of the board, in one commit",
 )
 async def post_board_score(board: BoardPath, body: ScoreIn, svc: ServicesDep, token: GameToken) -> Response:
+    return Response(await board_score_body(svc, token, board, body), media_type="application/json")
+
+
+async def board_score_body(svc: Services, token: str, board: str, body: ScoreIn) -> bytes:
+    """The answer of `POST /v1/boards/{board}/scores` for a valid body and token; also
+    used by `router.asgi.shortcuts`."""
     found = await svc.boards.get(board)
     outcomes = await svc.service.record(found, body, token)
     out = BoardScoreOut(
@@ -168,7 +174,7 @@ async def post_board_score(board: BoardPath, body: ScoreIn, svc: ServicesDep, to
         duplicate=outcomes[0].row.status == "duplicate",
         windows=windows_out(found, outcomes),
     )
-    return json_answer(out)
+    return out.model_dump_json().encode()
 
 
 @router.post(
@@ -193,6 +199,13 @@ async def post_board_batch(board: BoardPath, body: BatchIn, svc: ServicesDep, to
 async def get_board_player(
     board: BoardPath, user_id: UserPath, svc: ServicesDep, window: WindowQuery = None, period: PeriodQuery = None
 ) -> Response:
+    return Response(await board_player_body(svc, board, user_id, window, period), media_type="application/json")
+
+
+async def board_player_body(
+    svc: Services, board: str, user_id: str, window: str | None = None, period: str | None = None
+) -> bytes:
+    """The answer of `GET /v1/boards/{board}/scores/{user_id}`; also used by `router.asgi.shortcuts`."""
     target = await svc.service.target(await svc.boards.get(board), window, period)
     me = await svc.service.standing(target, user_id)
     out = BoardPlayerOut(
@@ -206,7 +219,7 @@ async def get_board_player(
         total_players=me.total_players,
         **metadata_of(me.metadata),
     )
-    return Response(with_metadata(out), media_type="application/json")
+    return with_metadata(out)
 
 
 @router.get(

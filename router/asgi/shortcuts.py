@@ -17,10 +17,11 @@ import re
 
 from pydantic import ValidationError
 
+from router.api.board_routes import board_player_body, board_score_body
 from router.api.boards import top_body
 from router.api.deps import check_game_token, check_reader
 from router.api.errors import error_response
-from router.api.schemas import USER_ID_PATTERN, ScoreIn
+from router.api.schemas import BOARD_ID_PATTERN, USER_ID_PATTERN, ScoreIn
 from router.api.scores import player_body, score_body
 from router.asgi.http import header, send_json
 from router.errors import LeaderboardError
@@ -29,6 +30,8 @@ TOP_PATH = "/v1/leaderboard/top"
 RANK_PREFIX = "/v1/scores/"
 SCORES_PATH = "/v1/scores"
 _USER_ID = re.compile(USER_ID_PATTERN)
+_BOARD_SCORES = re.compile(rf"/v1/boards/({BOARD_ID_PATTERN[1:-1]})/scores")
+_BOARD_RANK = re.compile(rf"/v1/boards/({BOARD_ID_PATTERN[1:-1]})/scores/({USER_ID_PATTERN[1:-1]})")
 
 
 class _Shortcut:
@@ -99,6 +102,26 @@ class AnswerPlainRankReads(_Shortcut):
         return None
 
 
+class AnswerPlainBoardRankReads(_Shortcut):
+    """`GET /v1/boards/{board}/scores/{user_id}` with well-formed ids and no query string."""
+
+    def takes(self, scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+            return False
+        return _BOARD_RANK.fullmatch(scope["path"]) is not None
+
+    async def answer(self, scope, receive, send) -> None:
+        services = scope["app"].state.services
+        board, user_id = _BOARD_RANK.fullmatch(scope["path"]).groups()  # type: ignore[union-attr]
+        try:
+            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
+            body = await board_player_body(services, board, user_id)
+        except LeaderboardError as exc:
+            return await error_response(exc)(scope, receive, send)
+        await send_json(send, body)
+        return None
+
+
 class AcceptSingleScores(_Shortcut):
     """`POST /v1/scores` with no query string and a JSON body that validates.
 
@@ -125,11 +148,31 @@ class AcceptSingleScores(_Shortcut):
         services = scope["app"].state.services
         token = header(scope, b"x-game-service-token")
         try:
-            answer = await score_body(services, check_game_token(services, token), body)
+            answer = await self.record(services, check_game_token(services, token), body, scope)
         except LeaderboardError as exc:
             return await error_response(exc)(scope, receive, send)
         await send_json(send, answer)
         return None
+
+    async def record(self, services, token: str, body: ScoreIn, scope) -> bytes:
+        return await score_body(services, token, body)
+
+
+class AcceptSingleBoardScores(AcceptSingleScores):
+    """`POST /v1/boards/{board}/scores` with a well-formed board id, no query string and a
+    JSON body that validates; as `AcceptSingleScores`, with the board route's answer."""
+
+    def takes(self, scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope["query_string"]
+            and _BOARD_SCORES.fullmatch(scope["path"]) is not None
+        )
+
+    async def record(self, services, token: str, body: ScoreIn, scope) -> bytes:
+        board = _BOARD_SCORES.fullmatch(scope["path"]).group(1)  # type: ignore[union-attr]
+        return await board_score_body(services, token, board, body)
 
 
 def _valid_score(scope, raw: bytes) -> ScoreIn | None:

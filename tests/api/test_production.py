@@ -490,3 +490,53 @@ def test_the_stale_tolerant_opt_in_serves_pages_unchecked_for_at_most_its_time(c
         time.sleep(1.1)
         fresh = api.get("/v1/leaderboard/top").json()["entries"]
         assert [e["user_id"] for e in fresh] == ["second", "first"]
+
+
+def test_plain_board_reads_and_writes_answered_before_routing_match_the_route(custom_router):
+    router = custom_router(LB_READ_TOKENS="reader-token-0123456789")
+    reader = {"X-Read-Token": "reader-token-0123456789"}
+    admin = {"X-Admin-Token": ADMIN_TOKEN}
+    with router.client() as api:
+        assert api.put("/v1/admin/boards/arena", json={"windows": ["all"]}, headers=admin).status_code == 200
+        for round_no in range(3):  # the first of each goes through routing, the rest are answered before it
+            event = {"user_id": "pat", "match_id": f"m{round_no}", "score": 4, "metadata": {"n": round_no}}
+            plain = api.post("/v1/boards/arena/scores", json=event, headers=AUTH)
+            routed = api.post("/v1/boards/arena/scores?via=route", json=event, headers=AUTH)  # always routed
+            assert plain.status_code == routed.status_code == 200, plain.text
+            assert (plain.json()["duplicate"], routed.json()["duplicate"]) == (False, True)
+            # The resend through the route is answered as a duplicate with the same state.
+            same = ("period", "score", "rank")
+            assert [plain.json()["windows"]["all"][k] for k in same] == [
+                routed.json()["windows"]["all"][k] for k in same
+            ]
+            assert plain.json()["windows"]["all"]["score"] == 4 * (round_no + 1)
+            for body in (b"{not json", b'{"user_id": "u", "match_id": "m", "metadata": [1]}'):
+                answers = [
+                    api.post(path, content=body, headers={**AUTH, "Content-Type": "application/json"})
+                    for path in ("/v1/boards/arena/scores", "/v1/boards/arena/scores?r")
+                ]
+                assert answers[0].status_code == answers[1].status_code and answers[0].json() == answers[1].json()
+            assert api.post("/v1/boards/arena/scores", json=event).status_code == 401
+            assert (
+                api.post("/v1/boards/nowhere/scores", json=event, headers=AUTH).json()
+                == api.post("/v1/boards/nowhere/scores?r", json=event, headers=AUTH).json()
+            )
+
+            me, me_routed = (
+                api.get("/v1/boards/arena/scores/pat", headers=reader),
+                api.get("/v1/boards/arena/scores/pat?window=all", headers=reader),
+            )
+            assert me.status_code == me_routed.status_code == 200
+            assert me.json() == me_routed.json() and me.json()["metadata"] == {"n": round_no}
+            for path in ("/v1/boards/arena/scores/nobody", "/v1/boards/nowhere/scores/pat"):
+                missing, missing_routed = api.get(path, headers=reader), api.get(path + "?window=all", headers=reader)
+                assert missing.status_code == missing_routed.status_code == 404
+                assert missing.json() == missing_routed.json()
+            assert api.get("/v1/boards/arena/scores/pat").status_code == 401
+        metrics = api.get("/metrics").text
+    for label, count in (
+        ('lb_http_requests_total{method="GET",route="/v1/boards/{board}/scores/{user_id}",status="200"} ', 6.0),
+        ('lb_http_requests_total{method="POST",route="/v1/boards/{board}/scores",status="200"} ', 6.0),
+    ):
+        counted = [line for line in metrics.splitlines() if line.startswith(label)]
+        assert counted and float(counted[0].removeprefix(label)) == count, label
