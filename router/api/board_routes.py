@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from router.api.answers import entries_out, json_answer, metadata_of, with_metadata
+from router.api.boards import exact_top_page
 from router.api.deps import GameToken, ServicesDep, UserPath, require_admin_token, require_reader
 from router.api.errors import ERRORS, REFUSED_PLAYER
 from router.api.schemas import (
@@ -37,6 +38,7 @@ from router.api.schemas import (
 from router.api.scores import batch_body, windows_out
 from router.background.seasons import archive_period, unarchived_periods_of
 from router.boards import Board, parse_ranges
+from router.core.ranking import Entry
 from router.services import Services
 from router.shardmap import ShardMap
 
@@ -261,11 +263,15 @@ async def get_board_top(
     period: PeriodQuery = None,
 ) -> Response:
     target = await svc.service.target(await svc.boards.get(board), window, period)
-    total, entries = await svc.service.top(target, offset, limit)
-    out = BoardPageOut(
-        board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
-    )
-    return Response(with_metadata(out), media_type="application/json")
+
+    def render(total: int, entries: list[Entry]) -> bytes:
+        out = BoardPageOut(
+            board=board, window=target.window, period=target.label, total_players=total, entries=entries_out(entries)
+        )
+        return with_metadata(out)
+
+    body = await exact_top_page(svc, "boards", target, offset, limit, render)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

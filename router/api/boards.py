@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,8 +17,9 @@ from router.api.schemas import (
     MonthsOut,
 )
 from router.boards import LEGACY_BOARD
-from router.core.board_service import shown_entries
+from router.core.board_service import ReadTarget, shown_entries
 from router.core.page_cache import TopQuery
+from router.core.ranking import Entry
 from router.metrics import TOP_PAGES
 from router.services import Services
 
@@ -52,10 +54,29 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
     after this request arrived, is the one it was rendered from (`router.core.page_cache`).
     """
     target = await svc.service.month_target(query.month)
-    if target.archived:
-        total, entries = await svc.service.top(target, query.offset, query.limit)
+
+    def render(total: int, entries: list[Entry]) -> bytes:
         return with_metadata(BoardOut(month=target.label, total_players=total, entries=entries_out(entries)))
-    key = (target.board_period, query.offset, query.limit)
+
+    return await exact_top_page(svc, "leaderboard", target, query.offset, query.limit, render)
+
+
+async def exact_top_page(
+    svc: Services,
+    route: str,
+    target: ReadTarget,
+    offset: int,
+    limit: int,
+    render: Callable[[int, list[Entry]], bytes],
+) -> bytes:
+    """A top page's body, `render(total_players, entries)`: a live page rendered before
+    is served again only if the board's fingerprint, read after this request arrived,
+    is the one it was rendered from (`router.core.page_cache`); an archived one is read
+    from PostgreSQL. `route` keeps apart the bodies of routes that answer the same
+    board period in different shapes."""
+    if target.archived:
+        return render(*await svc.service.top(target, offset, limit))
+    key = (route, target.board_period, offset, limit)
     body = svc.top_pages.recent(key)
     if body is not None:
         TOP_PAGES.labels("stale_ok").inc()
@@ -65,11 +86,8 @@ async def top_body(svc: Services, query: TopQuery) -> bytes:
     if body is not None:
         TOP_PAGES.labels("reused").inc()
         return body
-    page = await svc.ranks.top(target.board_period, query.offset, query.limit, counts)
-    out = BoardOut(
-        month=target.label, total_players=page.counts.total, entries=entries_out(shown_entries(target.board, page))
-    )
-    body = with_metadata(out)
+    page = await svc.ranks.top(target.board_period, offset, limit, counts)
+    body = render(page.counts.total, shown_entries(target.board, page))
     if page.consistent:
         # Under the counts it was read with (a shard that changed meanwhile was counted anew).
         svc.top_pages.put(key, page.counts.fingerprint, body)

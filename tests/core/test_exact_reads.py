@@ -15,7 +15,7 @@ import pytest
 
 from router.shardmap import shard_map_from_dict
 from shard_manager.rebalance import Rebalancer
-from tests.cluster import GAME_TOKEN, Cluster, RouterProcess, running_cluster
+from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster, RouterProcess, running_cluster
 from tests.invariants import assert_exact, wait_outbox_empty
 
 AUTH = {"X-Game-Service-Token": GAME_TOKEN}
@@ -214,3 +214,34 @@ def test_pages_never_list_a_player_twice_or_skip_a_rank_while_players_cross_and_
     wait_outbox_empty(exact_cluster, timeout=15)
     with reader.client() as api:
         assert_exact(exact_cluster, api, scores)
+
+
+def test_board_top_pages_are_kept_too_and_never_served_for_the_original_route(two_routers):
+    writer, reader = two_routers
+    admin = {"X-Admin-Token": ADMIN_TOKEN}
+    with writer.client() as w, reader.client() as r:
+        assert (
+            w.put("/v1/admin/boards/lap", json={"order": "asc", "windows": ["all"]}, headers=admin).status_code == 200
+        )
+        for user, time_ms in (("ann", 61000), ("bob", 59000)):
+            body = {"user_id": user, "match_id": "m", "score": time_ms}
+            assert w.post("/v1/boards/lap/scores", json=body, headers=AUTH).status_code == 200
+        first = r.get("/v1/boards/lap/top?limit=5").json()
+        assert [(e["user_id"], e["score"]) for e in first["entries"]] == [("bob", 59000), ("ann", 61000)]
+        before = top_pages_counted(r)
+        for _ in range(4):
+            assert r.get("/v1/boards/lap/top?limit=5").json() == first
+        assert top_pages_counted(r).get("reused", 0) - before.get("reused", 0) == 4
+        # A write through the other router: the next page through this one shows it.
+        body = {"user_id": "ann", "match_id": "m2", "score": 58000, "mode": "best"}
+        assert w.post("/v1/boards/lap/scores", json=body, headers=AUTH).status_code == 200
+        assert [e["user_id"] for e in r.get("/v1/boards/lap/top?limit=5").json()["entries"]] == ["ann", "bob"]
+        # The same board period through both routes of the original board: each its own shape.
+        assert (
+            w.post("/v1/scores", json={"user_id": "cy", "match_id": "m", "score": 3}, headers=AUTH).status_code == 200
+        )
+        month = r.get("/v1/leaderboard/top?limit=5").json()
+        assert set(month) == {"month", "total_players", "entries"}
+        board = r.get("/v1/boards/global/top?limit=5").json()
+        assert board["board"] == "global" and board["entries"] == month["entries"]
+        assert set(r.get("/v1/leaderboard/top?limit=5").json()) == {"month", "total_players", "entries"}
