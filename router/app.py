@@ -21,6 +21,7 @@ from router.asgi.observability import RequestContext, configure_logging
 from router.asgi.shortcuts import (
     AcceptSingleBoardScores,
     AcceptSingleScores,
+    AnswerKnownBoardTopPages,
     AnswerKnownTopPages,
     AnswerPlainBoardRankReads,
     AnswerPlainRankReads,
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AcceptSingleScores)
     app.add_middleware(AnswerPlainBoardRankReads)
     app.add_middleware(AcceptSingleBoardScores)
+    app.add_middleware(AnswerKnownBoardTopPages)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

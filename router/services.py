@@ -52,6 +52,7 @@ class Services:
     top_queries: KnownQueries
     healer: ShardHealer
     players: PlayerAdmin
+    board_top_queries: KnownQueries
 
     @property
     def shard_map(self) -> ShardMap:
@@ -139,6 +140,7 @@ class Services:
                 chunk=settings.heal_chunk,
             ),
             PlayerAdmin(store, shards, cache, limiter.forget),
+            KnownQueries(),
         )
 
     async def start(self) -> None:

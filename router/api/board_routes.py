@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import replace
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from router.api.answers import entries_out, json_answer, metadata_of, with_metadata
@@ -38,6 +38,7 @@ from router.api.schemas import (
 from router.api.scores import batch_body, windows_out
 from router.background.seasons import archive_period, unarchived_periods_of
 from router.boards import Board, parse_ranges
+from router.core.page_cache import BoardTopQuery
 from router.core.ranking import Entry
 from router.services import Services
 from router.shardmap import ShardMap
@@ -255,6 +256,7 @@ async def get_board_around(
     responses={**ERRORS, **NOT_FOUND},
 )
 async def get_board_top(
+    request: Request,
     board: BoardPath,
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -262,7 +264,15 @@ async def get_board_top(
     window: WindowQuery = None,
     period: PeriodQuery = None,
 ) -> Response:
-    target = await svc.service.target(await svc.boards.get(board), window, period)
+    query = BoardTopQuery(window, period, offset, limit)
+    # Known to validate from now on: `router.asgi.shortcuts` may answer it before routing.
+    svc.board_top_queries.learn((board, request.scope["query_string"]), query)
+    return Response(await board_top_body(svc, board, query), media_type="application/json")
+
+
+async def board_top_body(svc: Services, board: str, query: BoardTopQuery) -> bytes:
+    """The answer of `GET /v1/boards/{board}/top`; also used by `router.asgi.shortcuts`."""
+    target = await svc.service.target(await svc.boards.get(board), query.window, query.period)
 
     def render(total: int, entries: list[Entry]) -> bytes:
         out = BoardPageOut(
@@ -270,8 +280,7 @@ async def get_board_top(
         )
         return with_metadata(out)
 
-    body = await exact_top_page(svc, "boards", target, offset, limit, render)
-    return Response(body, media_type="application/json")
+    return await exact_top_page(svc, "boards", target, query.offset, query.limit, render)
 
 
 @router.post(

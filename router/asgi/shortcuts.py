@@ -17,7 +17,7 @@ import re
 
 from pydantic import ValidationError
 
-from router.api.board_routes import board_player_body, board_score_body
+from router.api.board_routes import board_player_body, board_score_body, board_top_body
 from router.api.boards import top_body
 from router.api.deps import check_game_token, check_reader
 from router.api.errors import error_response
@@ -31,6 +31,7 @@ RANK_PREFIX = "/v1/scores/"
 SCORES_PATH = "/v1/scores"
 _USER_ID = re.compile(USER_ID_PATTERN)
 _BOARD_SCORES = re.compile(rf"/v1/boards/({BOARD_ID_PATTERN[1:-1]})/scores")
+_BOARD_TOP = re.compile(rf"/v1/boards/({BOARD_ID_PATTERN[1:-1]})/top")
 _BOARD_RANK = re.compile(rf"/v1/boards/({BOARD_ID_PATTERN[1:-1]})/scores/({USER_ID_PATTERN[1:-1]})")
 
 
@@ -76,6 +77,28 @@ class AnswerKnownTopPages(_Shortcut):
         try:
             check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
             body = await top_body(services, query)
+        except LeaderboardError as exc:
+            return await error_response(exc)(scope, receive, send)
+        await send_json(send, body)
+        return None
+
+
+class AnswerKnownBoardTopPages(_Shortcut):
+    """`GET /v1/boards/{board}/top` with a query string the route has validated before
+    for that board; answered with the route's own `board_top_body`."""
+
+    def takes(self, scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "GET" and _BOARD_TOP.fullmatch(scope["path"]) is not None
+
+    async def answer(self, scope, receive, send) -> None:
+        services = scope["app"].state.services
+        board = _BOARD_TOP.fullmatch(scope["path"]).group(1)  # type: ignore[union-attr]
+        query = services.board_top_queries.get((board, scope["query_string"]))
+        if query is None:
+            return await self.app(scope, receive, send)
+        try:
+            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
+            body = await board_top_body(services, board, query)
         except LeaderboardError as exc:
             return await error_response(exc)(scope, receive, send)
         await send_json(send, body)

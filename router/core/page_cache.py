@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +65,29 @@ class TopQuery(NamedTuple):
     limit: int
 
 
+class BoardTopQuery(NamedTuple):
+    window: str | None
+    period: str | None
+    offset: int
+    limit: int
+
+
 class KnownQueries:
-    """Top-page query strings the route has validated, with what they parse to, so the
-    plain form of a repeated request can skip routing (`router.asgi.shortcuts`) without a
-    second validator that could disagree with the route's."""
+    """Top-page query strings the route has validated (for a board's route, with the
+    board: `(board, query string)`), with what they parse to, so the plain form of a
+    repeated request can skip routing (`router.asgi.shortcuts`) without a second
+    validator that could disagree with the route's."""
 
     def __init__(self, max_queries: int = 1000) -> None:
         self.max_queries = max_queries
-        self._queries: dict[bytes, TopQuery] = {}
+        self._queries: dict[Hashable, Any] = {}
 
-    def learn(self, query_string: bytes, query: TopQuery) -> None:
+    def learn(self, query_string: Hashable, query: Any) -> None:
         if query_string in self._queries:
             return
         if len(self._queries) >= self.max_queries:
             self._queries.clear()
         self._queries[query_string] = query
 
-    def get(self, query_string: bytes) -> TopQuery | None:
+    def get(self, query_string: Hashable) -> Any:
         return self._queries.get(query_string)

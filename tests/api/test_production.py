@@ -533,10 +533,21 @@ def test_plain_board_reads_and_writes_answered_before_routing_match_the_route(cu
                 assert missing.status_code == missing_routed.status_code == 404
                 assert missing.json() == missing_routed.json()
             assert api.get("/v1/boards/arena/scores/pat").status_code == 401
+
+            # A query string the route validated before is answered before routing next time.
+            top = api.get("/v1/boards/arena/top?limit=5", headers=reader)
+            other_order = api.get("/v1/boards/arena/top?limit=5&window=all", headers=reader)
+            assert top.status_code == other_order.status_code == 200
+            assert top.json() == other_order.json() and top.json()["entries"][0]["metadata"] == {"n": round_no}
+            assert api.get("/v1/boards/arena/top?limit=5").status_code == 401
+            for query in ("limit=5", "limit=500"):
+                unknown = [api.get(f"/v1/boards/nowhere/top?{query}", headers=reader) for _ in range(2)]
+                assert unknown[0].status_code == unknown[1].status_code and unknown[0].json() == unknown[1].json()
         metrics = api.get("/metrics").text
     for label, count in (
         ('lb_http_requests_total{method="GET",route="/v1/boards/{board}/scores/{user_id}",status="200"} ', 6.0),
         ('lb_http_requests_total{method="POST",route="/v1/boards/{board}/scores",status="200"} ', 6.0),
+        ('lb_http_requests_total{method="GET",route="/v1/boards/{board}/top",status="200"} ', 6.0),
     ):
         counted = [line for line in metrics.splitlines() if line.startswith(label)]
         assert counted and float(counted[0].removeprefix(label)) == count, label
