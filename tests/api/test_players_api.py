@@ -396,3 +396,24 @@ def test_an_admin_can_see_everything_held_about_a_player(api, board):
         "hidden_on": [],
         "entries": [],
     }
+
+
+def test_an_erasure_while_a_shard_is_down_is_recorded_and_finished_when_it_is_back(api, board):
+    user = "down-erasee"
+    for match, score in (("m1", 50), ("m2", 450)):  # s0, then s1: a tombstone stays on s0
+        body = {"user_id": user, "match_id": match, "score": score}
+        assert api.post("/v1/scores", json=body, headers=AUTH).status_code == 200
+    wait_cleaned(board)
+    board.shards[1].kill()
+    try:
+        erased = api.delete(f"/v1/admin/players/{user}", params={"reason": "request"}, headers=ADMIN)
+        assert erased.status_code == 503 and erased.json()["error"]["code"] == "shard_unavailable", erased.text
+        # PostgreSQL's part is done: the id is refused at once.
+        refused = api.post("/v1/scores", json={"user_id": user, "match_id": "m3", "score": 1}, headers=AUTH)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "player_erased"
+        assert board.sql("SELECT count(*) FROM redis_cleanup") == [(1,)]
+    finally:
+        board.shards[1].start()
+    wait_cleaned(board, timeout=30)
+    assert all_traces(board, user) == []
+    assert api.get(f"/v1/scores/{user}").status_code == 404
