@@ -118,6 +118,7 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
         # Supervision: a shard's server and the router's main process killed; both come
         # back by themselves, counted, and the score is still there.
         launcher_pid = int((data_dir / "cluster.pid").read_text())
+        killed: set[int] = set()
         for pid in _session_members(launcher_pid):
             command = _command_line(pid)
             # redis-server sets its own title: "redis-server 127.0.0.1:PORT".
@@ -125,12 +126,27 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
             router_main = "router.app:create_app" in command and _parent(pid) == launcher_pid
             if shard_server or router_main:
                 os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+
+        def new_router_serves() -> bool:
+            # The killed router's workers can answer for a moment after it died, so wait
+            # for a router main process the supervisor started anew, and for it to answer.
+            routers = {
+                pid
+                for pid in _session_members(launcher_pid)
+                if "router.app:create_app" in _command_line(pid) and _parent(pid) == launcher_pid
+            }
+            if not routers - killed or not redis.Redis(port=ports[0]).ping():
+                return False
+            reply = httpx.get(base + "/v1/scores/alice")
+            return reply.status_code == 200 and reply.json()["score"] == 150
+
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(base + "/readyz").status_code == 200 and redis.Redis(port=ports[0]).ping():
+                if new_router_serves():
                     break
-            except (httpx.TransportError, redis.ConnectionError):
+            except (httpx.TransportError, redis.ConnectionError, OSError):  # OSError: a process gone meanwhile
                 pass
             time.sleep(0.3)
         assert httpx.get(base + "/v1/scores/alice").json()["score"] == 150
@@ -216,7 +232,11 @@ def test_up_with_replicas_serves_each_shard_through_sentinels_and_fails_over(tmp
     try:
         started = _manager("up", env)
         assert started.returncode == 0, started.stdout + started.stderr
-        log = (data_dir / "logs" / "cluster.log").read_text()
+        # `up` returns once /readyz answers; the cluster prints its banner just after it
+        # sees that too, so give the line a moment to reach the log.
+        deadline = time.monotonic() + 15
+        while "is up" not in (log := (data_dir / "logs" / "cluster.log").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert "1 replica(s) each, 3 sentinels" in log
         token = (data_dir / "game_token").read_text().strip()
         auth = {"X-Game-Service-Token": token}
