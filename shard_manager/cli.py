@@ -628,14 +628,15 @@ def _wait_for_shards(conn, result, wait_s: float) -> str:
         pending.append(("redis_cleanup", result.cleanup.id))
     if result.outbox_id is not None:
         pending.append(("redis_outbox", result.outbox_id))
+
+    def still_there(table: str, row_id: int) -> bool:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id = %s)", (row_id,))  # noqa: S608 - fixed names
+            return cur.fetchone()[0]
+
     give_up = time.monotonic() + wait_s
     while pending and time.monotonic() < give_up:
-        with conn, conn.cursor() as cur:
-            pending = [
-                (table, row_id)
-                for table, row_id in pending
-                if cur.execute(f"SELECT 1 FROM {table} WHERE id = %s", (row_id,)) or cur.fetchone()  # noqa: S608
-            ]
+        pending = [(table, row_id) for table, row_id in pending if still_there(table, row_id)]
         if pending:
             time.sleep(0.25)
     if pending:

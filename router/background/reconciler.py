@@ -22,12 +22,12 @@ from collections.abc import Sequence
 
 from router.aio.periodic import Periodic
 from router.core.player_admin import clean_shards
+from router.core.shard_writes import put_committed
 from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
 from router.events import PlayerRow
 from router.metrics import RECONCILER_BACKLOG, RECONCILER_REPAIRED
 from router.shards.client import ShardClients
-from router.shards.protocol import player_state
 from router.shards.state import decode
 from router.store.postgres import Store
 
@@ -139,36 +139,6 @@ class Reconciler:
                 broken.append(row)
         if not broken:
             return 0, settled
-
-        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq, r.metadata) for r in broken}
-        adds: dict[str, list[PlayerRow]] = defaultdict(list)
-        for row in broken:
-            adds[row.shard].append(row)
-        added = await asyncio.gather(
-            *(
-                self.shards.apply(sid, board_period, [(states[r.user_id], True) for r in rs])
-                for sid, rs in adds.items()
-            ),
-            return_exceptions=True,
-        )
-        landed = [
-            r
-            for (sid, rs), res in zip(adds.items(), added, strict=True)
-            if not isinstance(res, BaseException)
-            for r in rs
-        ]
-        # Tombstones on every other shard, even ones that never held the player: a
-        # slow router's older add arriving later must find a newer version there.
-        removed = await asyncio.gather(
-            *(
-                self.shards.apply(sid, board_period, [(states[r.user_id], False) for r in landed if r.shard != sid])
-                for sid in ids
-            ),
-            return_exceptions=True,
-        )
-        if any(isinstance(res, BaseException) for res in removed):
-            return 0, settled
-        for row in landed:
-            self.cache.put(board_period, row.user_id, row.shard)
-            settled.append((row.board_period, row.user_id))
-        return len(landed), settled
+        in_place, _ = await put_committed(self.shards, self.cache, broken)
+        settled += [(row.board_period, row.user_id) for row in in_place]
+        return len(in_place), settled

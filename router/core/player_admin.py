@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
+from router.core.shard_writes import put_committed
 from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
-from router.events import PlayerRow
 from router.shards.client import ShardClients
-from router.shards.protocol import player_state, tombstone
+from router.shards.protocol import tombstone
 from router.store.players import ActionResult, Cleanup
 from router.store.postgres import Store
 
@@ -47,49 +47,6 @@ async def clean_shards(shards: ShardClients, cache: UserShardCache, cleanup: Cle
     return sorted(failed)
 
 
-async def restore_states(shards: ShardClients, cache: UserShardCache, rows: Sequence[PlayerRow]) -> list[str]:
-    """Committed states onto their shards, add before remove: the state on its shard, then
-    a tombstone at the same version on every other shard. Returns the shards that failed."""
-    ids = shards.shard_map.ids
-    failed: set[str] = set()
-    by_period: dict[str, list[PlayerRow]] = defaultdict(list)
-    for row in rows:
-        by_period[row.board_period].append(row)
-    for board_period, period_rows in by_period.items():
-        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq, r.metadata) for r in period_rows}
-        targets: dict[str, list[PlayerRow]] = defaultdict(list)
-        for row in period_rows:
-            targets[row.shard].append(row)
-        added = await asyncio.gather(
-            *(shards.apply(sid, board_period, [(states[r.user_id], True) for r in rs]) for sid, rs in targets.items()),
-            return_exceptions=True,
-        )
-        landed = []
-        for (sid, rs), result in zip(targets.items(), added, strict=True):
-            if isinstance(result, ShardUnavailable):
-                failed.add(sid)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                landed += rs
-        removals = {
-            sid: [(states[r.user_id], False) for r in landed if r.shard != sid]
-            for sid in ids
-            if any(r.shard != sid for r in landed)
-        }
-        removed = await asyncio.gather(
-            *(shards.apply(sid, board_period, work) for sid, work in removals.items()), return_exceptions=True
-        )
-        for sid, result in zip(removals, removed, strict=True):
-            if isinstance(result, ShardUnavailable):
-                failed.add(sid)
-            elif isinstance(result, BaseException):
-                raise result
-        for row in landed:
-            cache.put(board_period, row.user_id, row.shard)
-    return sorted(failed)
-
-
 class PlayerAdmin:
     def __init__(
         self,
@@ -111,7 +68,8 @@ class PlayerAdmin:
             # pass after the settle time removes a copy an older apply brings back.
             failed = await clean_shards(self.shards, self.cache, result.cleanup)
         if result.restored:
-            failed += await restore_states(self.shards, self.cache, result.restored)
+            _, not_restored = await put_committed(self.shards, self.cache, result.restored)
+            failed += sorted(not_restored)
             if not failed and result.outbox_id is not None:
                 await self.store.ack_outbox([result.outbox_id])
         if failed:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from router.core.ranking import global_rank, players_above
 from router.core.user_cache import UserShardCache
 from router.errors import ShardUnavailable
-from router.events import EventRow, ScoreEvent
+from router.events import EventRow, PlayerRow, ScoreEvent
 from router.metrics import PLAYERS_MOVED
 from router.shards.client import ShardClients
 from router.shards.protocol import ApplyResult, PlayerState, player_state
@@ -219,3 +219,46 @@ class ShardWriter:
             else:
                 out[key] = result
         return out
+
+
+async def put_committed(
+    shards: ShardClients, cache: UserShardCache, rows: Sequence[PlayerRow]
+) -> tuple[list[PlayerRow], set[str]]:
+    """Committed states (as PostgreSQL holds them) onto the shards, add before remove: each
+    on its own shard, then a tombstone at the same version on every other shard, even one
+    that never held the player (a slow router's older add arriving later must find a newer
+    version there). Returns the rows now in place everywhere, and the shards that failed.
+    For the reconciler's repairs and for players an admin shows again."""
+    ids = shards.shard_map.ids
+    in_place: list[PlayerRow] = []
+    failed: set[str] = set()
+    by_period: dict[str, list[PlayerRow]] = defaultdict(list)
+    for row in rows:
+        by_period[row.board_period].append(row)
+    for board_period, period_rows in by_period.items():
+        states = {r.user_id: player_state(r.user_id, r.version, r.score, r.seq, r.metadata) for r in period_rows}
+        targets: dict[str, list[PlayerRow]] = defaultdict(list)
+        for row in period_rows:
+            targets[row.shard].append(row)
+        added = await asyncio.gather(
+            *(shards.apply(sid, board_period, [(states[r.user_id], True) for r in rs]) for sid, rs in targets.items()),
+            return_exceptions=True,
+        )
+        landed = []
+        for (sid, rs), result in zip(targets.items(), added, strict=True):
+            if isinstance(result, BaseException):
+                failed.add(sid)
+            else:
+                landed += rs
+        removals = {sid: [(states[r.user_id], False) for r in landed if r.shard != sid] for sid in ids}
+        removals = {sid: work for sid, work in removals.items() if work}
+        removed = await asyncio.gather(
+            *(shards.apply(sid, board_period, work) for sid, work in removals.items()), return_exceptions=True
+        )
+        not_removed = {sid for sid, result in zip(removals, removed, strict=True) if isinstance(result, BaseException)}
+        failed |= not_removed
+        for row in landed:
+            if not not_removed - {row.shard}:
+                cache.put(board_period, row.user_id, row.shard)
+                in_place.append(row)
+    return in_place, failed

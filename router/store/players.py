@@ -211,15 +211,6 @@ def unhide(conn, user_id: str, board: str | None, reason: str, who: str) -> Acti
         return ActionResult("unhide", user_id, board, changed, detail, restored=live, outbox_id=outbox_id)
 
 
-def hidden_boards(conn, user_id: str) -> list[str]:
-    """The boards the player is hidden on ('*': every board)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT board FROM hidden_players WHERE user_id = %s ORDER BY board", (user_id,))
-        boards = [row[0] for row in cur.fetchall()]
-    conn.commit()
-    return boards
-
-
 def _strip_events(cur, board: str, user_id: str, board_period: str) -> int:
     """The player's events on the board stop standing for this period: it becomes NULL in
     their `board_periods` (and its `scores_after`), in place, so every other period keeps

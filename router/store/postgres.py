@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import socket
@@ -402,9 +403,6 @@ class Store:
     async def erase_player(self, user_id: str, reason: str, who: str) -> player_rows.ActionResult:
         return await self._run(self._with_conn, player_rows.erase, user_id, reason, who)
 
-    async def hidden_boards(self, user_id: str) -> list[str]:
-        return await self._run(self._with_conn, player_rows.hidden_boards, user_id)
-
     async def player_report(self, user_id: str) -> tuple[bool, list[str], list[player_rows.HeldEntry]]:
         return await self._run(self._with_conn, player_rows.player_report, user_id)
 
@@ -412,7 +410,7 @@ class Store:
         return await self._run(self._with_conn, player_rows.is_erased, user_id)
 
     async def audit_log(self, **filters: object) -> list[player_rows.AuditEntry]:
-        return await self._run(lambda: self._with_conn(lambda conn: player_rows.audit_log(conn, **filters)))
+        return await self._run(self._with_conn, functools.partial(player_rows.audit_log, **filters))
 
     async def cleanups_due(self, settle_s: float, limit: int = 100) -> list[player_rows.Cleanup]:
         return await self._run(self._with_conn, player_rows.cleanups_due, settle_s, limit)

@@ -13,6 +13,7 @@ import psycopg2
 import pytest
 
 from router.background.seasons import archive_period
+from router.core.rate_limits import player_counter_field
 from router.periods import period_label, period_start
 from router.store.players import user_hash
 from tests.cluster import ADMIN_TOKEN, GAME_TOKEN, Cluster
@@ -223,12 +224,19 @@ def test_erasing_a_player_leaves_no_trace_but_the_erasure_record(api, board):
     assert api.post(f"/v1/admin/boards/duel/players/{user}/unhide", json=WHY, headers=ADMIN).status_code == 200
     # A move between shards leaves tombstones behind, which name the player too.
     assert post(api, "arena", user, "m2", 5000).status_code == 200
+    counter = player_counter_field(user)  # the rate limiter counts by a hash of the id
+
+    def counted() -> bool:
+        limits = board.redis(0)
+        return any(limits.hexists(key, counter) for key in limits.scan_iter("rl:p:*"))
+
+    assert counted()
 
     erased = api.delete(f"/v1/admin/players/{user}", params={"reason": "GDPR request 77"}, headers=ADMIN)
     assert erased.status_code == 200, erased.text
     assert erased.json()["user_id"] == user_hash(user)
     wait_cleaned(board)
-    assert all_traces(board, user) == []
+    assert all_traces(board, user) == [] and not counted()
 
     for b in ("arena", "duel"):
         assert api.get(f"/v1/boards/{b}/scores/{user}").status_code == 404
