@@ -41,6 +41,13 @@ async def _nothing() -> None:
     return None
 
 
+def _answered_at(answering: asyncio.Task[float] | None) -> float | None:
+    """When the writers of a group were answered (loop time); None while they wait."""
+    if answering is None or not answering.done() or answering.cancelled():
+        return None
+    return answering.result()
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -112,6 +119,9 @@ class WritePipeline:
         self.batch_max = batch_max
         self.flushers = flushers
         self.linger_s = linger_s
+        # However long the last group's answers take (a shard slow to answer), the
+        # writers queued meanwhile wait for them no longer than this.
+        self.linger_cap_s = 10 * linger_s
         self.ack_interval_s = ack_interval_s
         self.admit = admit
         self.max_groups_on_shards = max_groups_on_shards
@@ -165,18 +175,21 @@ class WritePipeline:
 
     async def _flush_loop(self) -> None:
         answered = 0
+        answering: asyncio.Task[float] | None = None
         while True:
-            batch = await self._next_group(answered)
+            batch = await self._next_group(answered, answering)
             try:
-                await self._commit_queued(batch)
+                answering = await self._commit_queued(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
             answered = len(batch)
 
-    async def _next_group(self, answered: int) -> list[_Queued]:
-        """Everything queued, after waiting up to `linger_s` for the writers of the
-        group just answered (`answered` of them) if they look like coming straight back.
+    async def _next_group(self, answered: int, answering: asyncio.Task[float] | None) -> list[_Queued]:
+        """Everything queued, after waiting for the writers of the group just committed
+        (`answered` of them; `answering` sends their answers) if they look like coming
+        straight back: up to `linger_s` after their answers went out, and never more
+        than `linger_cap_s` in all.
 
         Writers that wait for each answer before sending again (a game service's
         sender loop, a benchmark) otherwise split into two halves that take turns:
@@ -184,7 +197,12 @@ class WritePipeline:
         as it could be. A group's fixed cost (PostgreSQL's 0.4-0.6 ms per call, the
         thread hop, one Redis call per shard and one for the rate limits) dominates a
         small group, so waiting about a millisecond for the other half costs less
-        than it saves; the wait ends as soon as they are all in. Writers with think
+        than it saves; the wait ends as soon as they are all in. It is counted from
+        their answers, not from the commit: under load a group's shard writes and
+        answers take longer than the linger, and a linger counted from the commit was
+        over before any of them could come back (at 64 connections on two cores groups
+        then stayed at the half, 14-16 writes); a shard slow to answer holds the
+        next group up by at most `linger_cap_s`. Writers with think
         time between writes (players' clients) do not come straight back, and a
         linger would only add its whole length to their latency: it mostly stops
         while recent lingers brought fewer than half the writes they waited for
@@ -194,21 +212,35 @@ class WritePipeline:
         expected = self._queue.qsize() + answered
         idle_since = loop.time()
         batch = [await self._queue.get()]
-        if loop.time() - idle_since > self.linger_s:
-            # Nobody came back within the linger: these writers are not a closed loop
-            # (or load has dropped), and waiting for them would only add latency.
+        answered_at = _answered_at(answering)
+        if answered_at is not None and loop.time() - max(idle_since, answered_at) > self.linger_s:
+            # Nobody came back within the linger of their answer: these writers are
+            # not a closed loop (or load has dropped), and waiting would only add latency.
             expected = 1
         self._take_queued(batch)
         expected = min(expected, self.batch_max)
         if self.linger_s > 0 and len(batch) < expected and self._enough is None and self._linger_odds.worth_trying():
             lingered = loop.time()
-            self._enough = loop.create_future()
+            enough = self._enough = loop.create_future()
             self._wanted = expected - len(batch)
-            deadline = loop.call_later(self.linger_s, _resolve, self._enough)
+            timers = [loop.call_later(self.linger_cap_s, _resolve, enough)]
+
+            def clock_from_answers(_: object = None) -> None:
+                # The writers waited for can only come back once they have their answers.
+                since = loop.time() - (_answered_at(answering) or loop.time())
+                timers.append(loop.call_later(max(0.0, self.linger_s - since), _resolve, enough))
+
+            if answering is None or answering.done():
+                clock_from_answers()
+            else:
+                answering.add_done_callback(clock_from_answers)
             try:
-                await self._enough
+                await enough
             finally:
-                deadline.cancel()
+                if answering is not None:
+                    answering.remove_done_callback(clock_from_answers)
+                for timer in timers:
+                    timer.cancel()
                 self._enough = None
             GROUP_LINGER_SECONDS.observe(loop.time() - lingered)
             waited_for, before = self._wanted, len(batch)
@@ -220,7 +252,7 @@ class WritePipeline:
         while len(batch) < self.batch_max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
 
-    async def _commit_queued(self, batch: list[_Queued]) -> None:
+    async def _commit_queued(self, batch: list[_Queued]) -> asyncio.Task[float] | None:
         """Commits the group, then hands its shard work to a task of its own and returns:
         the next group commits while this one's states go to the shards, so a shard
         that is slow to answer (up to its write deadline) holds up only the writers of
@@ -235,27 +267,30 @@ class WritePipeline:
                         queued.future.set_exception(refusal)
                 batch = [queued for queued, refusal in zip(batch, refusals, strict=True) if refusal is None]
                 if not batch:
-                    return
+                    return None
             events = [queued.event for queued in batch]
             commit = await self._commit(events)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
             _fail(batch, exc)
-            return
+            return None
         while len(self._on_shards) >= self.max_groups_on_shards:
             await asyncio.wait(self._on_shards, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.create_task(self._finish_queued(batch, events, commit))
         self._on_shards.add(task)
         task.add_done_callback(self._on_shards.discard)
+        return task
 
-    async def _finish_queued(self, batch: list[_Queued], events: Sequence[ScoreEvent], commit: GroupCommit) -> None:
+    async def _finish_queued(self, batch: list[_Queued], events: Sequence[ScoreEvent], commit: GroupCommit) -> float:
+        """Answers the group's writers once the shards hold its states; returns when (loop time)."""
         try:
             outcomes = await self._to_shards(events, commit)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
             _fail(batch, exc)
-            return
-        for queued, outcome in zip(batch, outcomes, strict=True):
-            if not queued.future.done():
-                queued.future.set_result(outcome)
+        else:
+            for queued, outcome in zip(batch, outcomes, strict=True):
+                if not queued.future.done():
+                    queued.future.set_result(outcome)
+        return asyncio.get_running_loop().time()
 
     async def commit_group(self, events: Sequence[ScoreEvent]) -> list[list[WriteOutcome]]:
         return await self._to_shards(events, await self._commit(events))

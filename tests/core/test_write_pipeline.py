@@ -145,6 +145,76 @@ def test_a_writer_back_after_a_pause_longer_than_the_linger_is_not_held_back(boa
     assert waited[0] < 0.9, waited
 
 
+class AnsweredLatePipeline(RecordingPipeline):
+    """The real pipeline, with `delay_s` between a group's commit and its shard writes
+    when the group has a user that `slow(user)` names: shards that take that long to answer."""
+
+    def __init__(self, *args, delay_s: float, slow, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay_s = delay_s
+        self.slow = slow
+
+    async def _to_shards(self, events, commit):
+        if any(self.slow(e.user_id) for e in events):
+            await asyncio.sleep(self.delay_s)
+        return await super()._to_shards(events, commit)
+
+
+def run_answered_late(cluster: Cluster, linger_s: float, scenario, *, delay_s: float, slow=lambda user: True):
+    async def main() -> RecordingPipeline:
+        store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000)
+        shards = ShardClients(cluster.shard_map, read_deadline_s=2, write_deadline_s=2)
+        pipeline = AnsweredLatePipeline(
+            store,
+            shards,
+            UserShardCache(1000),
+            batch_max=500,
+            flushers=1,
+            linger_s=linger_s,
+            delay_s=delay_s,
+            slow=slow,
+        )
+        await pipeline.start()
+        try:
+            await scenario(pipeline)
+        finally:
+            await pipeline.stop()
+            await shards.close()
+            store.close()
+        return pipeline
+
+    return asyncio.run(main())
+
+
+def test_the_linger_counts_from_the_answers_so_writers_held_up_by_their_shards_are_still_gathered(board: Cluster):
+    # Each group's answers take 100 ms, twice the linger: were the linger counted from
+    # the commit, it would be over before anyone could come back, and the writers would
+    # split into a group of the first to return and one of the rest.
+    pipeline = run_answered_late(board, 0.05, lambda p: closed_loop(p, writers=8, rounds=4), delay_s=0.1)
+    assert pipeline.groups == [8] * 4
+
+
+def test_writers_queued_behind_a_slow_group_wait_at_most_ten_lingers_for_it(board: Cluster):
+    # The group of four is answered after 2 s (a shard slow to answer). A writer that
+    # comes meanwhile is lingered for, since the four may come back; but a slow shard
+    # must not hold up other writers' commits past ten times the linger (0.5 s here).
+    waited: list[float] = []
+
+    async def slow_group_then_other(pipeline: WritePipeline) -> None:
+        slow = asyncio.gather(*(pipeline.submit(event(f"held{i}", 0)) for i in range(4)))
+        await asyncio.sleep(0.2)  # the four are committed and waiting for their shard writes
+        started = time.monotonic()
+        await asyncio.wait_for(pipeline.submit(event("other", 0)), timeout=3)
+        waited.append(time.monotonic() - started)
+        await slow
+
+    pipeline = run_answered_late(
+        board, 0.05, slow_group_then_other, delay_s=2.0, slow=lambda user: user.startswith("held")
+    )
+    assert pipeline.groups == [4, 1]
+    assert 0.45 <= waited[0] < 1.5, waited
+
+
 # The test cluster's shards: s0 [0, 100), s1 [100, 1000), s2 [1000, inf).
 TOP, MIDDLE = 5000, 500
 
