@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import math
 import os
 import select
 import time
 from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 class AccessLog:
@@ -34,6 +36,8 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._stamped_second = -1
+        self._stamp = ""
         # A worker stopped by its lifespan flushes there; this covers an exit that skips it.
         atexit.register(self.flush)
 
@@ -71,11 +75,30 @@ class AccessLog:
     def _format(self, fields: dict[str, object]) -> bytes:
         if self.json_lines:
             now = time.time()
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-            entry = {"ts": stamp, "level": "info", "logger": "router.access", "msg": "request", **fields}
-            return (json.dumps(entry, default=str) + "\n").encode()
+            second = int(now)
+            if second != self._stamped_second:
+                self._stamped_second = second
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            head = f'{{"ts": "{self._stamp}.{int(now * 1000) % 1000:03d}Z", {_HEAD}'
+            return (head + "".join(f", {_json(key)}: {_json(value)}" for key, value in fields.items()) + "}\n").encode()
         details = " ".join(f"{key}={value}" for key, value in fields.items())
         return f"INFO router.access request {details}\n".encode()
+
+
+_HEAD = '"level": "info", "logger": "router.access", "msg": "request"'
+
+
+def _json(value: object) -> str:
+    """`value` as `json.dumps(value, default=str)` writes it, for the scalars access lines
+    carry, without building and walking an object per line: json.dumps of a line's
+    dict was 15 us of every write's CPU, most of an access line's cost."""
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if type(value) is int or type(value) is float and math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return encode_basestring_ascii(str(value))
 
 
 def whole_line_chunks(lines: list[bytes], limit: int) -> Iterator[bytes]:

@@ -82,3 +82,28 @@ def test_blocks_go_out_in_whole_lines_no_longer_than_a_pipe_writes_atomically():
     assert all(len(chunk) <= 4096 or chunk.count(b"\n") == 1 for chunk in chunks)
     assert all(chunk.endswith(b"\n") for chunk in chunks)
     assert len(chunks) < len(lines) / 10  # still blocks, not a write per line
+
+
+def test_json_lines_are_what_json_dumps_writes_for_any_field_value(pipe):
+    # Lines are built without json.dumps of a dict; they must still be the same JSON,
+    # byte for byte, whatever a field holds (a path with quotes or non-ASCII, a float
+    # that is not finite, a value of a type JSON has no name for).
+    read_end, write_end = pipe
+    writer = AccessLog(write_end, json_lines=True, flush_interval_s=0)
+    odd = {
+        "path": '/v1/scores/"quoted"\\é\n',
+        "status": 200,
+        "ms": 0.1 + 0.2,
+        "huge": 10**30,
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "flag": True,
+        "none": None,
+        "other": object,
+        "when": 1.5e-7,
+    }
+    writer.record(odd)
+    (line,) = lines_in(read_end)
+    stamp = json.loads(line)["ts"]
+    expected = {"ts": stamp, "level": "info", "logger": "router.access", "msg": "request", **odd}
+    assert line == json.dumps(expected, default=str)
