@@ -72,6 +72,12 @@ class ShardUnavailable(LeaderboardError):
         self.cause = cause
 
 
+class ActionOwedToShards(ShardUnavailable):
+    """An admin action is committed, but a shard it must reach did not answer: the routers
+    finish it there once the shard is back (redis_cleanup and the outbox), so it is not to
+    be repeated, and no score is in question."""
+
+
 class StoreUnavailable(LeaderboardError):
     """PostgreSQL cannot be reached or did not answer in time. `outcome_unknown`: the
     statement may have been committed (the connection broke or the deadline passed

@@ -14,6 +14,7 @@ from router.api.schemas import (
     ErrorOut,
 )
 from router.errors import (
+    ActionOwedToShards,
     BoardClosed,
     BoardConflict,
     BoardNotFound,
@@ -108,6 +109,14 @@ def error_response(exc: Exception) -> JSONResponse:
             return _error(403, "player_erased", str(exc), "user_id")
         case PlayerNotHidden():
             return _error(409, "hidden_on_every_board", exc.reason, "board")
+        case ActionOwedToShards():
+            return _error(
+                503,
+                "shard_unavailable",
+                f"shard {exc.shard_id} is unavailable. The action is recorded and takes effect on that shard "
+                "when it returns (the routers finish it); there is no need to repeat it.",
+                **{"Retry-After": "1"},
+            )
         case ShardUnavailable():
             return _error(
                 503,

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from router.core.shard_writes import put_committed
 from router.core.user_cache import UserShardCache
-from router.errors import ShardUnavailable
+from router.errors import ActionOwedToShards, ShardUnavailable
 from router.shards.client import ShardClients
 from router.shards.protocol import tombstone
 from router.store.players import ActionResult, Cleanup
@@ -73,7 +73,7 @@ class PlayerAdmin:
             if not failed and result.outbox_id is not None:
                 await self.store.ack_outbox([result.outbox_id])
         if failed:
-            raise ShardUnavailable(failed[0], "the action is recorded; the shards catch up when it is back")
+            raise ActionOwedToShards(failed[0], "the action is recorded; the shards catch up when it is back")
         return result
 
     async def hide(self, user_id: str, board: str | None, reason: str, who: str) -> ActionResult:

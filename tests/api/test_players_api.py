@@ -416,6 +416,9 @@ def test_an_erasure_while_a_shard_is_down_is_recorded_and_finished_when_it_is_ba
     try:
         erased = api.delete(f"/v1/admin/players/{user}", params={"reason": "request"}, headers=ADMIN)
         assert erased.status_code == 503 and erased.json()["error"]["code"] == "shard_unavailable", erased.text
+        # The answer is about the action, not a score: it is recorded, and not to be repeated.
+        message = erased.json()["error"]["message"]
+        assert "action is recorded" in message and "match_id" not in message, message
         # PostgreSQL's part is done: the id is refused at once.
         refused = api.post("/v1/scores", json={"user_id": user, "match_id": "m3", "score": 1}, headers=AUTH)
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "player_erased"
