@@ -42,11 +42,15 @@ def event(user: str, n: int, score: int = 10) -> ScoreEvent:
     return ScoreEvent("global", user, f"{user}-m{n}", "incr", score, now, LEGACY.board_periods(now))
 
 
-def run_with_pipeline(cluster: Cluster, linger_s: float, scenario) -> RecordingPipeline:
+def run_with_pipeline(
+    cluster: Cluster, linger_s: float, scenario, pipeline_class: type[RecordingPipeline] = RecordingPipeline, **extra
+) -> RecordingPipeline:
     async def main() -> RecordingPipeline:
         store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000)
         shards = ShardClients(cluster.shard_map, read_deadline_s=2, write_deadline_s=2)
-        pipeline = RecordingPipeline(store, shards, UserShardCache(1000), batch_max=500, flushers=1, linger_s=linger_s)
+        pipeline = pipeline_class(
+            store, shards, UserShardCache(1000), batch_max=500, flushers=1, linger_s=linger_s, **extra
+        )
         await pipeline.start()
         try:
             await scenario(pipeline)
@@ -161,29 +165,7 @@ class AnsweredLatePipeline(RecordingPipeline):
 
 
 def run_answered_late(cluster: Cluster, linger_s: float, scenario, *, delay_s: float, slow=lambda user: True):
-    async def main() -> RecordingPipeline:
-        store = Store(cluster.dsn, pool_size=2, statement_timeout_ms=5000)
-        shards = ShardClients(cluster.shard_map, read_deadline_s=2, write_deadline_s=2)
-        pipeline = AnsweredLatePipeline(
-            store,
-            shards,
-            UserShardCache(1000),
-            batch_max=500,
-            flushers=1,
-            linger_s=linger_s,
-            delay_s=delay_s,
-            slow=slow,
-        )
-        await pipeline.start()
-        try:
-            await scenario(pipeline)
-        finally:
-            await pipeline.stop()
-            await shards.close()
-            store.close()
-        return pipeline
-
-    return asyncio.run(main())
+    return run_with_pipeline(cluster, linger_s, scenario, AnsweredLatePipeline, delay_s=delay_s, slow=slow)
 
 
 def test_the_linger_counts_from_the_answers_so_writers_held_up_by_their_shards_are_still_gathered(board: Cluster):
