@@ -212,7 +212,8 @@ class WritePipeline:
         expected = self._queue.qsize() + answered
         idle_since = loop.time()
         batch = [await self._queue.get()]
-        answered_at = _answered_at(answering)
+        # No task: the last group's writers were answered (or failed) before this wait began.
+        answered_at = idle_since if answering is None else _answered_at(answering)
         if answered_at is not None and loop.time() - max(idle_since, answered_at) > self.linger_s:
             # Nobody came back within the linger of their answer: these writers are
             # not a closed loop (or load has dropped), and waiting would only add latency.

@@ -19,6 +19,7 @@ from router.boards import LEGACY
 from router.core.shard_writes import WriteOutcome
 from router.core.user_cache import UserShardCache
 from router.core.write_pipeline import WritePipeline
+from router.errors import RateLimited
 from router.events import GroupCommit, ScoreEvent
 from router.shards.client import ShardClients
 from router.store.postgres import Store
@@ -146,6 +147,30 @@ def test_a_writer_back_after_a_pause_longer_than_the_linger_is_not_held_back(boa
 
     pipeline = run_with_pipeline(board, 1.0, pause_then_write)
     assert pipeline.groups == [4, 1]
+    assert waited[0] < 0.9, waited
+
+
+def test_a_writer_back_after_a_refused_group_and_a_pause_is_not_held_back(board: Cluster):
+    # A group refused whole by the rate limits commits nothing and has no shard writes
+    # to wait for; its writers were answered at once. One of them back after a pause
+    # longer than the linger is not coming straight back either, and is not waited for.
+    waited: list[float] = []
+
+    async def refuse_first_four(requests):
+        return [RateLimited("too many", 1) if user.startswith("limited") else None for _, user in requests]
+
+    async def refused_then_pause(pipeline: WritePipeline) -> None:
+        results = await asyncio.gather(
+            *(pipeline.submit(event(f"limited{i}", 0)) for i in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(r, RateLimited) for r in results), results
+        await asyncio.sleep(1.2)  # longer than the 1 s linger
+        started = time.monotonic()
+        await pipeline.submit(event("after-pause", 0))
+        waited.append(time.monotonic() - started)
+
+    pipeline = run_with_pipeline(board, 1.0, refused_then_pause, admit=refuse_first_four)
+    assert pipeline.groups == [1]  # the refused four never reached a commit
     assert waited[0] < 0.9, waited
 
 
