@@ -17,7 +17,7 @@ from router.boards import BoardSpec, load_boards_file
 from router.clock import Clock, clock_for
 from router.core.board_registry import BoardRegistry
 from router.core.board_service import BoardService
-from router.core.page_cache import KnownQueries, PageCache
+from router.core.page_cache import BoardTopQuery, KnownQueries, PageCache, TopQuery
 from router.core.player_admin import PlayerAdmin
 from router.core.ranking import RankReader
 from router.core.rate_limits import RateLimiter
@@ -49,10 +49,10 @@ class Services:
     layout: LayoutWatcher
     limiter: RateLimiter
     top_pages: PageCache
-    top_queries: KnownQueries
+    top_queries: KnownQueries[bytes, TopQuery]
     healer: ShardHealer
     players: PlayerAdmin
-    board_top_queries: KnownQueries
+    board_top_queries: KnownQueries[tuple[str, bytes], BoardTopQuery]
 
     @property
     def shard_map(self) -> ShardMap:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -59,6 +60,19 @@ class _Shortcut:
         raise NotImplementedError
 
 
+async def _answer_read(scope, receive, send, render: Callable[[], Awaitable[bytes]]) -> None:
+    """A read's answer: the read token checked as the routes check it, then `render()`'s
+    body, or the error answer the route would give."""
+    services = scope["app"].state.services
+    try:
+        check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
+        body = await render()
+    except LeaderboardError as exc:
+        return await error_response(exc)(scope, receive, send)
+    await send_json(send, body)
+    return None
+
+
 class AnswerKnownTopPages(_Shortcut):
     """`GET /v1/leaderboard/top` with a query string the route has validated before.
 
@@ -74,13 +88,7 @@ class AnswerKnownTopPages(_Shortcut):
         query = services.top_queries.get(scope["query_string"])
         if query is None:
             return await self.app(scope, receive, send)
-        try:
-            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
-            body = await top_body(services, query)
-        except LeaderboardError as exc:
-            return await error_response(exc)(scope, receive, send)
-        await send_json(send, body)
-        return None
+        return await _answer_read(scope, receive, send, lambda: top_body(services, query))
 
 
 class AnswerKnownBoardTopPages(_Shortcut):
@@ -96,13 +104,7 @@ class AnswerKnownBoardTopPages(_Shortcut):
         query = services.board_top_queries.get((board, scope["query_string"]))
         if query is None:
             return await self.app(scope, receive, send)
-        try:
-            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
-            body = await board_top_body(services, board, query)
-        except LeaderboardError as exc:
-            return await error_response(exc)(scope, receive, send)
-        await send_json(send, body)
-        return None
+        return await _answer_read(scope, receive, send, lambda: board_top_body(services, board, query))
 
 
 class AnswerPlainRankReads(_Shortcut):
@@ -116,13 +118,8 @@ class AnswerPlainRankReads(_Shortcut):
 
     async def answer(self, scope, receive, send) -> None:
         services = scope["app"].state.services
-        try:
-            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
-            body = await player_body(services, scope["path"][len(RANK_PREFIX) :], None)
-        except LeaderboardError as exc:
-            return await error_response(exc)(scope, receive, send)
-        await send_json(send, body)
-        return None
+        user_id = scope["path"][len(RANK_PREFIX) :]
+        return await _answer_read(scope, receive, send, lambda: player_body(services, user_id, None))
 
 
 class AnswerPlainBoardRankReads(_Shortcut):
@@ -136,13 +133,7 @@ class AnswerPlainBoardRankReads(_Shortcut):
     async def answer(self, scope, receive, send) -> None:
         services = scope["app"].state.services
         board, user_id = _BOARD_RANK.fullmatch(scope["path"]).groups()  # type: ignore[union-attr]
-        try:
-            check_reader(services, header(scope, b"x-read-token"), header(scope, b"x-game-service-token"))
-            body = await board_player_body(services, board, user_id)
-        except LeaderboardError as exc:
-            return await error_response(exc)(scope, receive, send)
-        await send_json(send, body)
-        return None
+        return await _answer_read(scope, receive, send, lambda: board_player_body(services, board, user_id))
 
 
 class AcceptSingleScores(_Shortcut):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,11 @@ class BoardTopQuery(NamedTuple):
     limit: int
 
 
-class KnownQueries:
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class KnownQueries(Generic[K, V]):
     """Top-page query strings the route has validated (for a board's route, with the
     board: `(board, query string)`), with what they parse to, so the plain form of a
     repeated request can skip routing (`router.asgi.shortcuts`) without a second
@@ -80,14 +84,14 @@ class KnownQueries:
 
     def __init__(self, max_queries: int = 1000) -> None:
         self.max_queries = max_queries
-        self._queries: dict[Hashable, Any] = {}
+        self._queries: dict[K, V] = {}
 
-    def learn(self, query_string: Hashable, query: Any) -> None:
+    def learn(self, query_string: K, query: V) -> None:
         if query_string in self._queries:
             return
         if len(self._queries) >= self.max_queries:
             self._queries.clear()
         self._queries[query_string] = query
 
-    def get(self, query_string: Hashable) -> Any:
+    def get(self, query_string: K) -> V | None:
         return self._queries.get(query_string)

@@ -258,7 +258,8 @@ async def put_committed(
         not_removed = {sid for sid, result in zip(removals, removed, strict=True) if isinstance(result, BaseException)}
         failed |= not_removed
         for row in landed:
-            if not not_removed - {row.shard}:
+            # In place once every other shard holds its tombstone.
+            if not_removed <= {row.shard}:
                 cache.put(board_period, row.user_id, row.shard)
                 in_place.append(row)
     return in_place, failed

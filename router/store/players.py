@@ -344,8 +344,7 @@ def player_report(conn, user_id: str) -> tuple[bool, list[str], list[HeldEntry]]
     """What is held about a player: (erased?, the boards they are hidden on, every entry
     in every period, hidden ones included), for support staff and access requests."""
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM erased_players WHERE user_hash = %s", (user_hash(user_id),))
-        erased = cur.fetchone() is not None
+        erased = _erased(cur, user_id)
         cur.execute("SELECT board FROM hidden_players WHERE user_id = %s ORDER BY board", (user_id,))
         hidden_on = [row[0] for row in cur.fetchall()]
         cur.execute(
@@ -364,10 +363,14 @@ def player_report(conn, user_id: str) -> tuple[bool, list[str], list[HeldEntry]]
     return erased, hidden_on, entries
 
 
+def _erased(cur, user_id: str) -> bool:
+    cur.execute("SELECT 1 FROM erased_players WHERE user_hash = %s", (user_hash(user_id),))
+    return cur.fetchone() is not None
+
+
 def is_erased(conn, user_id: str) -> bool:
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM erased_players WHERE user_hash = %s", (user_hash(user_id),))
-        found = cur.fetchone() is not None
+        found = _erased(cur, user_id)
     conn.commit()
     return found
 
