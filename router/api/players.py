@@ -12,6 +12,7 @@ from router.api.deps import AdminName, ServicesDep, UserPath
 from router.api.errors import ERRORS
 from router.api.schemas import (
     BOARD_ID_PATTERN,
+    REASON_PATTERN,
     AuditEntryOut,
     AuditOut,
     ErrorOut,
@@ -26,7 +27,9 @@ from router.store.players import ActionResult
 router = APIRouter()
 
 BoardPath = Annotated[str, Path(pattern=BOARD_ID_PATTERN, description="1-64 characters of [a-z0-9_.-]")]
-ReasonQuery = Annotated[str, Query(min_length=1, max_length=500, description="Why (kept in the audit)")]
+ReasonQuery = Annotated[
+    str, Query(min_length=1, max_length=500, pattern=REASON_PATTERN, description="Why (kept in the audit)")
+]
 ANSWERS = {
     **ERRORS,
     404: {"model": ErrorOut, "description": "No such board"},

@@ -14,6 +14,8 @@ MATCH_ID_PATTERN = r"^[A-Za-z0-9_.:\-/#]{1,128}$"
 MONTH_PATTERN = r"^\d{4}-\d{2}$"
 BATCH_MAX = 1000
 METADATA_MAX_BYTES = 256
+# Free text kept in PostgreSQL, which cannot store the NUL character in text.
+REASON_PATTERN = r"^[^\x00]+$"
 
 
 def metadata_json(value: dict) -> str:
@@ -302,6 +304,7 @@ class PlayerActionIn(BaseModel):
     reason: str = Field(
         min_length=1,
         max_length=500,
+        pattern=REASON_PATTERN,
         description="Why (kept in the audit; for an erasure, write no personal data here)",
         examples=["aimbot reported in match 1234"],
     )

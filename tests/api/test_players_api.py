@@ -303,6 +303,11 @@ def test_bad_admin_requests_change_nothing_and_a_game_token_cannot_act(api, boar
     assert no_reason.status_code == 422 and no_reason.json()["error"]["field"] == "reason"
     empty = api.delete("/v1/admin/players/cheat", params={"reason": ""}, headers=ADMIN)
     assert empty.status_code == 422 and empty.json()["error"]["field"] == "reason"
+    # PostgreSQL text cannot hold NUL: refused up front, in the query and in a body alike.
+    nul = api.delete("/v1/admin/players/cheat", params={"reason": "a\x00b"}, headers=ADMIN)
+    assert nul.status_code == 422 and nul.json()["error"]["field"] == "reason", nul.text
+    nul_body = api.post("/v1/admin/players/cheat/hide", json={"reason": "a\u0000b"}, headers=ADMIN)
+    assert nul_body.status_code == 422 and nul_body.json()["error"]["field"] == "reason", nul_body.text
     unknown = api.post("/v1/admin/boards/nowhere/players/cheat/hide", json=WHY, headers=ADMIN)
     assert unknown.status_code == 404
     assert standings(api, "arena")[0] == 3
