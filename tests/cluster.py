@@ -24,7 +24,7 @@ from router.shards.keys import SHARD_MARKER_KEY
 from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
-from shard_manager.local.launcher import wait_ready
+from shard_manager.local.launcher import wait_listening, wait_ready
 from shard_manager.local.processes import PostgresServer, RedisServer, free_port
 
 GAME_TOKEN = "test-game-token"
@@ -44,7 +44,7 @@ def shard_map_for(servers: list[RedisServer], bounds: tuple[int, ...] = BOUNDS, 
 
 @dataclass
 class RouterProcess:
-    """One `uvicorn` router process on its own port, like the launcher starts."""
+    """One router (`router.serve`) on its own port, as the launcher starts it."""
 
     shards_file: Path
     database_url: str
@@ -75,16 +75,13 @@ class RouterProcess:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "--factory",
-                "router.app:create_app",
+                "router.serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(self.port),
                 "--workers",
                 str(self.workers),
-                "--no-access-log",
                 "--log-level",
                 "warning",
             ],
@@ -97,6 +94,7 @@ class RouterProcess:
         log.close()
         try:
             wait_ready(self.url + "/healthz", timeout=60, alive=lambda: self.proc.poll() is None)
+            wait_listening(self.port, self.workers, timeout=60, alive=lambda: self.proc.poll() is None)
         except Exception:
             raise RuntimeError(f"router failed to start:\n{self.log_path.read_text()[-3000:]}") from None
         return self

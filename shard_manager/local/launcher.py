@@ -38,7 +38,7 @@ from router.shardmap import (
 from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
-from shard_manager.local.processes import PostgresServer, RedisServer, SentinelServer
+from shard_manager.local.processes import PostgresServer, RedisServer, SentinelServer, listening_sockets
 from shard_manager.local.supervision import Supervisor
 from shard_manager.rebuild import months_in_old_layout, rebuild_month
 
@@ -95,6 +95,21 @@ def wait_ready(url: str, timeout: float, alive=lambda: True) -> None:
             last = str(exc)
         time.sleep(0.2)
     raise LaunchError(f"{url} not ready after {timeout:.0f}s ({last})")
+
+
+def wait_listening(port: int, workers: int, timeout: float, alive=lambda: True) -> None:
+    """Until every router worker listens on `port`. Each worker opens its socket once its
+    app has started, and connections opened before then all go to the workers already
+    listening (and stay there, if they are kept alive)."""
+    deadline = time.monotonic() + timeout
+    while (listening := listening_sockets(port)) < workers:
+        if not alive():
+            raise LaunchError(f"the router exited before its {workers} workers listened on port {port}")
+        if time.monotonic() > deadline:
+            raise LaunchError(
+                f"{listening} of the router's {workers} workers listen on port {port} after {timeout:.0f}s"
+            )
+        time.sleep(0.1)
 
 
 class LocalCluster:
@@ -223,6 +238,9 @@ class LocalCluster:
                 rebuild_month(self.settings.database_url, layout.shard_map, month)
             self._start_router()
             wait_ready(self.base_url + "/readyz", timeout=60, alive=lambda: self.router.poll() is None)
+            wait_listening(
+                self.settings.http_port, self.settings.workers, timeout=60, alive=lambda: self.router.poll() is None
+            )
         except BaseException:
             self.stop()
             raise
@@ -254,18 +272,13 @@ class LocalCluster:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "--factory",
-                "router.app:create_app",
+                "router.serve",
                 "--host",
                 self.settings.http_host,
                 "--port",
                 str(self.settings.http_port),
                 "--workers",
                 str(self.settings.workers),
-                "--no-access-log",
-                "--timeout-graceful-shutdown",
-                "20",
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -498,6 +511,7 @@ def up(settings: Settings) -> int:
     url = f"http://{settings.http_host}:{settings.http_port}/readyz"
     try:
         wait_ready(url, timeout=180, alive=lambda: proc.poll() is None)
+        wait_listening(settings.http_port, settings.workers, timeout=60, alive=lambda: proc.poll() is None)
     except LaunchError as exc:
         print(f"error: {exc}; see {logs / 'cluster.log'}", file=sys.stderr)
         down(settings)

@@ -50,6 +50,23 @@ def free_port(below: int | None = None) -> int:
     raise RuntimeError(f"no free port below {below}")
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on TCP `port`, on any address: a router started by
+    `router.serve` has one per worker once every worker is serving."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state = fields[1], fields[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                count += 1
+    return count
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"router.api"},
     {"router.asgi"},
     {"router.app"},
+    {"router.serve"},
     {"shard_manager"},
 ]
 FRAMEWORK_FREE = ("router.core", "router.shards", "router.store", "router.background", "router.aio")

@@ -123,7 +123,7 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
             command = _command_line(pid)
             # redis-server sets its own title: "redis-server 127.0.0.1:PORT".
             shard_server = "redis-server" in command and f"127.0.0.1:{ports[0]}" in command
-            router_main = "router.app:create_app" in command and _parent(pid) == launcher_pid
+            router_main = "router.serve" in command and _parent(pid) == launcher_pid
             if shard_server or router_main:
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
@@ -134,7 +134,7 @@ def test_up_gives_a_ready_cluster_and_down_leaves_nothing_behind(tmp_path):
             routers = {
                 pid
                 for pid in _session_members(launcher_pid)
-                if "router.app:create_app" in _command_line(pid) and _parent(pid) == launcher_pid
+                if "router.serve" in _command_line(pid) and _parent(pid) == launcher_pid
             }
             if not routers - killed or not redis.Redis(port=ports[0]).ping():
                 return False
