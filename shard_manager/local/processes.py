@@ -50,10 +50,10 @@ def free_port(below: int | None = None) -> int:
     raise RuntimeError(f"no free port below {below}")
 
 
-def listening_sockets(port: int) -> int:
-    """How many sockets listen on TCP `port`, on any address: a router started by
-    `router.serve` has one per worker once every worker is serving."""
-    count = 0
+def tcp_sockets(port: int, state: str) -> list[str]:
+    """The inodes of the TCP sockets on local `port`, any address, in `state` (the
+    kernel's hex code: "0A" listening, "01" established)."""
+    inodes = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -61,10 +61,15 @@ def listening_sockets(port: int) -> int:
             continue
         for row in rows:
             fields = row.split()
-            local, state = fields[1], fields[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                count += 1
-    return count
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.append(fields[9])
+    return inodes
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on TCP `port`: a router started by `router.serve` has one
+    per worker once every worker is serving."""
+    return len(tcp_sockets(port, "0A"))
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from shard_manager.local.processes import listening_sockets
+from shard_manager.local.processes import listening_sockets, tcp_sockets
 from tests.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,18 +35,8 @@ def _workers(pid: int) -> list[int]:
     return found
 
 
-def _established_inodes(port: int) -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
-                inodes.add(fields[9])
-    return inodes
-
-
 def _connections_per_worker(port: int, workers: list[int]) -> Counter[int]:
-    inodes = _established_inodes(port)
+    inodes = set(tcp_sockets(port, "01"))
     held: Counter[int] = Counter()
     for pid in workers:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
