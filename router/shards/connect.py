@@ -17,8 +17,11 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.retry as async_retry
 import redis.asyncio.sentinel as async_sentinel
+import redis.retry as sync_retry
 import redis.sentinel as sync_sentinel
+from redis.backoff import NoBackoff
 
 from router.shardmap import sentinel_service
 
@@ -26,49 +29,68 @@ from router.shardmap import sentinel_service
 # opens a connection waits for it, and a sentinel that does not answer is skipped.
 SENTINEL_TIMEOUT_S = 0.5
 
-
-class _AsyncFollowingPool(async_sentinel.SentinelConnectionPool):
-    last_primary: tuple[str, int] | None = None
-
-    async def get_master_address(self):
-        try:
-            address = await super().get_master_address()
-        except async_sentinel.MasterNotFoundError:
-            if self.last_primary is None or not await _no_sentinel_answers(self.sentinel_manager):
-                raise  # the sentinels answer: the primary is down or being replaced
-            return self.last_primary
-        self.last_primary = address
-        return address
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-async def _no_sentinel_answers(manager: async_sentinel.Sentinel) -> bool:
-    answers = await asyncio.gather(*(sentinel.ping() for sentinel in manager.sentinels), return_exceptions=True)
-    return all(isinstance(answer, BaseException) for answer in answers)
+def _primary_in(manager: sync_sentinel.Sentinel | async_sentinel.Sentinel, service: str, masters: Any):
+    state = masters.get(service) if isinstance(masters, dict) else None
+    if not state or not manager.check_master_state(state, service):
+        return None
+    return state["ip"], state["port"]
 
 
-class _SyncFollowingPool(sync_sentinel.SentinelConnectionPool):
-    last_primary: tuple[str, int] | None = None
+class _AsyncFollowingSentinel(async_sentinel.Sentinel):
+    """Asks every sentinel at once, so one that is frozen costs SENTINEL_TIMEOUT_S
+    rather than that much per sentinel in turn; with none answering, the last
+    primary one named."""
 
-    def get_master_address(self):
-        try:
-            address = super().get_master_address()
-        except sync_sentinel.MasterNotFoundError:
-            if self.last_primary is None or any(_answers(s) for s in self.sentinel_manager.sentinels):
-                raise
-            return self.last_primary
-        self.last_primary = address
-        return address
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_primary: dict[str, tuple[str, int]] = {}
+
+    async def discover_master(self, service_name: str):
+        answers = await asyncio.gather(
+            *(sentinel.sentinel_masters() for sentinel in self.sentinels), return_exceptions=True
+        )
+        for masters in answers:
+            address = _primary_in(self, service_name, masters)
+            if address is not None:
+                self.last_primary[service_name] = address
+                return address
+        if all(isinstance(answer, _UNREACHABLE) for answer in answers) and service_name in self.last_primary:
+            return self.last_primary[service_name]
+        # The sentinels answer: the primary is down or being replaced.
+        raise async_sentinel.MasterNotFoundError(f"No primary found for {service_name!r}: {answers}")
 
 
-def _answers(sentinel: redis.Redis) -> bool:
-    try:
-        return bool(sentinel.ping())
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
+class _SyncFollowingSentinel(sync_sentinel.Sentinel):
+    """The tools' twin of _AsyncFollowingSentinel (one sentinel after another)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_primary: dict[str, tuple[str, int]] = {}
+
+    def discover_master(self, service_name: str):
+        answers: list[Any] = []
+        for sentinel in self.sentinels:
+            try:
+                answers.append(sentinel.sentinel_masters())
+            except _UNREACHABLE as error:
+                answers.append(error)
+                continue
+            address = _primary_in(self, service_name, answers[-1])
+            if address is not None:
+                self.last_primary[service_name] = address
+                return address
+        if all(isinstance(answer, _UNREACHABLE) for answer in answers) and service_name in self.last_primary:
+            return self.last_primary[service_name]
+        raise sync_sentinel.MasterNotFoundError(f"No primary found for {service_name!r}: {answers}")
 
 
-def _sentinel_options() -> dict[str, Any]:
-    return {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S}
+def _sentinel_options(retry: Any) -> dict[str, Any]:
+    # No retries: redis-py's default retries a refused connection ten times with
+    # backoff, seconds per dead sentinel, and the other sentinels are the retry.
+    return {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S, "retry": retry}
 
 
 def sync_client(address: str, *, timeout_s: float, decode_responses: bool = False) -> redis.Redis:
@@ -77,8 +99,10 @@ def sync_client(address: str, *, timeout_s: float, decode_responses: bool = Fals
     service = sentinel_service(address)
     if service is None:
         return redis.Redis.from_url(address, **options)
-    manager = sync_sentinel.Sentinel(list(service.sentinels), sentinel_kwargs=_sentinel_options())
-    return manager.master_for(service.service, connection_pool_class=_SyncFollowingPool, db=service.db, **options)
+    manager = _SyncFollowingSentinel(
+        list(service.sentinels), sentinel_kwargs=_sentinel_options(sync_retry.Retry(NoBackoff(), 0))
+    )
+    return manager.master_for(service.service, db=service.db, **options)
 
 
 def async_client(address: str, **options: Any) -> aioredis.Redis:
@@ -86,8 +110,10 @@ def async_client(address: str, **options: Any) -> aioredis.Redis:
     service = sentinel_service(address)
     if service is None:
         return aioredis.Redis.from_url(address, **options)
-    manager = async_sentinel.Sentinel(list(service.sentinels), sentinel_kwargs=_sentinel_options())
-    return manager.master_for(service.service, connection_pool_class=_AsyncFollowingPool, db=service.db, **options)
+    manager = _AsyncFollowingSentinel(
+        list(service.sentinels), sentinel_kwargs=_sentinel_options(async_retry.Retry(NoBackoff(), 0))
+    )
+    return manager.master_for(service.service, db=service.db, **options)
 
 
 async def sentinels_unreachable(client: aioredis.Redis) -> bool:
@@ -95,4 +121,5 @@ async def sentinels_unreachable(client: aioredis.Redis) -> bool:
     pool = client.connection_pool
     if not isinstance(pool, async_sentinel.SentinelConnectionPool):
         return False
-    return await _no_sentinel_answers(pool.sentinel_manager)
+    answers = await asyncio.gather(*(s.ping() for s in pool.sentinel_manager.sentinels), return_exceptions=True)
+    return all(isinstance(answer, BaseException) for answer in answers)
