@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     write_batch_max: int = Field(500, ge=1, le=1000, description="Most events in one group commit")
     write_flushers: int = Field(1, ge=1, le=16, description="Group commits in flight per router process")
     write_linger_ms: float = Field(
-        2.0,
+        5.0,
         ge=0,
         le=50,
         description="Longest a group commit waits for the writers of the group before it to send again "
