@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,38 +46,60 @@ PLAYER_COUNTER_BUCKETS = 4096
 
 # KEYS: every key the call touches, in the order first named: each token's counter of
 # this second, the hour's player-counter hashes of its players.
-# ARGV: token limit (0: off), token ttl, player limit (0: off), hash ttl, then per
-# request: its token's index into KEYS, its number of players, and per player (its field,
-# events, index into KEYS of the user's hash).
+# ARGV: token limit (0: off), token ttl, player limit (0: off), the end of the hour (unix
+# time), then per request: its token's index into KEYS, its number of players, and per
+# player (its field, events, index into KEYS of the user's hash).
 # Answers, per request in order: the seconds to wait for the token (0: fine), then
 # the same for each of its users.
+#
+# A token's requests are counted with one INCRBY per call, not an INCR each: the j-th
+# request of the call is over the limit exactly when the count before the call plus j
+# is, as it would be counted one by one. A counters hash is given its expiry when a
+# player's first count of the hour lands in it (every new hash is made by one), not
+# looked up for every request.
 _COUNT = """
 local token_limit = tonumber(ARGV[1])
 local player_limit = tonumber(ARGV[3])
-local seen = {}
-local created = {}
+local hour_end = tonumber(ARGV[4])
+local counted = {}
+if token_limit > 0 then
+  local requests = {}
+  local i = 5
+  while i <= #ARGV do
+    local token = ARGV[i]
+    requests[token] = (requests[token] or 0) + 1
+    i = i + 2 + 3 * tonumber(ARGV[i + 1])
+  end
+  for token, n in pairs(requests) do
+    local key = KEYS[tonumber(token)]
+    local after = redis.call('INCRBY', key, n)
+    if after == n then redis.call('EXPIRE', key, tonumber(ARGV[2])) end
+    counted[token] = after - n
+  end
+end
+local expiring = {}
 local out = {}
 local i = 5
 while i <= #ARGV do
-  local token_key = KEYS[tonumber(ARGV[i])]
+  local token = ARGV[i]
   local players = tonumber(ARGV[i + 1])
   i = i + 2
   local token_wait = 0
   if token_limit > 0 then
-    local n = redis.call('INCR', token_key)
-    if n == 1 then redis.call('EXPIRE', token_key, tonumber(ARGV[2])) end
-    if n > token_limit then token_wait = 1 end
+    counted[token] = counted[token] + 1
+    if counted[token] > token_limit then token_wait = 1 end
   end
   out[#out + 1] = token_wait
   for _ = 1, players do
     local wait = 0
     if player_limit > 0 and token_wait == 0 then
       local counters = KEYS[tonumber(ARGV[i + 2])]
-      if not seen[counters] then
-        seen[counters] = true
-        if redis.call('EXISTS', counters) == 0 then created[#created + 1] = counters end
+      local amount = tonumber(ARGV[i + 1])
+      local n = redis.call('HINCRBY', counters, ARGV[i], amount)
+      if n == amount and not expiring[counters] then
+        expiring[counters] = true
+        redis.call('EXPIREAT', counters, hour_end)
       end
-      local n = redis.call('HINCRBY', counters, ARGV[i], tonumber(ARGV[i + 1]))
       if n > player_limit then
         local left = redis.call('TTL', counters)
         wait = left > 0 and left or 1
@@ -87,7 +109,6 @@ while i <= #ARGV do
     i = i + 3
   end
 end
-for _, counters in ipairs(created) do redis.call('EXPIRE', counters, tonumber(ARGV[4])) end
 return out
 """
 
@@ -113,7 +134,7 @@ class Verdict:
 @dataclass(frozen=True)
 class _Check:
     token: str
-    players: Counter[str]
+    players: Mapping[str, int]  # user_id -> events
 
 
 class RateLimiter:
@@ -146,7 +167,7 @@ class RateLimiter:
         """Counts single writes, (token, user_id) each, in one call: the refusal each must get, or None."""
         if not self.token_per_s and not self.player_per_hour:
             return [None] * len(requests)
-        verdicts = await self._count_or_let_through(None, [_Check(token, Counter([user])) for token, user in requests])
+        verdicts = await self._count_or_let_through(None, [_Check(token, {user: 1}) for token, user in requests])
         refusals: list[RateLimited | None] = []
         for (_, user), verdict in zip(requests, verdicts, strict=True):
             if verdict.token_retry_after:
@@ -201,7 +222,7 @@ class RateLimiter:
             return key_index[key]
 
         token_keys: dict[str, int] = {}
-        args: list[object] = [self.token_per_s, 2, self.player_per_hour, 3600 - now % 3600 + 1]
+        args: list[object] = [self.token_per_s, 2, self.player_per_hour, (hour + 1) * 3600 + 1]
         for check in checks:
             if check.token not in token_keys:
                 digest = hashlib.sha256(check.token.encode()).hexdigest()[:16]

@@ -1,11 +1,14 @@
-"""The rate limiter against a counter store that hangs: a real redis-server, frozen with
-SIGSTOP. Writes must not wait on it: they are let through, at once once its breaker is open."""
+"""The rate limiter against a real redis-server: its counting within one call, and a
+counter store that hangs (frozen with SIGSTOP), which writes must not wait on: they are
+let through, at once once its breaker is open."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
+
+import redis
 
 from router.core.rate_limits import RateLimiter
 from shard_manager.local.binaries import require_redis_server
@@ -33,6 +36,48 @@ def test_a_frozen_counter_store_lets_writes_through_without_stalling_them(tmp_pa
             assert timings[-1] < 0.05
         finally:
             server.proc.send_signal(signal.SIGCONT)
+            await limiter.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+def test_one_call_gives_each_request_the_verdict_counting_them_one_by_one_would(tmp_path):
+    # A call counts each token's requests with one INCRBY; the j-th request of a token in
+    # the call must still be judged by the count before the call plus j, and a player's
+    # events by their running count, in request order.
+    server = RedisServer(require_redis_server(), free_port(), tmp_path / "counters", appendonly=False)
+    server.start()
+
+    async def main():
+        limiter = RateLimiter(server.url, token_per_s=3, player_per_hour=2, deadline_s=1.0)
+        try:
+            # Retried whole if the second turns between the calls: the token's count is per second.
+            for _ in range(5):
+                second = int(time.time())
+                first = await limiter.admit([("a", "ann"), ("b", "bob")])
+                mixed = await limiter.admit(
+                    [("a", "ann"), ("b", "cid"), ("a", "ann"), ("a", "dan"), ("b", "bob"), ("b", "bob")]
+                )
+                if int(time.time()) == second:
+                    break
+            else:
+                raise AssertionError("could not make two calls within one second")
+            assert first == [None, None]
+            kinds = [None if r is None else ("token" if "token" in str(r) else "player") for r in mixed]
+            # Token a had 1 request before this call: its 2nd and 3rd pass, its 4th (dan) is
+            # over. Token b likewise: its 4th (bob's last) is over, and a request refused for
+            # its token is not counted against its player. ann's 3rd event of the hour is
+            # over the player limit though its token is not.
+            assert kinds == [None, None, "player", "token", None, "token"]
+            # Every counters hash goes with its hour.
+            store = redis.Redis.from_url(server.url)
+            keys = list(store.scan_iter("rl:p:*"))
+            assert keys and all(0 < store.ttl(key) <= 3601 for key in keys)
+            store.close()
+        finally:
             await limiter.close()
 
     try:
