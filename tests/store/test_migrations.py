@@ -158,3 +158,18 @@ def test_a_populated_database_of_the_single_board_release_becomes_board_global(c
             assert cur.fetchone() == ("duplicate", 130)
     finally:
         conn.close()
+
+
+def test_player_states_carry_only_the_indexes_something_reads(cluster):
+    # Every index on player_scores is paid for by every write that changes a player's
+    # state; each must have a reader: the primary key (the write path's lookups) and
+    # the score order (rebalance steps, archives).
+    dsn = fresh_database(cluster, "indexes_check")
+    migrate(dsn)
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'player_scores' ORDER BY 1")
+            assert [name for (name,) in cur.fetchall()] == ["player_scores_pkey", "player_scores_rank"]
+    finally:
+        conn.close()
