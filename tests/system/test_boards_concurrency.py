@@ -109,6 +109,16 @@ def test_two_boards_two_routers_a_boundary_move_stay_exact(split_cluster: Cluste
                 }
                 reply = admin.put(f"/v1/admin/boards/{board.id}", json=config, headers={"X-Admin-Token": ADMIN_TOKEN})
                 assert reply.status_code == 200, reply.text
+            # A player in the moved range on each board that no writer touches, so the move
+            # has someone to move (and someone to leave) whatever the load's random walk
+            # leaves there: kills at 150, laps at a stored 150.
+            for board, score in (("kills", 150), ("laps", M - 150)):
+                reply = admin.post(
+                    f"/v1/boards/{board}/scores",
+                    json={"user_id": f"still-{board}", "match_id": "seed", "score": score},
+                    headers=AUTH,
+                )
+                assert reply.status_code == 200, reply.text
         before = read_layout(cluster.dsn)
         assert before is not None
         # Board kills' s0/s1 boundary moves from 100 up to 300: its players in [100, 300)
