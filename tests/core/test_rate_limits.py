@@ -8,6 +8,7 @@ import asyncio
 import signal
 import time
 
+import pytest
 import redis
 
 from router.core.rate_limits import RateLimiter
@@ -15,9 +16,16 @@ from shard_manager.local.binaries import require_redis_server
 from shard_manager.local.processes import RedisServer, free_port
 
 
-def test_a_frozen_counter_store_lets_writes_through_without_stalling_them(tmp_path):
+@pytest.fixture
+def counter_store(tmp_path):
     server = RedisServer(require_redis_server(), free_port(), tmp_path / "counters", appendonly=False)
     server.start()
+    yield server
+    server.stop()
+
+
+def test_a_frozen_counter_store_lets_writes_through_without_stalling_them(counter_store):
+    server = counter_store
 
     async def main():
         limiter = RateLimiter(server.url, token_per_s=1, player_per_hour=0, deadline_s=0.2)
@@ -44,18 +52,14 @@ def test_a_frozen_counter_store_lets_writes_through_without_stalling_them(tmp_pa
             server.proc.send_signal(signal.SIGCONT)
             await limiter.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+    asyncio.run(main())
 
 
-def test_one_call_gives_each_request_the_verdict_counting_them_one_by_one_would(tmp_path):
+def test_one_call_gives_each_request_the_verdict_counting_them_one_by_one_would(counter_store):
+    server = counter_store
     # A call counts each token's requests with one INCRBY; the j-th request of a token in
     # the call must still be judged by the count before the call plus j, and a player's
     # events by their running count, in request order.
-    server = RedisServer(require_redis_server(), free_port(), tmp_path / "counters", appendonly=False)
-    server.start()
 
     async def main():
         limiter = RateLimiter(server.url, token_per_s=3, player_per_hour=2, deadline_s=1.0)
@@ -86,7 +90,4 @@ def test_one_call_gives_each_request_the_verdict_counting_them_one_by_one_would(
         finally:
             await limiter.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+    asyncio.run(main())
