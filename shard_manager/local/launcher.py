@@ -500,6 +500,7 @@ def up(settings: Settings) -> int:
     logs = settings.data_dir.resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "cluster.log", "ab") as log:
+        run_starts_at = log.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "shard_manager", "run"],
             stdin=subprocess.DEVNULL,
@@ -513,8 +514,9 @@ def up(settings: Settings) -> int:
         wait_ready(url, timeout=180, alive=lambda: proc.poll() is None)
         wait_listening(settings.http_port, settings.workers, timeout=60, alive=lambda: proc.poll() is None)
     except LaunchError as exc:
-        print(f"error: {exc}; see {logs / 'cluster.log'}", file=sys.stderr)
         down(settings)
+        print(f"error: {exc}; see {logs / 'cluster.log'}; its last lines:", file=sys.stderr)
+        print(_log_tail(logs / "cluster.log", run_starts_at), file=sys.stderr)
         return 1
     token = ",".join(settings.game_tokens) or (settings.data_dir / "game_token").read_text().strip()
     print(f"Cluster is up (pid {proc.pid}); logs in {logs / 'cluster.log'}")
@@ -522,6 +524,14 @@ def up(settings: Settings) -> int:
     print(f"  game token {token.split(',')[0]}")
     print("`make down` stops it.")
     return 0
+
+
+def _log_tail(path: Path, since: int, lines: int = 25) -> str:
+    """The last lines this run wrote to the log (which keeps earlier runs' lines above them)."""
+    with open(path, "rb") as log:
+        log.seek(since)
+        written = log.read().decode(errors="replace").splitlines()
+    return "\n".join(f"  | {line}" for line in written[-lines:]) or "  | (nothing)"
 
 
 def down(settings: Settings) -> int:

@@ -33,21 +33,27 @@ class ServerStartError(RuntimeError):
 
 
 def free_port(below: int | None = None) -> int:
-    """A port nothing listens on now: any the kernel offers, or one under `below` (for
-    ports that others are derived from by adding to them)."""
-    if below is None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+    """A port nothing listens on now, under the kernel's ephemeral range (or under `below`,
+    for ports that others are derived from by adding to them). Not one the kernel would
+    offer: those are the ones every outgoing connection takes its source port from, and
+    one taken so between this call and the server's bind makes the bind fail."""
+    top = below or _ephemeral_range_start()
     for _ in range(1000):
-        port = random.randint(10_000, below - 1)
+        port = random.randint(10_000, top - 1)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port below {below}")
+    raise RuntimeError(f"no free port below {top}")
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 def tcp_sockets(port: int, state: str) -> list[str]:

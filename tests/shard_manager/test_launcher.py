@@ -74,6 +74,16 @@ def _shard_ports() -> list[int]:
             return ports
 
 
+def _server_ports(avoid: list[int]) -> tuple[int, int]:
+    """PostgreSQL's and the router's ports: none of the shards' (or their replicas' and
+    sentinels') ports."""
+    taken = {*avoid, *(p + 1000 for p in avoid), *(avoid[0] + 20_000 + i for i in range(3))}
+    while True:
+        pg_port, http_port = free_port(), free_port()
+        if len({pg_port, http_port}) == 2 and not {pg_port, http_port} & taken:
+            return pg_port, http_port
+
+
 def _local_cluster(tmp_path: Path, **settings: str) -> tuple[Path, list[int], int, int, dict]:
     """A data dir, a 3-shard map on free ports, and the environment `make up` reads."""
     data_dir = tmp_path / "data"
@@ -85,7 +95,7 @@ def _local_cluster(tmp_path: Path, **settings: str) -> tuple[Path, list[int], in
         f"  - {{id: s1, address: 'redis://127.0.0.1:{ports[1]}/0', min_score: 100, max_score: 1000}}\n"
         f"  - {{id: s2, address: 'redis://127.0.0.1:{ports[2]}/0', min_score: 1000, max_score: null}}\n"
     )
-    pg_port, http_port = free_port(), free_port()
+    pg_port, http_port = _server_ports(avoid=ports)
     env = {
         **os.environ,
         "LB_DATA_DIR": str(data_dir),
@@ -224,6 +234,23 @@ def test_up_refuses_ports_another_cluster_answers_on(tmp_path):
     assert started.returncode == 1, started.stdout
     assert f"port(s) {other.server_address[1]} already in use" in started.stderr
     assert "is up" not in started.stdout
+
+
+def test_up_that_fails_shows_why_from_the_log(tmp_path):
+    """A cluster that stops while starting: `up` prints the reason from the log, so an
+    operator (or a CI run whose temporary files are gone) need not dig it out."""
+    data_dir, ports, pg_port, http_port, env = _local_cluster(tmp_path, LB_ENV="production", LB_ADMIN_TOKEN="changeme")
+    (data_dir / "logs").mkdir(parents=True)
+    (data_dir / "logs" / "cluster.log").write_text("a line an earlier run left\n")
+    try:
+        started = _manager("up", env)
+    finally:
+        _manager("down", env)
+    assert started.returncode == 1, started.stdout
+    assert "the cluster exited before" in started.stderr
+    assert "refusing to start in production: LB_ADMIN_TOKEN has a weak or short token" in started.stderr
+    assert "an earlier run left" not in started.stderr
+    assert all(_port_free(p) for p in [*ports, pg_port, http_port])
 
 
 def test_up_with_replicas_serves_each_shard_through_sentinels_and_fails_over(tmp_path):
