@@ -38,7 +38,13 @@ from router.shardmap import (
 from router.store.layout import ensure_layout
 from router.store.migrate import migrate
 from shard_manager.local.binaries import require_postgres, require_redis_server
-from shard_manager.local.processes import PostgresServer, RedisServer, SentinelServer, listening_sockets
+from shard_manager.local.processes import (
+    PostgresServer,
+    RedisServer,
+    SentinelServer,
+    listening_sockets,
+    log_tail,
+)
 from shard_manager.local.supervision import Supervisor
 from shard_manager.rebuild import months_in_old_layout, rebuild_month
 
@@ -516,7 +522,9 @@ def up(settings: Settings) -> int:
     except LaunchError as exc:
         down(settings)
         print(f"error: {exc}; see {logs / 'cluster.log'}; its last lines:", file=sys.stderr)
-        print(_log_tail(logs / "cluster.log", run_starts_at), file=sys.stderr)
+        # Only this run's lines: the log keeps earlier runs' above them.
+        tail = log_tail(logs / "cluster.log", lines=25, since=run_starts_at) or "(nothing)"
+        print("\n".join(f"  | {line}" for line in tail.splitlines()), file=sys.stderr)
         return 1
     token = ",".join(settings.game_tokens) or (settings.data_dir / "game_token").read_text().strip()
     print(f"Cluster is up (pid {proc.pid}); logs in {logs / 'cluster.log'}")
@@ -524,14 +532,6 @@ def up(settings: Settings) -> int:
     print(f"  game token {token.split(',')[0]}")
     print("`make down` stops it.")
     return 0
-
-
-def _log_tail(path: Path, since: int, lines: int = 25) -> str:
-    """The last lines this run wrote to the log (which keeps earlier runs' lines above them)."""
-    with open(path, "rb") as log:
-        log.seek(since)
-        written = log.read().decode(errors="replace").splitlines()
-    return "\n".join(f"  | {line}" for line in written[-lines:]) or "  | (nothing)"
 
 
 def down(settings: Settings) -> int:

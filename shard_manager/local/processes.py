@@ -78,11 +78,15 @@ def listening_sockets(port: int) -> int:
     return len(tcp_sockets(port, "0A"))
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def log_tail(path: Path, lines: int = 20, since: int = 0) -> str:
+    """The last `lines` lines of a log, of what was written from byte `since` on."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as log:
+            log.seek(since)
+            written = log.read().decode(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    return "\n".join(written[-lines:])
 
 
 def _stop_process(proc: subprocess.Popen | None, sig: int, timeout: float) -> None:
@@ -103,7 +107,7 @@ def _wait_until_it_answers(proc: subprocess.Popen, what: str, port: int, log_pat
     try:
         while True:
             if proc.poll() is not None:
-                raise ServerStartError(f"{what} on port {port} exited with {proc.returncode}:\n" + _tail(log_path))
+                raise ServerStartError(f"{what} on port {port} exited with {proc.returncode}:\n" + log_tail(log_path))
             try:
                 if client.ping():
                     return
@@ -359,7 +363,7 @@ class PostgresServer(_ServerProcess):
         while True:
             if self.proc.poll() is not None:
                 raise ServerStartError(
-                    f"postgres on port {self.port} exited with {self.proc.returncode}:\n" + _tail(self.log_path)
+                    f"postgres on port {self.port} exited with {self.proc.returncode}:\n" + log_tail(self.log_path)
                 )
             try:
                 psycopg2.connect(self.dsn("postgres"), connect_timeout=2).close()
@@ -367,7 +371,7 @@ class PostgresServer(_ServerProcess):
             except psycopg2.OperationalError:
                 if time.monotonic() > deadline:
                     raise ServerStartError(
-                        f"postgres on port {self.port} not ready in {timeout}s:\n" + _tail(self.log_path)
+                        f"postgres on port {self.port} not ready in {timeout}s:\n" + log_tail(self.log_path)
                     ) from None
                 time.sleep(0.1)
         self.create_database("leaderboard")

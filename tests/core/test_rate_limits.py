@@ -24,20 +24,30 @@ def counter_store(tmp_path):
     server.stop()
 
 
+async def within_one_second(calls):
+    """What `calls(attempt)` returns, from an attempt whose calls all fell within one
+    second of the clock (a token's count is per second). Each attempt must use tokens
+    and players of its own: an earlier attempt's counts stay."""
+    for attempt in range(5):
+        at = int(time.time())
+        results = await calls(attempt)
+        if int(time.time()) == at:
+            return results
+    raise AssertionError("could not make the calls within one second")
+
+
 def test_a_frozen_counter_store_lets_writes_through_without_stalling_them(counter_store):
     server = counter_store
 
     async def main():
         limiter = RateLimiter(server.url, token_per_s=1, player_per_hour=0, deadline_s=0.2)
+
+        async def two_calls(attempt):
+            token = f"token{attempt}"
+            return await limiter.admit([(token, "ann")]), await limiter.admit([(token, "bob")])
+
         try:
-            # A token's count is per second: tried again, with another token, if the second
-            # turns between the two calls.
-            for attempt in range(5):
-                at = int(time.time())
-                first = await limiter.admit([(f"token{attempt}", "ann")])
-                second = await limiter.admit([(f"token{attempt}", "bob")])
-                if int(time.time()) == at:
-                    break
+            first, second = await within_one_second(two_calls)
             assert first == [None] and second[0] is not None  # 1 per second: counted
             server.proc.send_signal(signal.SIGSTOP)
             timings = []
@@ -63,18 +73,14 @@ def test_one_call_gives_each_request_the_verdict_counting_them_one_by_one_would(
 
     async def main():
         limiter = RateLimiter(server.url, token_per_s=3, player_per_hour=2, deadline_s=1.0)
+
+        async def two_calls(attempt):
+            a, b, ann, bob, cid, dan = (f"{name}{attempt}" for name in ("a", "b", "ann", "bob", "cid", "dan"))
+            first = await limiter.admit([(a, ann), (b, bob)])
+            return first, await limiter.admit([(a, ann), (b, cid), (a, ann), (a, dan), (b, bob), (b, bob)])
+
         try:
-            # Retried whole if the second turns between the calls: the token's count is per second.
-            for _ in range(5):
-                second = int(time.time())
-                first = await limiter.admit([("a", "ann"), ("b", "bob")])
-                mixed = await limiter.admit(
-                    [("a", "ann"), ("b", "cid"), ("a", "ann"), ("a", "dan"), ("b", "bob"), ("b", "bob")]
-                )
-                if int(time.time()) == second:
-                    break
-            else:
-                raise AssertionError("could not make two calls within one second")
+            first, mixed = await within_one_second(two_calls)
             assert first == [None, None]
             kinds = [None if r is None else ("token" if "token" in str(r) else "player") for r in mixed]
             # Token a had 1 request before this call: its 2nd and 3rd pass, its 4th (dan) is

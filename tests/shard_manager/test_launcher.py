@@ -19,7 +19,7 @@ import redis
 
 from router.settings import Settings
 from router.shards.keys import legacy_state_key, state_key, zset_key
-from shard_manager.local.launcher import LocalCluster, _port_free
+from shard_manager.local.launcher import REPLICA_PORT_STEP, SENTINEL_PORT_OFFSET, LocalCluster, _port_free
 from shard_manager.local.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,15 +69,20 @@ def _shard_ports() -> list[int]:
     where other processes' connections would come and go on them."""
     while True:
         ports = sorted(free_port(below=12_000) for _ in range(3))
-        derived = [p + 1000 for p in ports] + [ports[0] + 20_000 + i for i in range(3)]
-        if len(set(ports)) == 3 and all(_port_free(p) for p in derived):
+        if len(set(ports)) == 3 and all(_port_free(p) for p in _derived_ports(ports)):
             return ports
+
+
+def _derived_ports(shard_ports: list[int]) -> list[int]:
+    """The ports `LB_REPLICAS=1` puts the replicas and sentinels of these shards on."""
+    lowest = min(shard_ports)
+    return [p + REPLICA_PORT_STEP for p in shard_ports] + [lowest + SENTINEL_PORT_OFFSET + i for i in range(3)]
 
 
 def _server_ports(avoid: list[int]) -> tuple[int, int]:
     """PostgreSQL's and the router's ports: none of the shards' (or their replicas' and
     sentinels') ports."""
-    taken = {*avoid, *(p + 1000 for p in avoid), *(avoid[0] + 20_000 + i for i in range(3))}
+    taken = {*avoid, *_derived_ports(avoid)}
     while True:
         pg_port, http_port = free_port(), free_port()
         if len({pg_port, http_port}) == 2 and not {pg_port, http_port} & taken:
@@ -285,7 +290,7 @@ def test_up_with_replicas_serves_each_shard_through_sentinels_and_fails_over(tmp
         os.kill(frozen, signal.SIGSTOP)
         try:
             deadline = time.monotonic() + 30
-            promoted = redis.Redis(port=ports[1] + 1000, decode_responses=True)
+            promoted = redis.Redis(port=ports[1] + REPLICA_PORT_STEP, decode_responses=True)
             while promoted.info("replication")["role"] != "master" and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert promoted.info("replication")["role"] == "master"
