@@ -137,10 +137,15 @@ class ShardWriter:
                 [self._settle(player, done, done, ids, above.get(player.board_period)) for player in players.values()]
             )
 
-        # Phase 1: the add on each player's (new) shard.
-        added = await self._run_applies(add_work)
+        # Phase 1: the add on each player's (new) shard, and the sizes of the shards
+        # above that the group changes nowhere (nothing later changes them either).
+        may_lose = {(player.board_period, sid) for player, shard_ids in stale.items() for sid in shard_ids}
+        untouched = [key for key in sized if key not in add_work and key not in may_lose]
+        added = await self._run_applies({**dict.fromkeys(untouched, []), **add_work})
         # Phase 2: the removals, never before the add landed (on two shards is fixable,
-        # on none is not), with every shard's size read after them for the ranks.
+        # on none is not). A rank needs each shard's size after the group's last change
+        # there: a shard's own removal call returns it; a shard phase 1 changed or read,
+        # and phase 2 does not touch, already has it.
         removals: dict[tuple[str, str], list[_Player]] = defaultdict(list)
         for player, shard_ids in stale.items():
             if isinstance(added[(player.board_period, player.target)], ShardUnavailable):
@@ -150,10 +155,14 @@ class ShardWriter:
                     group = removals[(player.board_period, shard_id)]
                     player.removal_index[shard_id] = len(group)
                     group.append(player)
+        unread = [key for key in sized if key not in removals and key not in added]
         removed = await self._run_applies(
-            {**dict.fromkeys(sized, []), **{key: [(p.state, False) for p in group] for key, group in removals.items()}}
+            {
+                **dict.fromkeys(unread, []),
+                **{key: [(p.state, False) for p in group] for key, group in removals.items()},
+            }
         )
-        above = _players_above(removed, lowest, ids)
+        above = _players_above({**added, **removed}, lowest, ids)
         return all(
             [self._settle(player, added, removed, ids, above.get(player.board_period)) for player in players.values()]
         )
