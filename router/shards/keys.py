@@ -111,11 +111,13 @@ def metadata_key(board_period: str) -> str:
 def script_keys(board_period: str, user_ids: Iterable[str]) -> list[str]:
     """KEYS for the apply, lookup and purge scripts: the sorted set, the generation, the
     display data, then each user's state hash."""
+    # state_key's prefix once per call, not once per player: a group's apply names dozens.
+    states = legacy_state_key(board_period)
     return [
         zset_key(board_period),
         generation_key(board_period),
         metadata_key(board_period),
-        *(state_key(board_period, user) for user in user_ids),
+        *(f"{states}:{state_bucket(user)}" for user in user_ids),
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from router.shards.client import ShardClients
+from router.shards.keys import state_key
 from router.shards.protocol import apply_call, player_state
 from router.shards.state import decode
 from router.shards.sync_client import SyncShard
@@ -46,6 +47,12 @@ def test_an_apply_call_names_each_players_state_hash_after_the_set_generation_an
     keys, args = apply_call(MONTH, [(player_state("ann", 3, 500, 7), True)])
     assert keys[:3] == [f"lb:{MONTH}:z", f"lb:{MONTH}:g", f"lb:{MONTH}:m"] and keys[3].startswith(f"lb:{MONTH}:v:")
     assert args[:4] == ["ann", 3, 1, 500] and args[5] == ""
+    # Each player's hash is the one state_key names, on the original board and any other.
+    for board_period in (MONTH, "cup:daily:2026-12-07"):
+        users = [f"player-{n}" for n in range(50)]
+        keys, _ = apply_call(board_period, [(player_state(user, 1, 10, 1), True) for user in users])
+        assert keys[3:] == [state_key(board_period, user) for user in users]
+        assert len(set(keys[3:])) > 40  # spread over the buckets
 
 
 def test_display_data_goes_with_the_state_and_leaves_with_it(board: Cluster):
