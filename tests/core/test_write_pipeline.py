@@ -268,38 +268,38 @@ def test_a_group_on_a_middle_shard_reads_only_the_shards_above_it(board: Cluster
     assert ranks == [3]
 
 
-def test_a_player_moving_up_costs_one_call_per_shard(board: Cluster):
+def moved_player(board: Cluster, seeds: dict[str, int], mover: str, scores: tuple[int, int]):
+    """The shard calls of: one write per seed player, then the mover's two writes
+    (`scores`, the second moving them); and the mover's second outcome."""
     answers: list[WriteOutcome] = []
 
-    async def seed_then_climb(pipeline: WritePipeline) -> None:
-        await pipeline.submit(event("peak", 0, TOP))
-        await pipeline.submit(event("ridge", 0, MIDDLE))
-        await pipeline.submit(event("climber", 0, 50))
-        answers.extend(await pipeline.submit(event("climber", 1, 100)))
+    async def seed_then_move(pipeline: WritePipeline) -> None:
+        for user, score in seeds.items():
+            await pipeline.submit(event(user, 0, score))
+        await pipeline.submit(event(mover, 0, scores[0]))
+        answers.extend(await pipeline.submit(event(mover, 1, scores[1])))
 
+    calls = calls_during(board, seed_then_move)
+    (moved,) = answers
+    return calls, moved
+
+
+def test_a_player_moving_up_costs_one_call_per_shard(board: Cluster):
+    calls, moved = moved_player(board, {"peak": TOP, "ridge": MIDDLE}, "climber", (50, 100))
     # peak: s2 alone. ridge: its add on s1 and s2's size. climber's first write: its
     # add on s0 and the sizes of s1 and s2. Its move to s1: the add on s1 and s2's size,
     # then the removal from s0; s1's size after the group came with its add.
-    assert calls_during(board, seed_then_climb) == {"s0": 2, "s1": 3, "s2": 4}
-    (moved,) = answers
+    assert calls == {"s0": 2, "s1": 3, "s2": 4}
     assert moved.row.shard == "s1" and moved.row.prev_shard == "s0"
     assert (moved.rank, moved.previous_rank) == (3, 3)
 
 
 def test_a_player_moving_down_costs_one_call_per_shard(board: Cluster):
-    answers: list[WriteOutcome] = []
-
-    async def seed_then_fall(pipeline: WritePipeline) -> None:
-        await pipeline.submit(event("summit", 0, TOP))
-        await pipeline.submit(event("floor", 0, 10))
-        await pipeline.submit(event("faller", 0, MIDDLE))
-        answers.extend(await pipeline.submit(event("faller", 1, -MIDDLE + 20)))
-
+    calls, moved = moved_player(board, {"summit": TOP, "floor": 10}, "faller", (MIDDLE, -MIDDLE + 20))
     # summit: s2 alone. floor: its add on s0 and the sizes of s1 and s2. faller's first
     # write: its add on s1 and s2's size. Its move to s0: the add on s0 and s2's size,
     # then the removal from s1, which returns s1's size after it.
-    assert calls_during(board, seed_then_fall) == {"s0": 2, "s1": 3, "s2": 4}
-    (moved,) = answers
+    assert calls == {"s0": 2, "s1": 3, "s2": 4}
     assert moved.row.shard == "s0" and moved.row.prev_shard == "s1"
     assert (moved.rank, moved.previous_rank) == (2, 2)
 
