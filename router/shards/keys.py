@@ -76,13 +76,19 @@ def state_bucket(user_id: str) -> int:
 
 def state_keys(board_period: str) -> list[str]:
     """Every state hash a board period can have on a shard, by bucket (most exist once it has players)."""
-    return [f"{legacy_state_key(board_period)}:{bucket}" for bucket in range(STATE_BUCKETS)]
+    prefix = legacy_state_key(board_period)
+    return [_state_hash(prefix, bucket) for bucket in range(STATE_BUCKETS)]
 
 
 def state_key(board_period: str, user_id: str) -> str:
     """The hash holding this player's entry: user_id -> "version:tie" (on the board)
     or "version" (a tombstone: the player left this shard at that version)."""
-    return f"{legacy_state_key(board_period)}:{state_bucket(user_id)}"
+    return _state_hash(legacy_state_key(board_period), state_bucket(user_id))
+
+
+def _state_hash(prefix: str, bucket: int) -> str:
+    """A bucket's state hash, under its board period's `legacy_state_key`."""
+    return f"{prefix}:{bucket}"
 
 
 def legacy_state_key(board_period: str) -> str:
@@ -112,12 +118,12 @@ def script_keys(board_period: str, user_ids: Iterable[str]) -> list[str]:
     """KEYS for the apply, lookup and purge scripts: the sorted set, the generation, the
     display data, then each user's state hash."""
     # state_key's prefix once per call, not once per player: a group's apply names dozens.
-    states = legacy_state_key(board_period)
+    prefix = legacy_state_key(board_period)
     return [
         zset_key(board_period),
         generation_key(board_period),
         metadata_key(board_period),
-        *(f"{states}:{state_bucket(user)}" for user in user_ids),
+        *(_state_hash(prefix, state_bucket(user)) for user in user_ids),
     ]
 
 
