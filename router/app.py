@@ -1,4 +1,8 @@
-"""The FastAPI application: `uvicorn --factory router.app:create_app`."""
+"""The router's ASGI application: `uvicorn --factory router.app:create_app`.
+
+From the outside in: request ids, metrics, the access log and the body limit
+(`RequestContext`), CORS when configured, the hot paths answered before the
+framework (`HotPaths`), then the FastAPI app with every route."""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
-from router.api.errors import error_response, http_error_response, validation_response
+from router.api.errors import error_response, http_error_response, too_large_response, validation_response
 from router.api.routes import router
 from router.asgi.access_log import AccessLog
+from router.asgi.http import BodyTooLarge
 from router.asgi.observability import RequestContext, configure_logging
 from router.asgi.shortcuts import (
     AcceptSingleBoardScores,
@@ -25,6 +31,7 @@ from router.asgi.shortcuts import (
     AnswerKnownTopPages,
     AnswerPlainBoardRankReads,
     AnswerPlainRankReads,
+    HotPaths,
 )
 from router.errors import LeaderboardError
 from router.services import Services
@@ -48,7 +55,7 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> RequestContext:
     settings = settings or get_settings()
     configure_logging(settings.log_json)
     check_production_safety(settings)
@@ -92,28 +99,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, BodyTooLarge):
+            # A body with no declared length passed the limit while FastAPI read it.
+            return too_large_response(settings.max_body_bytes)
         return http_error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    # Innermost of the middlewares: CORS headers, request ids, metrics, the access log
-    # and the body size limit still apply to what these answer before routing.
-    app.add_middleware(AnswerKnownTopPages)
-    app.add_middleware(AnswerPlainRankReads)
-    app.add_middleware(AcceptSingleScores)
-    app.add_middleware(AnswerPlainBoardRankReads)
-    app.add_middleware(AcceptSingleBoardScores)
-    app.add_middleware(AnswerKnownBoardTopPages)
+    # Single writes first: the checks run in this order on every request they see.
+    front: ASGIApp = HotPaths(
+        app,
+        [
+            AcceptSingleScores,
+            AnswerPlainRankReads,
+            AnswerKnownTopPages,
+            AcceptSingleBoardScores,
+            AnswerPlainBoardRankReads,
+            AnswerKnownBoardTopPages,
+        ],
+    )
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
+        front = CORSMiddleware(
+            front,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-Game-Service-Token", "X-Read-Token", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(
-        RequestContext,
+    return RequestContext(
+        front,
         max_body_bytes=settings.max_body_bytes,
         access_log=access_log,
         only_writes=settings.access_log == "writes",
     )
-    return app

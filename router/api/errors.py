@@ -64,11 +64,19 @@ def error_bytes(code: str, message: str, field: str | None = None) -> bytes:
     return json.dumps(error_body(code, message, field)).encode()
 
 
+def too_large_message(limit: int) -> str:
+    return f"request bodies are limited to {limit} bytes"
+
+
 def http_error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Starlette's own answers (unknown path, wrong method, unreadable body) in our error shape."""
     codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
     body = error_body(codes.get(status, "http_error"), detail)
     return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def too_large_response(limit: int) -> JSONResponse:
+    return _error(413, "payload_too_large", too_large_message(limit))
 
 
 def _error(status: int, code: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:

@@ -9,8 +9,9 @@ import os
 import re
 import time
 
-from router.api.errors import error_bytes
+from router.api.errors import error_bytes, too_large_message
 from router.asgi.access_log import AccessLog
+from router.asgi.http import BodyTooLarge
 from router.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -72,7 +73,7 @@ class RequestContext:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
-                    raise _TooLarge()
+                    raise BodyTooLarge()
             return message
 
         async def send_with_id(message):
@@ -83,13 +84,13 @@ class RequestContext:
 
         try:
             await self.app(scope, limited_receive, send_with_id)
-        except _TooLarge:
+        except BodyTooLarge:
             return await self._refuse_large(scope, send, request_id, started)
         finally:
             self._record(scope, status_holder["status"], request_id, started)
 
     async def _refuse_large(self, scope, send, request_id: str, started: float) -> None:
-        body = _error(413, "payload_too_large", f"request bodies are limited to {self.max_body_bytes} bytes")
+        body = _error(413, "payload_too_large", too_large_message(self.max_body_bytes))
         await send(
             {
                 "type": "http.response.start",
@@ -121,7 +122,3 @@ class RequestContext:
                 "ms": round(elapsed * 1000, 2),
             }
         )
-
-
-class _TooLarge(Exception):
-    pass

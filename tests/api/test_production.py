@@ -264,6 +264,18 @@ def test_payload_limit_and_cors(custom_router):
         )
         assert big.status_code == 413
         assert big.json()["error"]["code"] == "payload_too_large"
+        # A body that declares no length is cut off as it arrives: on a route, and on
+        # the single write, answered before the framework once its route is known.
+        assert api.post("/v1/scores", json={"user_id": "small", "match_id": "m1"}, headers=AUTH).status_code == 200
+        for path in ("/v1/scores/batch", "/v1/scores"):
+            streamed = api.post(
+                path,
+                content=iter([b'{"user_id": "big", "match_id": "m1", "pad": "', b"x" * 5000, b'"}']),
+                headers={**AUTH, "Content-Type": "application/json"},
+            )
+            assert streamed.status_code == 413, path
+            assert streamed.json()["error"]["code"] == "payload_too_large"
+        assert api.get("/v1/scores/big").status_code == 404
         preflight = api.options(
             "/v1/scores",
             headers={
@@ -277,6 +289,12 @@ def test_payload_limit_and_cors(custom_router):
             "/v1/scores", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
         )
         assert "access-control-allow-origin" not in other.headers
+        origin = {"Origin": "https://game.example"}
+        write = api.post("/v1/scores", json={"user_id": "cors", "match_id": "m1"}, headers={**AUTH, **origin})
+        read = api.get("/v1/scores/cors", headers=origin)
+        assert write.status_code == read.status_code == 200
+        assert write.headers["access-control-allow-origin"] == read.headers["access-control-allow-origin"]
+        assert read.headers["access-control-allow-origin"] == "https://game.example"
 
 
 def test_unreadable_bodies_and_unknown_paths_use_the_error_shape(api):
