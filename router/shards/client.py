@@ -3,6 +3,8 @@
 What each script call sends and how its answer reads is `router.shards.protocol`,
 shared with the operator's tools' synchronous client (`router.shards.sync_client`).
 
+The script calls (apply, lookup, range) go out on each shard's
+pipelined connection (`router.shards.pipelined`); the rest, and probes, on redis-py's.
 Every call goes through `_call`, which turns connection failures and timeouts into
 `ShardUnavailable(shard_id)`, so callers deal in shards, never in sockets. Lookups
 and member counts of one shard and board period that arrive while one is in flight share
@@ -41,6 +43,7 @@ from router.shards.keys import (
     user_of,
     zset_key,
 )
+from router.shards.pipelined import PipelinedScripts, pipelined_scripts_for
 from router.shards.protocol import ApplyResult, Lookup, PlayerState, ShardCount
 from router.shards.redis_packing import packed_by_hiredis
 from router.shards.scripts import APPLY_LUA, LOOKUP_LUA, PURGE_LUA, RANGE_LUA
@@ -104,6 +107,9 @@ class ShardClients:
         self._clients: dict[str, aioredis.Redis] = {}
         self._addresses: dict[str, str] = {}
         self._retired: dict[str, aioredis.Redis] = {}
+        # The hot script calls' own connections (router.shards.pipelined), one per shard.
+        self._pipelined: dict[str, PipelinedScripts] = {}
+        self._retired_pipelined: list[PipelinedScripts] = []
         self.breakers: dict[str, CircuitBreaker] = {}
         self._sentinels_lost_since: dict[str, float] = {}
         # Shards whose reads are refused, and why: one found without its data is being
@@ -146,6 +152,11 @@ class ShardClients:
             )
             self._clients[shard.id] = client
             self._addresses[shard.id] = shard.address
+            if shard.id in self._pipelined:
+                self._retired_pipelined.append(self._pipelined.pop(shard.id))
+            pipelined = pipelined_scripts_for(client, socket_timeout)
+            if pipelined is not None:
+                self._pipelined[shard.id] = pipelined
             if shard.id in self.breakers:
                 self.breakers[shard.id].abandon()  # its probe would go on asking the old address
             self.breakers[shard.id] = CircuitBreaker(
@@ -172,12 +183,25 @@ class ShardClients:
             # Kept until close(): a request that started under the old layout may still use it.
             self._retired[shard_id] = self._clients.pop(shard_id)
             self._addresses.pop(shard_id, None)
+            if shard_id in self._pipelined:
+                self._retired_pipelined.append(self._pipelined.pop(shard_id))
 
     async def close(self) -> None:
         for breaker in self.breakers.values():
             await breaker.close()
         clients = list(self._clients.values()) + list(self._retired.values())
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        for pipelined in [*self._pipelined.values(), *self._retired_pipelined]:
+            await pipelined.close()
+
+    def _script(
+        self, shard_id: str, script: Any, keys: Sequence[str], args: Sequence[Any]
+    ) -> Callable[[aioredis.Redis], Awaitable[Any]]:
+        """A script call for `_call`: on the shard's pipelined connection where it has one."""
+        pipelined = self._pipelined.get(shard_id)
+        if pipelined is None:
+            return lambda client: script(keys=keys, args=args, client=client)
+        return lambda _client: pipelined.evalsha(script.sha, script.script, keys, args)
 
     async def _call(
         self,
@@ -225,10 +249,7 @@ class ShardClients:
     ) -> tuple[list[ApplyResult], int]:
         """Apply (state, present) pairs in order on one shard; returns results and member count."""
         keys, args = protocol.apply_call(board_period, states)
-
-        async def run(client: aioredis.Redis) -> list[int]:
-            return await self._apply(keys=keys, args=args, client=client)
-
+        run = self._script(shard_id, self._apply, keys, args)
         return protocol.apply_reply(
             await self._call(shard_id, run, "apply", deadline_s=self.write_deadline_s, reads=False)
         )
@@ -258,10 +279,7 @@ class ShardClients:
         users = list(dict.fromkeys(item for item in items if item is not None))
 
         keys, args = protocol.lookup_call(board_period, users)
-
-        async def run(client: aioredis.Redis) -> list[Any]:
-            return await self._lookup(keys=keys, args=args, client=client)
-
+        run = self._script(shard_id, self._lookup, keys, args)
         count, found = protocol.lookup_reply(await self._call(shard_id, run, "lookup" if users else "size"), users)
         return [count if item is None else found[item] for item in items]
 
@@ -280,10 +298,7 @@ class ShardClients:
         start..stop (inclusive), highest first, with scores and display data, read in one step."""
 
         keys, args = protocol.range_call(board_period, start, stop)
-
-        async def run(client: aioredis.Redis) -> list[Any]:
-            return await self._range(keys=keys, args=args, client=client)
-
+        run = self._script(shard_id, self._range, keys, args)
         return protocol.range_reply(await self._call(shard_id, run, "range"))
 
     async def legacy_state_hashes(self, shard_id: str) -> list[str]:
