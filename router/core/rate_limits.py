@@ -33,7 +33,7 @@ from router.errors import RateLimited
 from router.metrics import RATE_LIMITED
 from router.shards.connect import async_client
 from router.shards.keys import user_bucket
-from router.shards.pipelined import pipelined_scripts_for
+from router.shards.pipelined import call_script, pipelined_scripts_for
 from router.shards.redis_packing import packed_by_hiredis
 
 log = logging.getLogger(__name__)
@@ -238,11 +238,7 @@ class RateLimiter:
                 # With the player limit off the script reads no counter: none is named.
                 counters = index_of(player_counters_key(hour, user)) if self.player_per_hour else 0
                 args += [player_counter_field(user), amount, counters]
-        if self._pipelined is None:
-            counted = await self._count(keys=keys, args=args)
-        else:
-            counted = await self._pipelined.evalsha(self._count.sha, _COUNT, keys, args)
-        answers = [int(a) for a in counted]
+        answers = [int(a) for a in await call_script(self._pipelined, self._count, keys, args)]
         verdicts = []
         at = 0
         for check in checks:

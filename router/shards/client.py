@@ -43,7 +43,7 @@ from router.shards.keys import (
     user_of,
     zset_key,
 )
-from router.shards.pipelined import PipelinedScripts, pipelined_scripts_for
+from router.shards.pipelined import PipelinedScripts, call_script, pipelined_scripts_for
 from router.shards.protocol import ApplyResult, Lookup, PlayerState, ShardCount
 from router.shards.redis_packing import packed_by_hiredis
 from router.shards.scripts import APPLY_LUA, LOOKUP_LUA, PURGE_LUA, RANGE_LUA
@@ -199,9 +199,7 @@ class ShardClients:
     ) -> Callable[[aioredis.Redis], Awaitable[Any]]:
         """A script call for `_call`: on the shard's pipelined connection where it has one."""
         pipelined = self._pipelined.get(shard_id)
-        if pipelined is None:
-            return lambda client: script(keys=keys, args=args, client=client)
-        return lambda _client: pipelined.evalsha(script.sha, script.script, keys, args)
+        return lambda client: call_script(pipelined, script, keys, args, client)
 
     async def _call(
         self,

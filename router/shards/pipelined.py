@@ -138,7 +138,7 @@ class PipelinedScripts:
         return await self._send(hiredis.pack_command(("EVAL", script, len(keys), *keys, *args)))
 
     async def _send(self, command: bytes) -> Any:
-        wire = self._wire if self._wire is not None and self._wire.usable else None
+        wire = self._open_wire()
         fresh = wire is None
         if wire is None:
             wire = await self._connected()
@@ -148,8 +148,14 @@ class PipelinedScripts:
             if fresh:
                 raise
         # The connection had been open before this call: the shard may have restarted
-        # since. Once more, on a fresh one.
-        return await self._await_reply(await self._connected(), command)
+        # since. Once more, on a fresh one (or one another caller has opened meanwhile).
+        retry = self._open_wire()
+        if retry is None or retry is wire:
+            retry = await self._connected()
+        return await self._await_reply(retry, command)
+
+    def _open_wire(self) -> _Wire | None:
+        return self._wire if self._wire is not None and self._wire.usable else None
 
     async def _await_reply(self, wire: _Wire, command: bytes) -> Any:
         waiter = wire.send(command)
@@ -199,6 +205,20 @@ class PipelinedScripts:
         if self._wire is not None:
             self._wire.drop(RedisConnectionError("closed"))
             self._wire = None
+
+
+async def call_script(
+    pipelined: PipelinedScripts | None,
+    script: Any,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    client: aioredis.Redis | None = None,
+) -> Any:
+    """A redis-py registered `script` called on `pipelined` where there is one, else
+    through redis-py (on `client`, or the one it was registered with)."""
+    if pipelined is None:
+        return await script(keys=keys, args=args, client=client)
+    return await pipelined.evalsha(script.sha, script.script, keys, args)
 
 
 def pipelined_scripts_for(client: aioredis.Redis, connect_timeout_s: float) -> PipelinedScripts | None:

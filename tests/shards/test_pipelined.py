@@ -11,10 +11,11 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from router.shards.pipelined import PipelinedScripts
+from router.shards.pipelined import PipelinedScripts, pipelined_scripts_for
 from shard_manager.local.binaries import require_redis_server
 from shard_manager.local.processes import RedisServer, free_port
 
@@ -187,3 +188,17 @@ def test_a_command_lost_on_the_way_never_shifts_the_answers_of_the_next(server):
         await proxy.stop()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("url", "pipelined"),
+    [
+        ("redis://127.0.0.1:6390/3", True),
+        ("rediss://127.0.0.1:6390/0", False),
+        ("unix:///tmp/lb-nowhere.sock", False),
+    ],
+)
+def test_only_plain_tcp_addresses_get_a_pipelined_connection(url, pipelined):
+    client = aioredis.Redis.from_url(url)
+    assert (pipelined_scripts_for(client, 1.0) is not None) is pipelined
+    asyncio.run(client.aclose())
